@@ -1,0 +1,422 @@
+//! The vassal attach protocol, spoken on the router's control socket.
+//!
+//! One message per `SOCK_SEQPACKET` datagram, each a UTF-8 JSON object of at
+//! most [`MAX_MESSAGE_LEN`] bytes with a `"type"` tag. A launcher sends a
+//! [`Request::Hello`] with the vassal's tun fd attached as `SCM_RIGHTS`; the
+//! router answers with [`Response::Accepted`] or [`Response::Refused`] and
+//! keeps the connection: when it closes, the vassal is detached. The full
+//! description, meant for anyone writing another launcher, is
+//! `docs/protocol.md`.
+//!
+//! The pure encode/decode functions ([`decode_request`], [`decode_response`],
+//! [`encode`]) never touch a socket, so they are unit-tested and fuzzed
+//! without privileges; [`transport`] moves the bytes and the fd.
+
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub mod transport;
+
+/// Version carried in every hello; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest message either side sends or accepts, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 4096;
+
+/// Longest project name, in bytes. Short enough to fit in an interface name
+/// suffix, a cgroup directory and a Prometheus label without surprises.
+pub const MAX_PROJECT_NAME_LEN: usize = 32;
+
+/// What a client asks of the router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Attach the tun device whose fd travels with this message.
+    Hello(Hello),
+    /// Per-project counters, as `vassal-router stats` prints them.
+    Stats,
+    /// Re-read the rule file (what SIGHUP does).
+    Reload,
+}
+
+/// The attach request. The tun fd is not in the JSON: it is the one
+/// `SCM_RIGHTS` file descriptor of the same datagram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The project this vassal belongs to; see [`validate_project_name`].
+    pub project: String,
+    /// The vassal's own IPv4 address: the only source it may send from.
+    pub ipv4: Ipv4Addr,
+    /// The vassal's IPv6 address, when the router has an IPv6 subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// What the router answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// The vassal is attached; packets flow from now on.
+    Accepted {
+        /// The router's protocol version.
+        version: u32,
+        /// The gateway address the vassal should route through.
+        gateway: Ipv4Addr,
+        /// The IPv6 gateway, when the router has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway6: Option<Ipv6Addr>,
+    },
+    /// The request was refused; the router closes the connection after this.
+    Refused {
+        /// Machine-readable cause.
+        reason: RefuseReason,
+        /// Human-readable detail naming the offending value.
+        message: String,
+    },
+    /// Answer to [`Request::Stats`], in as many datagrams as it takes: each
+    /// holds whole project entries and fits in [`MAX_MESSAGE_LEN`]; all but
+    /// the last have `more = true`.
+    Stats {
+        /// Entries of projects the router has seen since it started.
+        projects: Vec<ProjectStats>,
+        /// Whether another `stats` datagram follows.
+        more: bool,
+    },
+    /// Answer to [`Request::Reload`]: the new rule set is in force.
+    Reloaded {
+        /// Rules in the `out` chain.
+        out_rules: usize,
+        /// Rules in the `in` chain.
+        in_rules: usize,
+    },
+    /// Answer to a request that failed for a reason other than a refusal
+    /// (for example, a reload whose rule file is invalid).
+    Error {
+        /// What went wrong, with the file, line and field where it applies.
+        message: String,
+    },
+}
+
+/// Why the router refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefuseReason {
+    /// The peer's uid is not in `launcher_uids`.
+    Unauthorized,
+    /// The hello's version is not [`PROTOCOL_VERSION`].
+    BadVersion,
+    /// The message could not be parsed or broke a rule of the format.
+    Malformed,
+    /// A hello came without exactly one file descriptor, or it is not a tun.
+    BadDevice,
+    /// The address is outside the vassal subnet, or is the gateway.
+    AddressOutsideSubnet,
+    /// A live vassal holds the address.
+    AddressInUse,
+    /// The `[[project]]` table names this project with another address.
+    ProjectMismatch,
+    /// The router has reached its vassal limit.
+    TooManyVassals,
+}
+
+impl RefuseReason {
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::Unauthorized => "unauthorized",
+            RefuseReason::BadVersion => "bad_version",
+            RefuseReason::Malformed => "malformed",
+            RefuseReason::BadDevice => "bad_device",
+            RefuseReason::AddressOutsideSubnet => "address_outside_subnet",
+            RefuseReason::AddressInUse => "address_in_use",
+            RefuseReason::ProjectMismatch => "project_mismatch",
+            RefuseReason::TooManyVassals => "too_many_vassals",
+        }
+    }
+}
+
+/// Counters of one project, as carried by [`Response::Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectStats {
+    /// Project name.
+    pub project: String,
+    /// Whether a vassal of this project is attached now.
+    pub attached: bool,
+    /// IP bytes leaving the vassal.
+    pub tx_bytes: u64,
+    /// IP packets leaving the vassal.
+    pub tx_packets: u64,
+    /// IP bytes delivered to the vassal.
+    pub rx_bytes: u64,
+    /// IP packets delivered to the vassal.
+    pub rx_packets: u64,
+    /// Dropped packets by reason (`firewall`, `spoofed`, ...).
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    /// Flows in this project's flow table now.
+    pub flows: u64,
+}
+
+/// A message that does not follow the protocol.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Longer than [`MAX_MESSAGE_LEN`].
+    #[error("message of {len} bytes exceeds the {MAX_MESSAGE_LEN}-byte limit")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// Not a JSON object of a known type, or with unknown or missing fields.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The project name breaks [`validate_project_name`].
+    #[error("invalid project name {name:?}: {why}")]
+    BadProjectName {
+        /// The name as sent (truncated to the limit).
+        name: String,
+        /// Which rule it breaks.
+        why: &'static str,
+    },
+}
+
+/// Checks a project name: 1 to [`MAX_PROJECT_NAME_LEN`] bytes of lowercase
+/// ASCII letters, digits, `-` and `_`, starting with a letter or digit.
+/// Names reach file paths, interface names and metric labels, so the
+/// alphabet is deliberately small.
+pub fn validate_project_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > MAX_PROJECT_NAME_LEN {
+        return Err("longer than 32 bytes");
+    }
+    let mut bytes = name.bytes();
+    if !bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err("must start with a lowercase letter or a digit");
+    }
+    if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+        return Err("may hold only lowercase letters, digits, '-' and '_'");
+    }
+    Ok(())
+}
+
+/// Parses one request datagram and checks the fields the format constrains.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::TooLong { len: bytes.len() });
+    }
+    let request: Request =
+        serde_json::from_slice(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if let Request::Hello(hello) = &request {
+        validate_project_name(&hello.project).map_err(|why| ProtocolError::BadProjectName {
+            name: hello.project.chars().take(MAX_PROJECT_NAME_LEN).collect(),
+            why,
+        })?;
+    }
+    Ok(request)
+}
+
+/// Parses one response datagram.
+pub fn decode_response(bytes: &[u8]) -> Result<Response, ProtocolError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::TooLong { len: bytes.len() });
+    }
+    serde_json::from_slice(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Serialises a message. Callers keep each message within
+/// [`MAX_MESSAGE_LEN`]; stats answers are split with [`encode_stats`].
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serialising these plain data types to a Vec cannot fail: no maps with
+    // non-string keys, no I/O.
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// Splits a stats answer into datagrams of at most [`MAX_MESSAGE_LEN`] bytes.
+/// An entry too large for one datagram on its own (impossible with valid
+/// project names and the fixed set of drop reasons) is left out rather than
+/// breaking the limit.
+pub fn encode_stats(projects: &[ProjectStats]) -> Vec<Vec<u8>> {
+    let mut datagrams = Vec::new();
+    let mut chunk: Vec<ProjectStats> = Vec::new();
+    for entry in projects {
+        chunk.push(entry.clone());
+        let fits = encode(&Response::Stats {
+            projects: chunk.clone(),
+            more: true,
+        })
+        .len()
+            <= MAX_MESSAGE_LEN;
+        if !fits {
+            chunk.pop();
+            if !chunk.is_empty() {
+                datagrams.push(encode(&Response::Stats {
+                    projects: std::mem::take(&mut chunk),
+                    more: true,
+                }));
+            }
+            let alone = vec![entry.clone()];
+            if encode(&Response::Stats {
+                projects: alone.clone(),
+                more: true,
+            })
+            .len()
+                <= MAX_MESSAGE_LEN
+            {
+                chunk = alone;
+            }
+        }
+    }
+    datagrams.push(encode(&Response::Stats {
+        projects: chunk,
+        more: false,
+    }));
+    datagrams
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(project: &str) -> Request {
+        Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            project: project.into(),
+            ipv4: Ipv4Addr::new(10, 200, 0, 2),
+            ipv6: None,
+        })
+    }
+
+    #[test]
+    fn hello_round_trips() {
+        let bytes = encode(&hello("alice"));
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"type":"hello","version":1,"project":"alice","ipv4":"10.200.0.2"}"#
+        );
+        assert_eq!(decode_request(&bytes).unwrap(), hello("alice"));
+    }
+
+    #[test]
+    fn hello_with_ipv6_round_trips() {
+        let req = Request::Hello(Hello {
+            version: 1,
+            project: "bob".into(),
+            ipv4: Ipv4Addr::new(10, 200, 0, 3),
+            ipv6: Some("fd00:200::3".parse().unwrap()),
+        });
+        assert_eq!(decode_request(&encode(&req)).unwrap(), req);
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_malformed() {
+        for bad in [
+            &br#"{"type":"hello","version":1,"project":"a","ipv4":"10.0.0.1","extra":1}"#[..],
+            br#"{"type":"shutdown"}"#,
+            br#"{"type":"hello","version":1,"project":"a"}"#,
+            br#"{"type":"hello","version":1,"project":"a","ipv4":"10.0.0.256"}"#,
+            br#"[1,2,3]"#,
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert!(
+                matches!(decode_request(bad), Err(ProtocolError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_message_is_refused_before_parsing() {
+        let big = vec![b' '; MAX_MESSAGE_LEN + 1];
+        assert_eq!(
+            decode_request(&big),
+            Err(ProtocolError::TooLong {
+                len: MAX_MESSAGE_LEN + 1
+            })
+        );
+    }
+
+    #[test]
+    fn project_names_are_checked() {
+        for good in ["a", "alice", "team-7_prod", "0day", &"x".repeat(32)] {
+            assert!(validate_project_name(good).is_ok(), "{good}");
+            assert!(decode_request(&encode(&hello(good))).is_ok());
+        }
+        for bad in [
+            "",
+            "Alice",
+            "-lead",
+            "a b",
+            "a/b",
+            "../x",
+            "é",
+            &"x".repeat(33),
+        ] {
+            assert!(validate_project_name(bad).is_err(), "{bad}");
+            assert!(
+                matches!(
+                    decode_request(&encode(&hello(bad))),
+                    Err(ProtocolError::BadProjectName { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let answers = [
+            Response::Accepted {
+                version: 1,
+                gateway: Ipv4Addr::new(10, 200, 0, 1),
+                gateway6: None,
+            },
+            Response::Refused {
+                reason: RefuseReason::AddressInUse,
+                message: "10.200.0.2 is held by alice".into(),
+            },
+            Response::Reloaded {
+                out_rules: 3,
+                in_rules: 1,
+            },
+            Response::Error {
+                message: "rules.toml:3:1: unknown key".into(),
+            },
+        ];
+        for answer in answers {
+            assert_eq!(decode_response(&encode(&answer)).unwrap(), answer);
+        }
+        let many: Vec<ProjectStats> = (0..500)
+            .map(|i| ProjectStats {
+                project: format!("project-{i}"),
+                tx_bytes: u64::MAX,
+                ..Default::default()
+            })
+            .collect();
+        let datagrams = encode_stats(&many);
+        assert!(datagrams.len() > 1);
+        let mut seen = Vec::new();
+        for (i, d) in datagrams.iter().enumerate() {
+            assert!(d.len() <= MAX_MESSAGE_LEN);
+            let Response::Stats { projects, more } = decode_response(d).unwrap() else {
+                panic!()
+            };
+            assert_eq!(more, i + 1 < datagrams.len());
+            seen.extend(projects);
+        }
+        assert_eq!(seen, many);
+        let refused = encode(&Response::Refused {
+            reason: RefuseReason::Unauthorized,
+            message: String::new(),
+        });
+        assert!(std::str::from_utf8(&refused)
+            .unwrap()
+            .contains(r#""reason":"unauthorized""#));
+    }
+}

@@ -1,0 +1,1 @@
+//! vassal-launch library; see issue 4.

@@ -1,0 +1,1 @@
+//! vassal-router library; see issue 3.
