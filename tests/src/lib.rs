@@ -1,1 +1,221 @@
-//! Shared helpers for the root integration tests (netns, processes, binaries).
+//! Shared helpers for the root integration tests: real network namespaces,
+//! veth pairs, processes and the workspace's built binaries.
+//!
+//! Every resource a test creates is named from [`unique`] and owned by a
+//! guard that removes it on drop, so tests run in parallel and a failing
+//! test leaves nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Panics unless the test runs as root: the integration suite is privileged
+/// by design and must fail loudly, never skip, when it cannot be.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the integration tests need root: run them through tests/run-all.sh as root"
+    );
+}
+
+/// A short name unique to this test process and call, usable as an interface
+/// or namespace name (at most 15 bytes with a 3-byte prefix).
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{:x}{n:x}", std::process::id() & 0xffff);
+    assert!(name.len() <= 15, "interface name {name} too long");
+    name
+}
+
+/// Path of a binary of this workspace (`vassal-router`, `vassal-launch`),
+/// built by `cargo build` in the same profile as the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (tests/run-all.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command to completion and panics, with its output, when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `ip ARGS...`, panicking on failure.
+pub fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A network namespace made with `ip netns add`, deleted on drop.
+pub struct Netns {
+    /// Its name, usable with `ip netns exec`.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with loopback up.
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A `Command` that runs `program` inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `argv` inside the namespace, panicking on failure.
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        let mut cmd = self.command(argv[0]);
+        cmd.args(&argv[1..]);
+        run(&mut cmd)
+    }
+
+    /// Runs `argv` inside the namespace and returns whether it succeeded.
+    pub fn try_exec(&self, argv: &[&str]) -> bool {
+        let mut cmd = self.command(argv[0]);
+        cmd.args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.status().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Path of the namespace's handle, for `setns`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair with one end in the host namespace and the other in `ns`,
+/// addressed as given; removed on drop (deleting one end removes both).
+pub struct Veth {
+    /// The host-side interface name.
+    pub host: String,
+}
+
+impl Veth {
+    /// Creates `host_if` (address `host_cidr`) in the host and `ns_if`
+    /// (address `ns_cidr`) in `ns`, both up.
+    pub fn new(ns: &Netns, host_cidr: &str, ns_cidr: &str) -> Veth {
+        let host = unique("vh");
+        let peer = unique("vp");
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns.name,
+        ]);
+        let veth = Veth { host };
+        ip(&["addr", "add", host_cidr, "dev", &veth.host]);
+        ip(&["link", "set", &veth.host, "up"]);
+        ns.exec(&["ip", "addr", "add", ns_cidr, "dev", &peer]);
+        ns.exec(&["ip", "link", "set", &peer, "up"]);
+        veth
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host])
+            .status();
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Spawns `cmd`, panicking when it cannot start.
+    pub fn spawn(cmd: &mut Command) -> KillOnDrop {
+        KillOnDrop(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+        )
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Fetches `http://<addr>/metrics` with a minimal HTTP/1.0 client over
+/// loopback (no extra dependency, no proxy surprises).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, where
+/// `labels` is the exact label set as it prints (for example
+/// `project="alice"`), or None when absent.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let want = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == want).then(|| value.parse().ok()).flatten()
+    })
+}
