@@ -15,7 +15,7 @@ pub mod uwsgi;
 
 use std::net::IpAddr;
 
-pub use classifier::Classifier;
+pub use classifier::{Classifier, ClassifierStats};
 pub use error::{RuleError, RuleErrorKind, RuleErrors};
 pub use project::ProjectId;
 pub use rules::{proto, Action, Chain, Defaults, PortSet, Rule, RuleSet};
