@@ -219,9 +219,9 @@ fn packets(specs: &[Spec], seed: u64, count: usize, names: &[ProjectId]) -> Vec<
     }
     (0..count)
         .map(|_| {
-            let six = mix.next() % 2 == 0;
+            let six = mix.next() & 1 == 0;
             let addr = |mix: &mut Mix| -> IpAddr {
-                let a = if mix.next() % 8 == 0 {
+                let a = if mix.next() & 7 == 0 {
                     u128::from(mix.next()) << 64 | u128::from(mix.next())
                 } else if six {
                     mix.pick(&v6)
