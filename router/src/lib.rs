@@ -1,1 +1,22 @@
-//! vassal-router library; see issue 3.
+//! vassal-router: the host side of vassal's network. A host tun device as
+//! the vassals' gateway, the attach protocol on a unix control socket, a
+//! datapath switching packets between vassals and the host with
+//! anti-spoofing, a stateful firewall and per-project accounting, NAT
+//! egress through nftables, and uWSGI tuntap compatibility. See
+//! docs/design.md, section "Router datapath".
+
+pub mod client;
+pub mod compat;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod firewall;
+pub mod flows;
+pub mod host_tun;
+pub mod metrics;
+pub mod nat;
+pub mod packet;
+pub mod socket;
+pub mod tun;
+pub mod vassals;

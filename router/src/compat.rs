@@ -1,0 +1,422 @@
+//! uWSGI tuntap compatibility: existing uWSGI vassals (`tuntap-device =
+//! <dev> <compat_socket>`) attach over a SOCK_STREAM unix socket carrying
+//! frames `[0][len u16 LE][modifier2]` + payload.
+//!
+//! - modifier2 0: one IP packet, fed to the same datapath as a tun vassal's.
+//! - modifier2 1: a block of vassal-supplied firewall rules. Tenants must not
+//!   write rules, but uWSGI vassals configured with `tuntap-device-rule`
+//!   send them at start: the frame is skipped, counted
+//!   (`vassal_compat_rule_blocks_total`) and logged; the peer stays.
+//! - anything else (modifier1 != 0, unknown modifier2, a length above the
+//!   MTU): the peer is disconnected. A bad peer never stops the router.
+//!
+//! Identity comes from the `[[project]]` entry whose `uid` is the peer's
+//! SO_PEERCRED uid, or, when the peer first sends uWSGI's credentials
+//! message (the 12 bytes `uwsgi-tuntap` with SCM_CREDENTIALS), the uid in
+//! those credentials. No entry: the peer is closed. Packets toward a peer
+//! go through a bounded per-peer queue; when it is full they are dropped
+//! (`queue_full`), so a peer that never reads costs at most that buffer.
+
+use crate::config::MAX_MTU;
+use crate::datapath::{Delivery, Router, Snapshot};
+use crate::metrics::DropReason;
+use crate::socket;
+use crate::vassals::{Port, Vassal};
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
+};
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Notify;
+
+const CREDENTIALS_MAGIC: &[u8; 12] = b"uwsgi-tuntap";
+
+/// Bytes waiting to be written to one compat peer.
+struct OutQueue {
+    buf: Vec<u8>,
+    start: usize,
+    dead: bool,
+}
+
+impl OutQueue {
+    fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Appends without growing the buffer beyond its capacity.
+    fn append(&mut self, parts: [&[u8]; 2]) -> bool {
+        let need = parts[0].len() + parts[1].len();
+        if self.pending() + need > self.buf.capacity() {
+            return false;
+        }
+        if self.buf.len() + need > self.buf.capacity() {
+            self.buf.copy_within(self.start.., 0);
+            self.buf.truncate(self.pending());
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(parts[0]);
+        self.buf.extend_from_slice(parts[1]);
+        true
+    }
+}
+
+/// The sending half of a compat peer, shared with the datapath.
+pub struct CompatOut {
+    fd: OwnedFd,
+    queue: Mutex<OutQueue>,
+    wake: Notify,
+}
+
+impl CompatOut {
+    fn new(fd: OwnedFd, capacity: usize) -> CompatOut {
+        CompatOut {
+            fd,
+            queue: Mutex::new(OutQueue {
+                buf: Vec::with_capacity(capacity),
+                start: 0,
+                dead: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frames `pkt` and writes it, or queues what the socket did not take.
+    pub fn push(&self, pkt: &[u8]) -> Delivery {
+        let Ok(len) = u16::try_from(pkt.len()) else {
+            return Delivery::Gone;
+        };
+        let [lo, hi] = len.to_le_bytes();
+        let header = [0u8, lo, hi, 0];
+        let mut q = self.lock();
+        if q.dead {
+            return Delivery::Gone;
+        }
+        if q.pending() > 0 {
+            if !q.append([&header, pkt]) {
+                return Delivery::Full;
+            }
+            self.wake.notify_one();
+            return Delivery::Sent;
+        }
+        match send(self.fd.as_raw_fd(), &header, pkt) {
+            Ok(n) if n == header.len() + pkt.len() => Delivery::Sent,
+            Ok(n) => {
+                // Partial write: the rest of this frame must go out before
+                // any other frame, so it heads the queue.
+                let (h, p) = if n < header.len() {
+                    (&header[n..], pkt)
+                } else {
+                    (&header[..0], &pkt[n - header.len()..])
+                };
+                q.append([h, p]);
+                self.wake.notify_one();
+                Delivery::Sent
+            }
+            Err(libc::EAGAIN) => {
+                q.append([&header, pkt]);
+                self.wake.notify_one();
+                Delivery::Sent
+            }
+            Err(_) => {
+                q.dead = true;
+                Delivery::Gone
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.lock().pending() > 0
+    }
+
+    /// Writes queued bytes; Ok(true) when the queue is now empty.
+    fn flush(&self) -> Result<bool, i32> {
+        let mut q = self.lock();
+        while q.pending() > 0 {
+            let start = q.start;
+            match send(self.fd.as_raw_fd(), &q.buf[start..], &[]) {
+                Ok(n) => q.start += n,
+                Err(libc::EAGAIN) => return Ok(false),
+                Err(e) => {
+                    q.dead = true;
+                    return Err(e);
+                }
+            }
+        }
+        q.buf.clear();
+        q.start = 0;
+        Ok(true)
+    }
+}
+
+/// One non-blocking `sendmsg` of two slices, without SIGPIPE.
+fn send(fd: RawFd, a: &[u8], b: &[u8]) -> Result<usize, i32> {
+    let iov = [
+        libc::iovec {
+            iov_base: a.as_ptr() as *mut libc::c_void,
+            iov_len: a.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+    ];
+    loop {
+        // SAFETY: an all-zero msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = if b.is_empty() { 1 } else { 2 };
+        // SAFETY: `msg` points at `iov`, whose slices outlive the call and
+        // are only read.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+            libc::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+}
+
+/// Accepts compat peers until the router stops.
+pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
+    // SAFETY: `listener` is an open socket owned by the AsyncFd for its
+    // whole lifetime.
+    let afd = match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
+        Ok(a) => a,
+        Err(e) => return tracing::error!("compat socket: registering with the reactor: {e}"),
+    };
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
+        loop {
+            match socket::accept(afd.get_ref().as_raw_fd()) {
+                Ok(Some(fd)) => {
+                    let router = Arc::clone(&router);
+                    tokio::spawn(async move {
+                        if let Err(why) = peer(router, fd).await {
+                            tracing::warn!("compat peer disconnected: {why}");
+                        }
+                    });
+                }
+                Ok(None) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("compat socket: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+struct Watched(RawFd);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Attaches the compat peer as the project whose `[[project]]` uid is `uid`.
+fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>, String> {
+    let entry = router
+        .config
+        .project_by_uid(uid)
+        .ok_or_else(|| format!("no [[project]] entry has uid {uid}; refused"))?;
+    let project = router.registry.project(&entry.name);
+    router.flows.ensure_slot(project.slot);
+    let vassal = router
+        .registry
+        .attach(
+            project,
+            entry.address,
+            entry.address6,
+            Port::Compat(Arc::clone(out)),
+        )
+        .map_err(|(reason, message)| format!("{}: {message}", reason.as_str()))?;
+    tracing::info!(project = %entry.name, address = %entry.address, uid, "compat peer attached");
+    Ok(vassal)
+}
+
+/// Serves one compat peer until it disconnects or misbehaves.
+async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), String> {
+    let peer_uid = socket::peer_uid(&fd).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| format!("SO_PASSCRED: {e}"))?;
+    let raw = fd.as_raw_fd();
+    let out = Arc::new(CompatOut::new(fd, router.config.limits.compat_buffer));
+    // SAFETY: `raw` belongs to `out`, which this function holds (an Arc)
+    // until after `afd` is dropped.
+    let afd = unsafe {
+        AsyncFd::register_with_interest(Watched(raw), Interest::READABLE | Interest::WRITABLE)
+    }
+    .map_err(|e| format!("registering with the reactor: {e}"))?;
+    // A peer whose SO_PEERCRED uid has an entry is attached at once (it may
+    // receive before it sends); others must send credentials in time.
+    let mut vassal = attach(&router, peer_uid, &out).ok();
+    let result = serve_peer(&router, &afd, &out, peer_uid, &mut vassal).await;
+    if let Some(v) = vassal {
+        router.registry.detach(&v);
+        tracing::info!(project = %v.project.name, address = %v.ipv4, "compat peer detached");
+    }
+    result
+}
+
+async fn serve_peer(
+    router: &Router,
+    afd: &AsyncFd<Watched>,
+    out: &Arc<CompatOut>,
+    peer_uid: u32,
+    vassal: &mut Option<Arc<Vassal>>,
+) -> Result<(), String> {
+    let mtu = router.config.limits.mtu;
+    let mut inbuf = vec![0u8; MAX_MTU + 4 + 4096];
+    let mut fill = 0usize;
+    let mut first = true;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(router.config.limits.hello_timeout_ms);
+    let mut snap = vassal
+        .as_ref()
+        .map(|v| Snapshot::take(&router.firewall, Some(&v.project.name)));
+    loop {
+        let pending = out.has_pending();
+        tokio::select! {
+            r = afd.readable() => {
+                let mut guard = r.map_err(|e| format!("reactor: {e}"))?;
+                let (n, creds) = match read(afd.get_ref().0, &mut inbuf[fill..]) {
+                    Ok(r) => r,
+                    Err(libc::EAGAIN) => {
+                        guard.clear_ready();
+                        continue;
+                    }
+                    Err(e) => return Err(format!("read: {}", std::io::Error::from_raw_os_error(e))),
+                };
+                drop(guard);
+                if n == 0 {
+                    return Ok(());
+                }
+                fill += n;
+                let mut at = 0;
+                if first {
+                    first = false;
+                    if inbuf[0] == CREDENTIALS_MAGIC[0] {
+                        if fill < CREDENTIALS_MAGIC.len() || &inbuf[..12] != CREDENTIALS_MAGIC {
+                            return Err("bad credentials message".into());
+                        }
+                        let uid = creds.ok_or("credentials message without SCM_CREDENTIALS")?;
+                        at = CREDENTIALS_MAGIC.len();
+                        if vassal.as_ref().is_none_or(|_| uid != peer_uid) {
+                            if let Some(old) = vassal.take() {
+                                router.registry.detach(&old);
+                            }
+                            *vassal = Some(attach(router, uid, out)?);
+                        }
+                    }
+                }
+                let Some(v) = vassal.as_ref() else {
+                    return Err(format!("uid {peer_uid} has no [[project]] entry and sent no credentials"));
+                };
+                let snap = snap.get_or_insert_with(|| Snapshot::take(&router.firewall, Some(&v.project.name)));
+                snap.refresh(&router.firewall, Some(&v.project.name));
+                while fill - at >= 4 {
+                    let h = &inbuf[at..at + 4];
+                    let len = usize::from(u16::from_le_bytes([h[1], h[2]]));
+                    let (modifier1, modifier2) = (h[0], h[3]);
+                    if modifier1 != 0 || modifier2 > 1 {
+                        return Err(format!("bad frame header {h:02x?}"));
+                    }
+                    if len > mtu {
+                        return Err(format!("frame of {len} bytes exceeds the MTU {mtu}"));
+                    }
+                    if fill - at < 4 + len {
+                        break;
+                    }
+                    let payload = &inbuf[at + 4..at + 4 + len];
+                    if modifier2 == 0 {
+                        router.from_vassal(v, snap, payload);
+                    } else {
+                        v.project.counters.compat_rule_blocks.add(1);
+                        tracing::warn!(project = %v.project.name, "compat peer sent a rule block: ignored");
+                    }
+                    at += 4 + len;
+                }
+                inbuf.copy_within(at..fill, 0);
+                fill -= at;
+            }
+            _ = out.wake.notified(), if !pending => {}
+            w = afd.writable(), if pending => {
+                let mut guard = w.map_err(|e| format!("reactor: {e}"))?;
+                match out.flush() {
+                    Ok(true) => {}
+                    Ok(false) => guard.clear_ready(),
+                    Err(e) => return Err(format!("write: {}", std::io::Error::from_raw_os_error(e))),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if vassal.is_none() => {
+                return Err(format!("uid {peer_uid} has no [[project]] entry and sent no credentials in time"));
+            }
+        }
+        if let Some(v) = vassal.as_ref() {
+            if out.lock().dead {
+                v.project.counters.drop(DropReason::QueueFull);
+                return Err("peer stopped accepting data".into());
+            }
+        }
+    }
+}
+
+/// One `recvmsg`: bytes read and the uid of any SCM_CREDENTIALS.
+fn read(fd: RawFd, buf: &mut [u8]) -> Result<(usize, Option<u32>), i32> {
+    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+            Ok(msg) => {
+                let mut uid = None;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmCredentials(creds) = c {
+                            uid = Some(creds.uid());
+                        }
+                    }
+                }
+                return Ok((msg.bytes, uid));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e as i32),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_compacts_without_growing() {
+        let mut q = OutQueue {
+            buf: Vec::with_capacity(10),
+            start: 0,
+            dead: false,
+        };
+        assert!(q.append([b"abcd", b"ef"]));
+        q.start = 4;
+        assert!(q.append([b"gh", b"ijkl"]));
+        assert_eq!(&q.buf[q.start..], b"efghijkl");
+        assert!(!q.append([b"xyz", b""]));
+        assert_eq!(q.buf.capacity(), 10);
+    }
+}

@@ -1,0 +1,534 @@
+//! The router's TOML configuration: every key optional, defaults built in,
+//! unknown keys refused, every error located as `file:line:col` with the
+//! offending field.
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid, has an unknown key or a value of the wrong type.
+    #[error("{origin}:{line}:{col}: {message}")]
+    Syntax {
+        /// The file (or `<embedded>`).
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+/// Static entry of the `[[project]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectEntry {
+    /// Project name (as in the attach hello).
+    pub name: String,
+    /// The only IPv4 address this project may claim.
+    pub address: Ipv4Addr,
+    /// The only IPv6 address this project may claim, when set.
+    pub address6: Option<Ipv6Addr>,
+    /// Unix uid identifying this project's uWSGI compat peers.
+    pub uid: Option<u32>,
+}
+
+/// `[nat]`: kernel masquerade for the vassal subnets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Install the nftables masquerade table.
+    pub masquerade: bool,
+    /// Masquerade only out of this interface (any but the router's device when absent).
+    pub egress_interface: Option<String>,
+}
+
+/// `[flows]`: bounds and idle timeouts of the stateful flow table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// Flows in the whole table.
+    pub max_total: usize,
+    /// Flows opened by one project.
+    pub max_per_project: usize,
+    /// Idle timeout of an open TCP flow, seconds.
+    pub tcp_timeout: u64,
+    /// Idle timeout of a TCP flow after FIN or RST, seconds.
+    pub tcp_closed_timeout: u64,
+    /// Idle timeout of a UDP (or other protocol) flow, seconds.
+    pub udp_timeout: u64,
+    /// Idle timeout of an ICMP echo flow, seconds.
+    pub icmp_timeout: u64,
+}
+
+/// `[limits]`: bounds of the control and compat sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Attached vassals (control and compat together).
+    pub max_vassals: usize,
+    /// Open control connections, attached or not.
+    pub max_connections: usize,
+    /// Milliseconds a new control connection has to send its first request.
+    pub hello_timeout_ms: u64,
+    /// Largest IP packet moved, in bytes (also the host tun's MTU).
+    pub mtu: usize,
+    /// Bytes queued toward one uWSGI compat peer before packets are dropped.
+    pub compat_buffer: usize,
+}
+
+/// The whole configuration, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Host tun device name.
+    pub device: String,
+    /// Gateway address; its prefix is the vassal subnet.
+    pub gateway: Ipv4Net,
+    /// Optional IPv6 gateway and subnet.
+    pub gateway6: Option<Ipv6Net>,
+    /// Path of the attach protocol socket.
+    pub control_socket: PathBuf,
+    /// Path of the uWSGI tuntap compat socket, when enabled.
+    pub compat_socket: Option<PathBuf>,
+    /// Address of the Prometheus listener.
+    pub metrics_listen: SocketAddr,
+    /// Firewall rule file; the embedded default rules when absent.
+    pub rules: Option<PathBuf>,
+    /// Uids allowed to use the control socket.
+    pub launcher_uids: Vec<u32>,
+    /// NAT egress.
+    pub nat: NatConfig,
+    /// Flow table.
+    pub flows: FlowConfig,
+    /// Socket bounds.
+    pub limits: Limits,
+    /// Static project table.
+    pub projects: Vec<ProjectEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    device: Option<Spanned<String>>,
+    gateway: Option<Spanned<Ipv4Net>>,
+    gateway6: Option<Spanned<Ipv6Net>>,
+    control_socket: Option<PathBuf>,
+    compat_socket: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
+    rules: Option<PathBuf>,
+    launcher_uids: Option<Vec<u32>>,
+    nat: Option<RawNat>,
+    flows: Option<RawFlows>,
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    project: Vec<Spanned<RawProject>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNat {
+    masquerade: Option<bool>,
+    egress_interface: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlows {
+    max_total: Option<Spanned<usize>>,
+    max_per_project: Option<Spanned<usize>>,
+    tcp_timeout: Option<u64>,
+    tcp_closed_timeout: Option<u64>,
+    udp_timeout: Option<u64>,
+    icmp_timeout: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_vassals: Option<usize>,
+    max_connections: Option<usize>,
+    hello_timeout_ms: Option<u64>,
+    mtu: Option<Spanned<usize>>,
+    compat_buffer: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    name: Spanned<String>,
+    address: Spanned<Ipv4Addr>,
+    address6: Option<Spanned<Ipv6Addr>>,
+    uid: Option<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded defaults are the empty file; parsing it cannot fail.
+        Config::parse("", "<defaults>").unwrap_or_else(|_| unreachable!())
+    }
+}
+
+/// Largest packet the datapath buffers hold; `limits.mtu` may not exceed it.
+pub const MAX_MTU: usize = 65535;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, col) = line_col(text, span.map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line,
+                col,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+
+        let device = match raw.device {
+            Some(d) => {
+                let name = d.get_ref();
+                if name.is_empty()
+                    || name.len() > 15
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                {
+                    return Err(at(
+                        Some(d.span()),
+                        format!("device: {name:?} is not a valid interface name (1 to 15 of [A-Za-z0-9._-])"),
+                    ));
+                }
+                name.clone()
+            }
+            None => "vr0".to_owned(),
+        };
+        let gateway = match raw.gateway {
+            Some(g) => {
+                let net = *g.get_ref();
+                if net.prefix_len() > 30
+                    || net.addr() == net.network()
+                    || net.addr() == net.broadcast()
+                {
+                    return Err(at(
+                        Some(g.span()),
+                        format!(
+                            "gateway: {net} must be a host address inside a subnet of at most /30"
+                        ),
+                    ));
+                }
+                net
+            }
+            None => Ipv4Net::new(Ipv4Addr::new(10, 200, 0, 1), 16).unwrap_or_default(),
+        };
+        let gateway6 = match raw.gateway6 {
+            Some(g) => {
+                let net = *g.get_ref();
+                if net.prefix_len() > 126 || net.addr() == net.network() {
+                    return Err(at(
+                        Some(g.span()),
+                        format!("gateway6: {net} must be a host address inside a subnet of at most /126"),
+                    ));
+                }
+                Some(net)
+            }
+            None => None,
+        };
+        let nat = match raw.nat {
+            Some(n) => NatConfig {
+                masquerade: n.masquerade.unwrap_or(true),
+                egress_interface: n.egress_interface.map(|e| e.into_inner()),
+            },
+            None => NatConfig {
+                masquerade: true,
+                egress_interface: None,
+            },
+        };
+        let rf = raw.flows;
+        let positive = |v: Option<Spanned<usize>>, field: &str, default: usize| match v {
+            Some(v) if *v.get_ref() == 0 => {
+                Err(at(Some(v.span()), format!("{field}: must be at least 1")))
+            }
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        };
+        let flows = FlowConfig {
+            max_total: positive(
+                rf.as_ref().and_then(|f| f.max_total.clone()),
+                "flows.max_total",
+                262_144,
+            )?,
+            max_per_project: positive(
+                rf.as_ref().and_then(|f| f.max_per_project.clone()),
+                "flows.max_per_project",
+                16_384,
+            )?,
+            tcp_timeout: rf.as_ref().and_then(|f| f.tcp_timeout).unwrap_or(3600),
+            tcp_closed_timeout: rf.as_ref().and_then(|f| f.tcp_closed_timeout).unwrap_or(10),
+            udp_timeout: rf.as_ref().and_then(|f| f.udp_timeout).unwrap_or(60),
+            icmp_timeout: rf.as_ref().and_then(|f| f.icmp_timeout).unwrap_or(30),
+        };
+        let rl = raw.limits;
+        let mtu = match rl.as_ref().and_then(|l| l.mtu.clone()) {
+            Some(m) if !(1280..=MAX_MTU).contains(m.get_ref()) => {
+                return Err(at(
+                    Some(m.span()),
+                    format!("limits.mtu: must be between 1280 and {MAX_MTU}"),
+                ))
+            }
+            Some(m) => *m.get_ref(),
+            None => 1500,
+        };
+        let compat_buffer = match rl.as_ref().and_then(|l| l.compat_buffer.clone()) {
+            Some(b) if *b.get_ref() < MAX_MTU + 4 => {
+                return Err(at(
+                    Some(b.span()),
+                    format!(
+                        "limits.compat_buffer: must be at least {} bytes (one frame)",
+                        MAX_MTU + 4
+                    ),
+                ))
+            }
+            Some(b) => *b.get_ref(),
+            None => 256 * 1024,
+        };
+        let limits = Limits {
+            max_vassals: rl.as_ref().and_then(|l| l.max_vassals).unwrap_or(4096),
+            max_connections: rl.as_ref().and_then(|l| l.max_connections).unwrap_or(8192),
+            hello_timeout_ms: rl.as_ref().and_then(|l| l.hello_timeout_ms).unwrap_or(5000),
+            mtu,
+            compat_buffer,
+        };
+
+        let mut projects: Vec<ProjectEntry> = Vec::new();
+        for p in raw.project {
+            let span = p.span();
+            let p = p.into_inner();
+            let name = p.name.get_ref();
+            if let Err(why) = vassal_attach::validate_project_name(name) {
+                return Err(at(
+                    Some(p.name.span()),
+                    format!("project.name: {name:?} {why}"),
+                ));
+            }
+            if projects.iter().any(|q| &q.name == name) {
+                return Err(at(
+                    Some(p.name.span()),
+                    format!("project.name: {name:?} is listed twice"),
+                ));
+            }
+            let address = *p.address.get_ref();
+            if !host_in_subnet(gateway, address) {
+                return Err(at(
+                    Some(p.address.span()),
+                    format!("project.address: {address} is not a vassal address of {gateway}"),
+                ));
+            }
+            if projects.iter().any(|q| q.address == address) {
+                return Err(at(
+                    Some(p.address.span()),
+                    format!("project.address: {address} is listed twice"),
+                ));
+            }
+            let address6 = match p.address6 {
+                Some(a) => {
+                    let addr = *a.get_ref();
+                    if !gateway6.is_some_and(|g| host6_in_subnet(g, addr)) {
+                        return Err(at(
+                            Some(a.span()),
+                            format!("project.address6: {addr} is not a vassal address of gateway6"),
+                        ));
+                    }
+                    Some(addr)
+                }
+                None => None,
+            };
+            if p.uid.is_some() && projects.iter().any(|q| q.uid == p.uid) {
+                return Err(at(Some(span), "project.uid: listed twice".to_owned()));
+            }
+            projects.push(ProjectEntry {
+                name: name.clone(),
+                address,
+                address6,
+                uid: p.uid,
+            });
+        }
+
+        Ok(Config {
+            device,
+            gateway,
+            gateway6,
+            control_socket: raw
+                .control_socket
+                .unwrap_or_else(|| PathBuf::from("/run/vassal/router.sock")),
+            compat_socket: raw.compat_socket,
+            metrics_listen: raw
+                .metrics_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9810))),
+            rules: raw.rules,
+            launcher_uids: raw.launcher_uids.unwrap_or_else(|| vec![0]),
+            nat,
+            flows,
+            limits,
+            projects,
+        })
+    }
+
+    /// The project table entry named `name`.
+    pub fn project(&self, name: &str) -> Option<&ProjectEntry> {
+        self.projects.iter().find(|p| p.name == name)
+    }
+
+    /// The project table entry whose compat uid is `uid`.
+    pub fn project_by_uid(&self, uid: u32) -> Option<&ProjectEntry> {
+        self.projects.iter().find(|p| p.uid == Some(uid))
+    }
+}
+
+/// Whether `addr` is a usable vassal address of `gateway`'s subnet: inside
+/// it, and neither the gateway, the network nor the broadcast address.
+pub fn host_in_subnet(gateway: Ipv4Net, addr: Ipv4Addr) -> bool {
+    gateway.contains(&addr)
+        && addr != gateway.addr()
+        && addr != gateway.network()
+        && addr != gateway.broadcast()
+}
+
+/// IPv6 version of [`host_in_subnet`] (no broadcast; the subnet-router
+/// anycast address, the network address, is refused).
+pub fn host6_in_subnet(gateway: Ipv6Net, addr: Ipv6Addr) -> bool {
+    gateway.contains(&addr) && addr != gateway.addr() && addr != gateway.network()
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.device, "vr0");
+        assert_eq!(c.gateway.to_string(), "10.200.0.1/16");
+        assert_eq!(c.launcher_uids, vec![0]);
+        assert!(c.nat.masquerade);
+        assert_eq!(c.control_socket, PathBuf::from("/run/vassal/router.sock"));
+        assert!(c.compat_socket.is_none() && c.gateway6.is_none() && c.rules.is_none());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+device = "vr1"
+gateway = "10.9.0.1/24"
+gateway6 = "fd00:200::1/64"
+control_socket = "/tmp/r.sock"
+compat_socket = "/tmp/t.sock"
+metrics_listen = "127.0.0.1:9999"
+rules = "/etc/vassal/firewall.toml"
+launcher_uids = [0, 1000]
+[nat]
+masquerade = false
+egress_interface = "eth0"
+[flows]
+max_per_project = 10
+[limits]
+mtu = 1400
+[[project]]
+name = "alice"
+address = "10.9.0.2"
+address6 = "fd00:200::2"
+uid = 10001
+"#,
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.device, "vr1");
+        assert_eq!(c.flows.max_per_project, 10);
+        assert_eq!(c.limits.mtu, 1400);
+        assert_eq!(c.project_by_uid(10001).unwrap().name, "alice");
+        assert!(!c.nat.masquerade);
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "r.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_location() {
+        let e = error_of("device = \"vr0\"\ngatway = \"10.0.0.1/8\"\n");
+        assert!(e.starts_with("r.toml:2:1:"), "{e}");
+        assert!(e.contains("gatway"), "{e}");
+        let e = error_of("[nat]\nmasquerade = true\nextra = 1\n");
+        assert!(e.starts_with("r.toml:3:1:") && e.contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let e = error_of("gateway = \"10.0.0.0/24\"\n");
+        assert!(
+            e.starts_with("r.toml:1:11:") && e.contains("gateway"),
+            "{e}"
+        );
+        let e = error_of(
+            "gateway = \"10.0.0.1/24\"\n[[project]]\nname = \"a\"\naddress = \"10.1.0.2\"\n",
+        );
+        assert!(
+            e.starts_with("r.toml:4:11:") && e.contains("project.address"),
+            "{e}"
+        );
+        let e = error_of("[[project]]\nname = \"A\"\naddress = \"10.200.0.2\"\n");
+        assert!(
+            e.starts_with("r.toml:2:8:") && e.contains("project.name"),
+            "{e}"
+        );
+        let e = error_of("launcher_uids = [\"root\"]\n");
+        assert!(e.starts_with("r.toml:1:"), "{e}");
+        let e = error_of("device = \"a/b\"\n");
+        assert!(e.contains("device"), "{e}");
+        let e = error_of("[flows]\nmax_total = 0\n");
+        assert!(
+            e.starts_with("r.toml:2:13:") && e.contains("flows.max_total"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn subnet_membership() {
+        let g: Ipv4Net = "10.0.0.1/24".parse().unwrap();
+        assert!(host_in_subnet(g, "10.0.0.2".parse().unwrap()));
+        for bad in ["10.0.0.1", "10.0.0.0", "10.0.0.255", "10.0.1.2"] {
+            assert!(!host_in_subnet(g, bad.parse().unwrap()), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The control socket: the attach protocol (`docs/protocol.md`) plus the
+//! operator's `stats` and `reload` requests.
+//!
+//! One task per connection. The peer's SO_PEERCRED uid must be listed in
+//! `launcher_uids` (root included: it is not implicitly trusted). A first
+//! request must come within `limits.hello_timeout_ms`. An accepted hello
+//! keeps the connection: the vassal is attached while it stays open, and
+//! detached when it closes.
+
+use crate::config::{host6_in_subnet, host_in_subnet};
+use crate::datapath::{self, Router};
+use crate::metrics::{self, DropReason};
+use crate::socket;
+use crate::tun;
+use crate::vassals::{Port, Vassal};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use vassal_attach::transport::{self, TransportError};
+use vassal_attach::{
+    decode_request, encode, encode_stats, Hello, ProjectStats, RefuseReason, Request, Response,
+    MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+};
+
+/// Accepts control connections until the router stops.
+pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
+    // SAFETY: `listener` is an open socket owned by the AsyncFd for its
+    // whole lifetime.
+    let afd = match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
+        Ok(a) => a,
+        Err(e) => return tracing::error!("control socket: registering with the reactor: {e}"),
+    };
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
+        loop {
+            match socket::accept(afd.get_ref().as_raw_fd()) {
+                Ok(Some(fd)) => {
+                    if open.load(Ordering::Relaxed) >= router.config.limits.max_connections {
+                        tracing::warn!(
+                            "control socket: connection limit reached; closing a new connection"
+                        );
+                        metrics::attach_refused("too_many_connections");
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let router = Arc::clone(&router);
+                    let open = Arc::clone(&open);
+                    tokio::spawn(async move {
+                        connection(router, fd).await;
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Ok(None) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Receives one datagram, waiting for readability.
+async fn recv(
+    afd: &AsyncFd<OwnedFd>,
+    buf: &mut [u8],
+) -> Result<(usize, Option<OwnedFd>), TransportError> {
+    loop {
+        let mut guard = afd.readable().await.map_err(|e| {
+            TransportError::Receive(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+        match transport::recv_datagram(afd.get_ref().as_fd(), buf) {
+            Err(TransportError::WouldBlock) => guard.clear_ready(),
+            other => return other,
+        }
+    }
+}
+
+/// Sends one datagram; answers are small, a full socket buffer means a
+/// peer that does not read: it gets a short grace period, then is dropped.
+async fn send(afd: &AsyncFd<OwnedFd>, bytes: &[u8]) -> Result<(), TransportError> {
+    let attempt = async {
+        loop {
+            let mut guard = afd.writable().await.map_err(|e| {
+                TransportError::Send(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            })?;
+            match transport::send_datagram(afd.get_ref().as_fd(), bytes, None) {
+                Err(TransportError::WouldBlock) => guard.clear_ready(),
+                other => return other,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or(Err(TransportError::WouldBlock))
+}
+
+async fn refuse(afd: &AsyncFd<OwnedFd>, uid: u32, reason: RefuseReason, message: String) {
+    tracing::warn!(
+        uid,
+        reason = reason.as_str(),
+        "control request refused: {message}"
+    );
+    metrics::attach_refused(reason.as_str());
+    let _ = send(afd, &encode(&Response::Refused { reason, message })).await;
+}
+
+async fn connection(router: Arc<Router>, fd: OwnedFd) {
+    let uid = match socket::peer_uid(&fd) {
+        Ok(uid) => uid,
+        Err(e) => return tracing::warn!("control socket: SO_PEERCRED: {e}"),
+    };
+    // SAFETY: `fd` is an open socket owned by the AsyncFd for its lifetime.
+    let Ok(afd) =
+        (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) })
+    else {
+        return;
+    };
+    let mut buf = [0u8; MAX_MESSAGE_LEN];
+    let hello_timeout = Duration::from_millis(router.config.limits.hello_timeout_ms);
+    let first = match tokio::time::timeout(hello_timeout, recv(&afd, &mut buf)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(uid, "control connection sent nothing in time; closed");
+            return;
+        }
+    };
+    let mut attached: Option<(Arc<Vassal>, tokio::task::JoinHandle<()>)> = None;
+    let mut next = Some(first);
+    loop {
+        let received = match next.take() {
+            Some(r) => r,
+            None => recv(&afd, &mut buf).await,
+        };
+        let (len, passed_fd) = match received {
+            Ok(r) => r,
+            Err(TransportError::Closed) => break,
+            Err(TransportError::Truncated) => {
+                refuse(
+                    &afd,
+                    uid,
+                    RefuseReason::Malformed,
+                    format!(
+                        "datagram larger than {MAX_MESSAGE_LEN} bytes or with more than one fd"
+                    ),
+                )
+                .await;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(uid, "control connection: {e}");
+                break;
+            }
+        };
+        if !router.config.launcher_uids.contains(&uid) {
+            refuse(
+                &afd,
+                uid,
+                RefuseReason::Unauthorized,
+                format!("uid {uid} is not in launcher_uids"),
+            )
+            .await;
+            break;
+        }
+        let request = match decode_request(&buf[..len]) {
+            Ok(r) => r,
+            Err(e) => {
+                refuse(&afd, uid, RefuseReason::Malformed, e.to_string()).await;
+                break;
+            }
+        };
+        match request {
+            Request::Hello(hello) => {
+                if attached.is_some() {
+                    refuse(
+                        &afd,
+                        uid,
+                        RefuseReason::Malformed,
+                        "this connection already attached a vassal".into(),
+                    )
+                    .await;
+                    break;
+                }
+                match attach(&router, &hello, passed_fd) {
+                    Ok(vassal) => {
+                        let accepted = Response::Accepted {
+                            version: PROTOCOL_VERSION,
+                            gateway: router.config.gateway.addr(),
+                            gateway6: router.config.gateway6.map(|g| g.addr()),
+                        };
+                        let reader = tokio::spawn(datapath::vassal_reader(
+                            Arc::clone(&router),
+                            Arc::clone(&vassal),
+                        ));
+                        tracing::info!(project = %hello.project, ipv4 = %hello.ipv4, ipv6 = ?hello.ipv6, uid, "vassal attached");
+                        attached = Some((vassal, reader));
+                        if send(&afd, &encode(&accepted)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err((reason, message)) => {
+                        refuse(&afd, uid, reason, message).await;
+                        break;
+                    }
+                }
+            }
+            Request::Stats => {
+                let mut ok = true;
+                for datagram in encode_stats(&stats(&router)) {
+                    if send(&afd, &datagram).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if !ok {
+                    break;
+                }
+            }
+            Request::Reload => {
+                let answer = match reload(&router) {
+                    Ok((out_rules, in_rules)) => Response::Reloaded {
+                        out_rules,
+                        in_rules,
+                    },
+                    Err(message) => Response::Error { message },
+                };
+                if send(&afd, &encode(&answer)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some((vassal, reader)) = attached {
+        reader.abort();
+        router.registry.detach(&vassal);
+        tracing::info!(project = %vassal.project.name, ipv4 = %vassal.ipv4, "vassal detached");
+    }
+}
+
+/// Validates a hello and attaches its tun.
+fn attach(
+    router: &Router,
+    hello: &Hello,
+    fd: Option<OwnedFd>,
+) -> Result<Arc<Vassal>, (RefuseReason, String)> {
+    let config = &router.config;
+    if hello.version != PROTOCOL_VERSION {
+        return Err((
+            RefuseReason::BadVersion,
+            format!(
+                "protocol version {} is not supported; this router speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    let fd = fd.ok_or((
+        RefuseReason::BadDevice,
+        "the hello carried no file descriptor".to_owned(),
+    ))?;
+    let device = tun::check(fd.as_fd()).map_err(|e| (RefuseReason::BadDevice, e.to_string()))?;
+    if !host_in_subnet(config.gateway, hello.ipv4) {
+        return Err((
+            RefuseReason::AddressOutsideSubnet,
+            format!("{} is not a vassal address of {} (outside it, or its gateway, network or broadcast address)", hello.ipv4, config.gateway),
+        ));
+    }
+    if let Some(a) = hello.ipv6 {
+        if !config.gateway6.is_some_and(|g| host6_in_subnet(g, a)) {
+            return Err((
+                RefuseReason::AddressOutsideSubnet,
+                match config.gateway6 {
+                    Some(g) => format!("{a} is not a vassal address of {g}"),
+                    None => format!("{a}: this router has no IPv6 subnet (gateway6 unset)"),
+                },
+            ));
+        }
+    }
+    if let Some(entry) = config.project(&hello.project) {
+        if entry.address != hello.ipv4 || (entry.address6.is_some() && entry.address6 != hello.ipv6)
+        {
+            return Err((
+                RefuseReason::ProjectMismatch,
+                format!(
+                    "project {} is configured with address {}{}",
+                    entry.name,
+                    entry.address,
+                    entry
+                        .address6
+                        .map(|a| format!(" and {a}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(owner) = config.projects.iter().find(|p| {
+        p.name != hello.project
+            && (p.address == hello.ipv4 || (hello.ipv6.is_some() && p.address6 == hello.ipv6))
+    }) {
+        return Err((
+            RefuseReason::ProjectMismatch,
+            format!(
+                "the address is reserved for project {} by the [[project]] table",
+                owner.name
+            ),
+        ));
+    }
+    tun::set_nonblocking(fd.as_fd()).map_err(|e| (RefuseReason::BadDevice, e.to_string()))?;
+    let project = router.registry.project(&hello.project);
+    router.flows.ensure_slot(project.slot);
+    tracing::debug!(device, project = %hello.project, "tun device checked");
+    router
+        .registry
+        .attach(project, hello.ipv4, hello.ipv6, Port::Tun(fd))
+}
+
+/// Per-project counters for `stats`.
+pub fn stats(router: &Router) -> Vec<ProjectStats> {
+    router
+        .registry
+        .projects()
+        .iter()
+        .map(|p| {
+            let c = &p.counters;
+            ProjectStats {
+                project: p.name.clone(),
+                attached: p.attached() > 0,
+                tx_bytes: c.tx_bytes.get(),
+                tx_packets: c.tx_packets.get(),
+                rx_bytes: c.rx_bytes.get(),
+                rx_packets: c.rx_packets.get(),
+                dropped: DropReason::ALL
+                    .iter()
+                    .map(|r| (r.as_str().to_owned(), c.dropped(*r)))
+                    .collect(),
+                flows: router.flows.count(p.slot) as u64,
+            }
+        })
+        .collect()
+}
+
+/// Reloads the rule file (SIGHUP and the Reload request): the number of
+/// out and in rules now in force, or the errors (old rules kept).
+pub fn reload(router: &Router) -> Result<(usize, usize), String> {
+    match router.firewall.reload() {
+        Ok(rules) => {
+            router.host.reloads.add(1);
+            tracing::info!(
+                out_rules = rules.out_rules,
+                in_rules = rules.in_rules,
+                generation = rules.generation,
+                "rules reloaded"
+            );
+            Ok((rules.out_rules, rules.in_rules))
+        }
+        Err(e) => {
+            router.host.reload_failures.add(1);
+            tracing::error!("rules reload failed; the previous rules stay in force: {e}");
+            Err(e.to_string())
+        }
+    }
+}

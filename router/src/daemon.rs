@@ -1,0 +1,145 @@
+//! `vassal-router run`: sets everything up in a safe order, runs the tasks,
+//! handles signals, and undoes what it installed on exit.
+//!
+//! Order: rules (refuse to start on a bad file) -> metrics listener -> host
+//! tun -> NAT table -> tasks -> control and compat sockets last, so that
+//! the control socket existing means the router is ready.
+
+use crate::compat;
+use crate::config::Config;
+use crate::control;
+use crate::datapath::{self, Router};
+use crate::firewall::{Firewall, FirewallError};
+use crate::flows::FlowTable;
+use crate::host_tun::{self, HostTunError};
+use crate::metrics::{self, HostCounters, MetricsError};
+use crate::nat::{Nat, NatError};
+use crate::socket::{self, SocketError};
+use crate::vassals::Registry;
+use nix::sys::socket::SockType;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The router could not start (or stop cleanly).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The rule file is invalid.
+    #[error(transparent)]
+    Rules(#[from] FirewallError),
+    /// The metrics listener failed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The host tun failed.
+    #[error(transparent)]
+    HostTun(#[from] HostTunError),
+    /// NAT setup or removal failed.
+    #[error(transparent)]
+    Nat(#[from] NatError),
+    /// A listening socket failed.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Installing a signal handler failed.
+    #[error("installing the {signal} handler: {source}")]
+    Signal {
+        /// Which signal.
+        signal: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the router until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let firewall = Firewall::load(config.rules.clone())?;
+    metrics::install(config.metrics_listen)?;
+    let host = HostCounters::register();
+    let sig = |kind, name| {
+        signal(kind).map_err(|source| DaemonError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+
+    let host_tun = host_tun::create(&config)?;
+    let nat = if config.nat.masquerade {
+        Some(Nat::install(&config)?)
+    } else {
+        None
+    };
+    let router = Arc::new(Router {
+        registry: Registry::new(config.limits.max_vassals),
+        flows: FlowTable::new(config.flows.clone()),
+        firewall,
+        host,
+        host_tun,
+        config,
+    });
+    let result = serve(&router, &mut hup, &mut term, &mut int).await;
+    // Undo in reverse order, whatever happened.
+    let _ = std::fs::remove_file(&router.config.control_socket);
+    if let Some(path) = &router.config.compat_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(nat) = nat {
+        nat.remove()?;
+    }
+    tracing::info!("router stopped");
+    result
+}
+
+async fn serve(
+    router: &Arc<Router>,
+    hup: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Result<(), DaemonError> {
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(datapath::host_reader(Arc::clone(router))));
+    tasks.push(tokio::spawn(sweeper(Arc::clone(router))));
+    if let Some(path) = &router.config.compat_socket {
+        let listener = socket::listen(path, SockType::Stream)?;
+        tasks.push(tokio::spawn(compat::serve(Arc::clone(router), listener)));
+    }
+    let listener = socket::listen(&router.config.control_socket, SockType::SeqPacket)?;
+    tasks.push(tokio::spawn(control::serve(Arc::clone(router), listener)));
+    tracing::info!(
+        device = %router.config.device,
+        gateway = %router.config.gateway,
+        control = %router.config.control_socket.display(),
+        metrics = %router.config.metrics_listen,
+        "router ready"
+    );
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = control::reload(router);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// Ticks the flow table's clock, expires idle flows and publishes the
+/// flow gauges, once a second.
+async fn sweeper(router: Arc<Router>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        router.flows.tick(start.elapsed().as_secs() as u32);
+        let total = router.flows.sweep();
+        router.host.flows_total.set(total as f64);
+        for p in router.registry.projects() {
+            p.counters.flows.set(router.flows.count(p.slot) as f64);
+        }
+    }
+}

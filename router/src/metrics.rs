@@ -1,0 +1,199 @@
+//! Prometheus accounting. Counter handles are registered once per project
+//! (the `counter!` macro with labels allocates) and kept for the router's
+//! lifetime, so counters outlive a vassal's reconnects and the datapath only
+//! does atomic adds. Each counter is mirrored in a plain atomic so that
+//! `vassal-router stats` can read it back without parsing the exposition.
+
+use metrics::{counter, gauge, Counter, Gauge};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The metrics listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Building or binding the exporter failed.
+    #[error("starting the Prometheus listener on {addr}: {message}")]
+    Listen {
+        /// The configured `metrics_listen`.
+        addr: SocketAddr,
+        /// The exporter's error.
+        message: String,
+    },
+}
+
+/// Installs the global recorder and the HTTP listener (inside the runtime).
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| MetricsError::Listen {
+            addr,
+            message: e.to_string(),
+        })
+}
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A firewall chain denied it.
+    Firewall,
+    /// Its source was not the sending vassal's address.
+    Spoofed,
+    /// It could not be parsed.
+    Malformed,
+    /// The destination queue (tun or compat buffer) was full.
+    QueueFull,
+    /// No vassal holds the destination.
+    NoRoute,
+    /// The project's flow table is full.
+    FlowTableFull,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Firewall,
+        DropReason::Spoofed,
+        DropReason::Malformed,
+        DropReason::QueueFull,
+        DropReason::NoRoute,
+        DropReason::FlowTableFull,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Firewall => "firewall",
+            DropReason::Spoofed => "spoofed",
+            DropReason::Malformed => "malformed",
+            DropReason::QueueFull => "queue_full",
+            DropReason::NoRoute => "no_route",
+            DropReason::FlowTableFull => "flow_table_full",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A Prometheus counter with a readable mirror.
+pub struct Count {
+    handle: Counter,
+    value: AtomicU64,
+}
+
+impl Count {
+    fn new(handle: Counter) -> Count {
+        Count {
+            handle,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.handle.increment(n);
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// Every counter and gauge of one project.
+pub struct ProjectCounters {
+    /// IP bytes leaving the vassal (forwarded).
+    pub tx_bytes: Count,
+    /// IP packets leaving the vassal (forwarded).
+    pub tx_packets: Count,
+    /// IP bytes delivered to the vassal.
+    pub rx_bytes: Count,
+    /// IP packets delivered to the vassal.
+    pub rx_packets: Count,
+    dropped: [Count; 6],
+    /// Rule blocks (uWSGI modifier2 = 1) refused from its compat peers.
+    pub compat_rule_blocks: Count,
+    /// `vassal_attached{project}`.
+    pub attached: Gauge,
+    /// `vassal_flows{project}`.
+    pub flows: Gauge,
+}
+
+impl ProjectCounters {
+    /// Registers the project's series (call once per project).
+    pub fn register(project: &str) -> ProjectCounters {
+        let p = project.to_owned();
+        ProjectCounters {
+            tx_bytes: Count::new(counter!("vassal_tx_bytes_total", "project" => p.clone())),
+            tx_packets: Count::new(counter!("vassal_tx_packets_total", "project" => p.clone())),
+            rx_bytes: Count::new(counter!("vassal_rx_bytes_total", "project" => p.clone())),
+            rx_packets: Count::new(counter!("vassal_rx_packets_total", "project" => p.clone())),
+            dropped: DropReason::ALL.map(|r| {
+                Count::new(counter!("vassal_dropped_packets_total", "project" => p.clone(), "reason" => r.as_str()))
+            }),
+            compat_rule_blocks: Count::new(counter!("vassal_compat_rule_blocks_total", "project" => p.clone())),
+            attached: gauge!("vassal_attached", "project" => p.clone()),
+            flows: gauge!("vassal_flows", "project" => p),
+        }
+    }
+
+    /// Counts one dropped packet.
+    pub fn drop(&self, reason: DropReason) {
+        self.dropped[reason.index()].add(1);
+    }
+
+    /// Dropped packets of `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()].get()
+    }
+
+    /// Counts one packet leaving the vassal.
+    pub fn tx(&self, bytes: usize) {
+        self.tx_bytes.add(bytes as u64);
+        self.tx_packets.add(1);
+    }
+
+    /// Counts one packet delivered to the vassal.
+    pub fn rx(&self, bytes: usize) {
+        self.rx_bytes.add(bytes as u64);
+        self.rx_packets.add(1);
+    }
+}
+
+/// Router-wide series, not tied to a project.
+pub struct HostCounters {
+    dropped: [Count; 6],
+    /// `vassal_rules_reload_failures_total`.
+    pub reload_failures: Count,
+    /// `vassal_rules_reloads_total`.
+    pub reloads: Count,
+    /// `vassal_flow_table_size`: flows of every project.
+    pub flows_total: Gauge,
+}
+
+impl HostCounters {
+    /// Registers the router-wide series.
+    pub fn register() -> HostCounters {
+        HostCounters {
+            dropped: DropReason::ALL.map(|r| {
+                Count::new(counter!("vassal_host_dropped_packets_total", "reason" => r.as_str()))
+            }),
+            reload_failures: Count::new(counter!("vassal_rules_reload_failures_total")),
+            reloads: Count::new(counter!("vassal_rules_reloads_total")),
+            flows_total: gauge!("vassal_flow_table_size"),
+        }
+    }
+
+    /// Counts a packet dropped before a project was known.
+    pub fn drop(&self, reason: DropReason) {
+        self.dropped[reason.index()].add(1);
+    }
+}
+
+/// Counts a refused attach (rare: the macro's allocation is fine here).
+pub fn attach_refused(reason: &'static str) {
+    counter!("vassal_attach_refusals_total", "reason" => reason).increment(1);
+}

@@ -1,0 +1,287 @@
+//! Zero-copy, bounds-checked view of the IP header fields the router needs:
+//! addresses, protocol, ports (or the ICMP echo identifier) and TCP flags.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Why a packet could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// Empty, or version nibble neither 4 nor 6.
+    #[error("not an IPv4 or IPv6 packet")]
+    Version,
+    /// Shorter than its headers claim.
+    #[error("truncated header")]
+    Truncated,
+    /// The IP length field disagrees with the bytes read.
+    #[error("IP length field does not match the packet")]
+    Length,
+}
+
+/// IP protocol numbers the datapath looks into.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// TCP FIN flag.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+
+/// What the router needs to know of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Transport protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Source port (TCP/UDP), the echo identifier for ICMP echo, else 0.
+    pub src_port: u16,
+    /// Destination port (TCP/UDP), the echo identifier for ICMP echo, else 0.
+    pub dst_port: u16,
+    /// TCP flags, 0 for other protocols.
+    pub tcp_flags: u8,
+    /// Whether this is an ICMP(v6) echo request (opens a flow) or another
+    /// ICMP message; unused for other protocols.
+    pub icmp_echo_request: bool,
+}
+
+/// Parses an IPv4 or IPv6 packet. A non-first fragment carries no ports:
+/// they read as 0.
+pub fn parse(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) => parse_v4(pkt),
+        Some(6) => parse_v6(pkt),
+        _ => Err(Malformed::Version),
+    }
+}
+
+fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
+    if pkt.len() < 20 {
+        return Err(Malformed::Truncated);
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    if ihl < 20 || pkt.len() < ihl {
+        return Err(Malformed::Truncated);
+    }
+    if total != pkt.len() {
+        return Err(Malformed::Length);
+    }
+    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
+    let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    let proto = pkt[9];
+    let transport = if frag_offset == 0 {
+        &pkt[ihl..]
+    } else {
+        &[][..]
+    };
+    let mut info = PacketInfo {
+        src: IpAddr::V4(src),
+        dst: IpAddr::V4(dst),
+        proto,
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        icmp_echo_request: false,
+    };
+    transport_fields(&mut info, transport, frag_offset == 0)?;
+    Ok(info)
+}
+
+fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
+    if pkt.len() < 40 {
+        return Err(Malformed::Truncated);
+    }
+    let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+    if payload + 40 != pkt.len() {
+        return Err(Malformed::Length);
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&pkt[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&pkt[24..40]);
+    let mut next = pkt[6];
+    let mut offset = 40;
+    let mut first_fragment = true;
+    // Walk the extension headers; bounded by the packet length since every
+    // step advances by at least 8 bytes.
+    loop {
+        match next {
+            0 | 43 | 60 => {
+                let h = pkt.get(offset..offset + 2).ok_or(Malformed::Truncated)?;
+                next = h[0];
+                offset += (usize::from(h[1]) + 1) * 8;
+            }
+            44 => {
+                let h = pkt.get(offset..offset + 8).ok_or(Malformed::Truncated)?;
+                next = h[0];
+                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                    first_fragment = false;
+                }
+                offset += 8;
+            }
+            _ => break,
+        }
+        if offset > pkt.len() {
+            return Err(Malformed::Truncated);
+        }
+    }
+    let mut info = PacketInfo {
+        src: IpAddr::V6(Ipv6Addr::from(src)),
+        dst: IpAddr::V6(Ipv6Addr::from(dst)),
+        proto: next,
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        icmp_echo_request: false,
+    };
+    let transport = if first_fragment {
+        &pkt[offset..]
+    } else {
+        &[][..]
+    };
+    transport_fields(&mut info, transport, first_fragment)?;
+    Ok(info)
+}
+
+fn transport_fields(info: &mut PacketInfo, t: &[u8], first: bool) -> Result<(), Malformed> {
+    if !first {
+        return Ok(());
+    }
+    match info.proto {
+        proto::TCP => {
+            if t.len() < 20 {
+                return Err(Malformed::Truncated);
+            }
+            info.src_port = u16::from_be_bytes([t[0], t[1]]);
+            info.dst_port = u16::from_be_bytes([t[2], t[3]]);
+            info.tcp_flags = t[13];
+        }
+        proto::UDP => {
+            if t.len() < 8 {
+                return Err(Malformed::Truncated);
+            }
+            info.src_port = u16::from_be_bytes([t[0], t[1]]);
+            info.dst_port = u16::from_be_bytes([t[2], t[3]]);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            if t.len() < 8 {
+                return Err(Malformed::Truncated);
+            }
+            let (request, reply) = if info.proto == proto::ICMP {
+                (8, 0)
+            } else {
+                (128, 129)
+            };
+            if t[0] == request || t[0] == reply {
+                let id = u16::from_be_bytes([t[4], t[5]]);
+                info.src_port = id;
+                info.dst_port = id;
+                info.icmp_echo_request = t[0] == request;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let total = 20 + payload.len();
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            proto,
+            0,
+            0,
+        ];
+        p.extend_from_slice(&[10, 200, 0, 2, 203, 0, 113, 9]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn parses_v4_udp_tcp_icmp() {
+        let udp = v4(17, &[0x30, 0x39, 0, 53, 0, 8, 0, 0]);
+        let i = parse(&udp).unwrap();
+        assert_eq!(i.src, "10.200.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(i.dst, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!((i.proto, i.src_port, i.dst_port), (17, 12345, 53));
+
+        let mut tcp_hdr = [0u8; 20];
+        tcp_hdr[..4].copy_from_slice(&[0, 80, 0x1f, 0x90]);
+        tcp_hdr[13] = TCP_FIN;
+        let i = parse(&v4(6, &tcp_hdr)).unwrap();
+        assert_eq!((i.src_port, i.dst_port, i.tcp_flags), (80, 8080, TCP_FIN));
+
+        let i = parse(&v4(1, &[8, 0, 0, 0, 0x12, 0x34, 0, 1])).unwrap();
+        assert_eq!(
+            (i.src_port, i.dst_port, i.icmp_echo_request),
+            (0x1234, 0x1234, true)
+        );
+        let i = parse(&v4(1, &[3, 1, 0, 0, 0, 0, 0, 0])).unwrap();
+        assert_eq!((i.src_port, i.icmp_echo_request), (0, false));
+    }
+
+    #[test]
+    fn malformed_v4_is_refused() {
+        assert_eq!(parse(&[]), Err(Malformed::Version));
+        assert_eq!(parse(&[0x55; 40]), Err(Malformed::Version));
+        assert_eq!(parse(&[0x45; 10]), Err(Malformed::Truncated));
+        let mut short_udp = v4(17, &[0, 1, 0, 2]);
+        assert_eq!(parse(&short_udp), Err(Malformed::Truncated));
+        short_udp.push(0);
+        assert_eq!(parse(&short_udp), Err(Malformed::Length));
+        let mut bad_ihl = v4(17, &[0; 8]);
+        bad_ihl[0] = 0x4f;
+        assert_eq!(parse(&bad_ihl), Err(Malformed::Truncated));
+    }
+
+    fn v6(next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, payload.len() as u8, next, 64];
+        p.extend_from_slice(&"fd00:200::2".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn parses_v6_with_extension_headers() {
+        let i = parse(&v6(17, &[0, 7, 0, 9, 0, 8, 0, 0])).unwrap();
+        assert_eq!((i.proto, i.src_port, i.dst_port), (17, 7, 9));
+        assert_eq!(i.src, "fd00:200::2".parse::<IpAddr>().unwrap());
+        // hop-by-hop (8 bytes) then ICMPv6 echo request
+        let mut ext = vec![58, 0, 0, 0, 0, 0, 0, 0];
+        ext.extend_from_slice(&[128, 0, 0, 0, 0, 5, 0, 1]);
+        let i = parse(&v6(0, &ext)).unwrap();
+        assert_eq!((i.proto, i.src_port, i.icmp_echo_request), (58, 5, true));
+        // a hop-by-hop header claiming more than the packet holds
+        assert_eq!(
+            parse(&v6(0, &[17, 4, 0, 0, 0, 0, 0, 0])),
+            Err(Malformed::Truncated)
+        );
+        // non-first fragment: no ports, no error
+        let i = parse(&v6(44, &[17, 0, 0, 0x08, 0, 0, 0, 1, 0xaa])).unwrap();
+        assert_eq!((i.proto, i.src_port), (17, 0));
+    }
+}

@@ -1,0 +1,122 @@
+//! Unix listening sockets shared by the control and compat servers:
+//! creating them safely, accepting without blocking, and who the peer is.
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A listening socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Creating the parent directory failed.
+    #[error("creating the socket directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Something that is not a socket is in the way.
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotSocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Removing a stale socket failed.
+    #[error("removing the stale socket {path}: {source}")]
+    Stale {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A socket system call failed.
+    #[error("{step} on {path}: {errno}")]
+    Sys {
+        /// socket, bind, listen, chmod.
+        step: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        errno: Errno,
+    },
+}
+
+/// Creates a non-blocking listening unix socket of `kind` at `path`, mode
+/// 0660; the parent directory is created 0755 when missing; a stale socket
+/// file left by a previous run is replaced.
+pub fn listen(path: &Path, kind: SockType) -> Result<OwnedFd, SocketError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(
+                |source| SocketError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                },
+            )?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| SocketError::Stale {
+                path: path.to_owned(),
+                source,
+            })?
+        }
+        Ok(_) => {
+            return Err(SocketError::NotSocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(_) => {}
+    }
+    let sys = |step| {
+        move |errno| SocketError::Sys {
+            step,
+            path: path.to_owned(),
+            errno,
+        }
+    };
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        kind,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("socket"))?;
+    let addr = UnixAddr::new(path).map_err(sys("address"))?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(sys("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| sys("chmod")(Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(128).unwrap_or(socket::Backlog::MAXCONN),
+    )
+    .map_err(sys("listen"))?;
+    Ok(fd)
+}
+
+/// Accepts one connection, non-blocking and close-on-exec; `None` when no
+/// connection is pending (or the pending one vanished).
+pub fn accept(listener: RawFd) -> Result<Option<OwnedFd>, Errno> {
+    loop {
+        match socket::accept4(listener, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+            // SAFETY: accept4 just returned this descriptor; we are its only owner.
+            Ok(fd) => return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN | Errno::ECONNABORTED) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The uid of the process that connected `fd` (SO_PEERCRED).
+pub fn peer_uid(fd: &impl AsFd) -> Result<u32, Errno> {
+    socket::getsockopt(fd, sockopt::PeerCredentials).map(|c| c.uid())
+}

@@ -1,0 +1,180 @@
+//! Attached vassals and the projects they belong to: the address map the
+//! datapath looks destinations up in, and per-project state that outlives
+//! attachments (counters, flow-table slot).
+
+use crate::compat::CompatOut;
+use crate::metrics::ProjectCounters;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use vassal_attach::RefuseReason;
+
+/// A project the router has seen since it started.
+pub struct Project {
+    /// Its name.
+    pub name: String,
+    /// Small dense index, used by the flow table.
+    pub slot: u32,
+    /// Its counters.
+    pub counters: ProjectCounters,
+    attached: AtomicI64,
+}
+
+impl Project {
+    /// Vassals of this project attached now.
+    pub fn attached(&self) -> i64 {
+        self.attached.load(Ordering::Relaxed)
+    }
+}
+
+/// Where packets for a vassal are written.
+pub enum Port {
+    /// The vassal's own tun device (attach protocol).
+    Tun(OwnedFd),
+    /// A uWSGI tuntap compat peer's stream.
+    Compat(Arc<CompatOut>),
+}
+
+/// One attached vassal.
+pub struct Vassal {
+    /// Unique per attachment, so a late detach never removes a successor.
+    pub id: u64,
+    /// Its project.
+    pub project: Arc<Project>,
+    /// Its IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 address, if any.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Where to write its packets.
+    pub port: Port,
+}
+
+impl Vassal {
+    /// Whether `src` is this vassal's own address.
+    pub fn owns(&self, src: IpAddr) -> bool {
+        match src {
+            IpAddr::V4(a) => a == self.ipv4,
+            IpAddr::V6(a) => Some(a) == self.ipv6,
+        }
+    }
+}
+
+/// Address map and project table.
+pub struct Registry {
+    by_addr: RwLock<HashMap<IpAddr, Arc<Vassal>>>,
+    projects: Mutex<Vec<Arc<Project>>>,
+    next_id: AtomicU64,
+    max_vassals: usize,
+}
+
+impl Registry {
+    /// An empty registry admitting at most `max_vassals` vassals.
+    pub fn new(max_vassals: usize) -> Registry {
+        Registry {
+            by_addr: RwLock::new(HashMap::new()),
+            projects: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            max_vassals,
+        }
+    }
+
+    /// The project named `name`, registering its counters the first time.
+    pub fn project(&self, name: &str) -> Arc<Project> {
+        let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = projects.iter().find(|p| p.name == name) {
+            return Arc::clone(p);
+        }
+        let p = Arc::new(Project {
+            name: name.to_owned(),
+            slot: projects.len() as u32,
+            counters: ProjectCounters::register(name),
+            attached: AtomicI64::new(0),
+        });
+        projects.push(Arc::clone(&p));
+        p
+    }
+
+    /// Every project seen so far, in first-seen order.
+    pub fn projects(&self) -> Vec<Arc<Project>> {
+        self.projects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The vassal holding `addr`.
+    pub fn lookup(&self, addr: IpAddr) -> Option<Arc<Vassal>> {
+        let map = self.by_addr.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&addr).cloned()
+    }
+
+    /// Attaches a vassal: refused when an address is held by a live vassal
+    /// (the holder keeps it) or the vassal limit is reached.
+    pub fn attach(
+        &self,
+        project: Arc<Project>,
+        ipv4: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+        port: Port,
+    ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
+        let mut map = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
+        for addr in std::iter::once(IpAddr::V4(ipv4)).chain(ipv6.map(IpAddr::V6)) {
+            if let Some(holder) = map.get(&addr) {
+                return Err((
+                    RefuseReason::AddressInUse,
+                    format!(
+                        "{addr} is held by a live vassal of project {}",
+                        holder.project.name
+                    ),
+                ));
+            }
+        }
+        let live = map.keys().filter(|a| a.is_ipv4()).count();
+        if live >= self.max_vassals {
+            return Err((
+                RefuseReason::TooManyVassals,
+                format!("the router already has {live} vassals attached (limits.max_vassals)"),
+            ));
+        }
+        let vassal = Arc::new(Vassal {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            project,
+            ipv4,
+            ipv6,
+            port,
+        });
+        map.insert(IpAddr::V4(ipv4), Arc::clone(&vassal));
+        if let Some(a) = ipv6 {
+            map.insert(IpAddr::V6(a), Arc::clone(&vassal));
+        }
+        vassal.project.attached.fetch_add(1, Ordering::Relaxed);
+        vassal
+            .project
+            .counters
+            .attached
+            .set(vassal.project.attached() as f64);
+        Ok(vassal)
+    }
+
+    /// Detaches exactly this attachment (no-op when already gone).
+    pub fn detach(&self, vassal: &Vassal) {
+        let mut map = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
+        let mut removed = false;
+        for addr in std::iter::once(IpAddr::V4(vassal.ipv4)).chain(vassal.ipv6.map(IpAddr::V6)) {
+            if map.get(&addr).is_some_and(|v| v.id == vassal.id) {
+                map.remove(&addr);
+                removed = true;
+            }
+        }
+        if removed {
+            vassal.project.attached.fetch_sub(1, Ordering::Relaxed);
+            vassal
+                .project
+                .counters
+                .attached
+                .set(vassal.project.attached() as f64);
+        }
+    }
+}
