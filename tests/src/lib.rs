@@ -6,6 +6,8 @@
 //! test leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod router_harness;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
