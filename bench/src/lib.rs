@@ -1,1 +1,4 @@
-//! Benchmark support code.
+//! Benchmark support code: a seeded, realistic random rule file and packet
+//! mix for the rule-classification benchmark.
+
+pub mod rulegen;

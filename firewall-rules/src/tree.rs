@@ -28,12 +28,16 @@ pub(crate) const DST_PORT: usize = 4;
 pub(crate) const PROJECT: usize = 5;
 
 /// Leaves hold at most this many rules when a cut can still separate them.
-const LEAF_SIZE: usize = 8;
+const LEAF_SIZE: usize = 4;
 /// Most children of one node.
-const MAX_FANOUT: usize = 32;
+const MAX_FANOUT: usize = 64;
 /// A cut may replicate rules into children up to this factor of the
 /// node's rule count; wider cuts that replicate more are refused.
-const SPACE_FACTOR: usize = 3;
+const SPACE_FACTOR: usize = 4;
+/// Single cut points tried per field.
+const BINARY_SAMPLES: usize = 16;
+/// A mask with every field's bit.
+const ALL_FIELDS: u8 = (1 << FIELDS) - 1;
 /// Deeper nodes become leaves whatever their size.
 const MAX_DEPTH: usize = 40;
 
@@ -84,7 +88,8 @@ enum Node {
         bounds: u32,
         /// Number of bounds; there is one more child.
         count: u32,
-        /// Start in `children`.
+        /// Index in `nodes` of the first child; the others follow it, so a
+        /// hop costs no extra indirection.
         children: u32,
     },
     Leaf {
@@ -93,16 +98,19 @@ enum Node {
     },
 }
 
-/// One rule in a leaf.
+/// One rule in a leaf, laid out so the common case is checked without
+/// leaving the entry: per field the rule's range hull clipped to the leaf
+/// region, and a mask of the fields whose ranges have gaps inside it.
 #[derive(Debug, Clone, Copy)]
-struct Entry {
-    /// Position in `Tree::rules`.
-    rule: u32,
+struct Entry<K> {
+    hull: [(K, K); FIELDS],
     /// The rule's chain index, returned on a match.
     index: u32,
-    /// Bit per field the rule does not cover over the whole leaf region:
-    /// only those fields need checking.
-    check: u8,
+    /// Position in `Tree::offsets`, for fields listed in `gaps`.
+    rule: u32,
+    /// Bit per field where the hull is not exact (port lists, tcp+udp,
+    /// project lists): those fields are checked against the full ranges.
+    gaps: u8,
 }
 
 /// The compiled tree; immutable after [`Tree::build`].
@@ -110,8 +118,7 @@ struct Entry {
 pub(crate) struct Tree<K> {
     nodes: Vec<Node>,
     bounds: Vec<K>,
-    children: Vec<u32>,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<K>>,
     /// Per rule, where each field's ranges start in `ranges` (and end).
     offsets: Vec<[u32; FIELDS + 1]>,
     ranges: Vec<(K, K)>,
@@ -139,7 +146,6 @@ impl<K: FieldValue> Tree<K> {
         let mut tree = Tree {
             nodes: Vec::new(),
             bounds: Vec::new(),
-            children: Vec::new(),
             entries: Vec::new(),
             offsets: Vec::with_capacity(rules.len()),
             ranges: Vec::new(),
@@ -159,7 +165,8 @@ impl<K: FieldValue> Tree<K> {
             tree: &mut tree,
             stamp: Vec::new(),
         };
-        builder.node(full, ids, 0);
+        builder.tree.nodes.push(Node::Leaf { start: 0, len: 0 });
+        builder.fill(0, full, ids, 0);
         tree
     }
 
@@ -178,7 +185,7 @@ impl<K: FieldValue> Tree<K> {
                     let bounds = &self.bounds[bounds as usize..(bounds + count) as usize];
                     let value = key[usize::from(field)];
                     let child = bounds.partition_point(|&b| b <= value);
-                    node = self.children[children as usize + child] as usize;
+                    node = children as usize + child;
                 }
                 Node::Leaf { start, len } => {
                     let entries = &self.entries[start as usize..(start + len) as usize];
@@ -192,9 +199,19 @@ impl<K: FieldValue> Tree<K> {
     }
 
     #[inline]
-    fn entry_matches(&self, entry: &Entry, key: &[K; FIELDS]) -> bool {
+    fn entry_matches(&self, entry: &Entry<K>, key: &[K; FIELDS]) -> bool {
+        let mut inside = true;
+        for (&(lo, hi), &value) in entry.hull.iter().zip(key) {
+            inside &= lo <= value && value <= hi;
+        }
+        if !inside {
+            return false;
+        }
+        if entry.gaps == 0 {
+            return true;
+        }
         let offsets = &self.offsets[entry.rule as usize];
-        let mut check = entry.check;
+        let mut check = entry.gaps;
         while check != 0 {
             let field = check.trailing_zeros() as usize;
             check &= check - 1;
@@ -214,8 +231,7 @@ impl<K: FieldValue> Tree<K> {
             leaf_entries: self.entries.len(),
             bytes: self.nodes.capacity() * std::mem::size_of::<Node>()
                 + self.bounds.capacity() * std::mem::size_of::<K>()
-                + self.children.capacity() * 4
-                + self.entries.capacity() * std::mem::size_of::<Entry>()
+                + self.entries.capacity() * std::mem::size_of::<Entry<K>>()
                 + self.offsets.capacity() * std::mem::size_of::<[u32; FIELDS + 1]>()
                 + self.ranges.capacity() * std::mem::size_of::<(K, K)>(),
             ..TreeStats::default()
@@ -233,11 +249,7 @@ impl<K: FieldValue> Tree<K> {
                 count, children, ..
             } => {
                 for c in 0..=count {
-                    self.walk(
-                        self.children[(children + c) as usize] as usize,
-                        depth + 1,
-                        stats,
-                    );
+                    self.walk((children + c) as usize, depth + 1, stats);
                 }
             }
             Node::Leaf { len, .. } => stats.max_leaf = stats.max_leaf.max(len as usize),
@@ -271,10 +283,8 @@ struct Cut<K> {
 }
 
 impl<K: FieldValue> Builder<'_, K> {
-    fn node(&mut self, region: Region<K>, mut ids: Vec<u32>, depth: usize) -> u32 {
-        let me = arena_index(self.tree.nodes.len());
-        self.tree.nodes.push(Node::Leaf { start: 0, len: 0 });
-
+    /// Makes `nodes[me]` (already allocated) the subtree for `ids` in `region`.
+    fn fill(&mut self, me: u32, region: Region<K>, mut ids: Vec<u32>, depth: usize) {
         // Nothing after a rule covering the whole region can match first.
         if let Some(pos) = ids.iter().position(|&id| {
             let rule = &self.rules[id as usize];
@@ -290,7 +300,7 @@ impl<K: FieldValue> Builder<'_, K> {
         };
         let Some(cut) = cut else {
             self.leaf(me, &region, &ids);
-            return me;
+            return;
         };
 
         // Rule lists per child, then merge neighbours with equal lists.
@@ -326,10 +336,11 @@ impl<K: FieldValue> Builder<'_, K> {
 
         let bounds_start = arena_index(self.tree.bounds.len());
         self.tree.bounds.extend_from_slice(&bounds);
-        let children_start = arena_index(self.tree.children.len());
-        self.tree
-            .children
-            .extend(std::iter::repeat_n(0, merged.len()));
+        let children_start = arena_index(self.tree.nodes.len());
+        self.tree.nodes.extend(std::iter::repeat_n(
+            Node::Leaf { start: 0, len: 0 },
+            merged.len(),
+        ));
         for (i, list) in merged.into_iter().enumerate() {
             let mut child = region;
             if i > 0 {
@@ -339,8 +350,7 @@ impl<K: FieldValue> Builder<'_, K> {
                 // Bounds lie strictly inside the region, so b - 1 exists.
                 child[cut.field].1 = b.prev();
             }
-            let index = self.node(child, list, depth + 1);
-            self.tree.children[children_start as usize + i] = index;
+            self.fill(children_start + arena_index(i), child, list, depth + 1);
         }
         self.tree.nodes[me as usize] = Node::Cut {
             field: u8::try_from(cut.field).unwrap_or(0),
@@ -348,23 +358,33 @@ impl<K: FieldValue> Builder<'_, K> {
             count: arena_index(bounds.len()),
             children: children_start,
         };
-        me
     }
 
     fn leaf(&mut self, me: u32, region: &Region<K>, ids: &[u32]) {
         let start = arena_index(self.tree.entries.len());
         for &id in ids {
             let rule = &self.rules[id as usize];
-            let mut check = 0u8;
+            let mut hull = *region;
+            let mut gaps = 0u8;
             for (f, ranges) in rule.ranges.iter().enumerate() {
-                if !covers(ranges, region[f].0, region[f].1) {
-                    check |= 1 << f;
+                let (rlo, rhi) = region[f];
+                let inside: Vec<(K, K)> = ranges
+                    .iter()
+                    .filter(|&&(lo, hi)| lo <= rhi && hi >= rlo)
+                    .map(|&(lo, hi)| (lo.max(rlo), hi.min(rhi)))
+                    .collect();
+                if let (Some(first), Some(last)) = (inside.first(), inside.last()) {
+                    hull[f] = (first.0, last.1);
+                }
+                if inside.len() > 1 {
+                    gaps |= 1 << f;
                 }
             }
             self.tree.entries.push(Entry {
-                rule: id,
+                hull,
                 index: rule.index,
-                check,
+                rule: id,
+                gaps,
             });
         }
         self.tree.nodes[me as usize] = Node::Leaf {
@@ -377,6 +397,16 @@ impl<K: FieldValue> Builder<'_, K> {
     /// child, without replicating rules beyond [`SPACE_FACTOR`].
     fn choose_cut(&mut self, region: &Region<K>, ids: &[u32]) -> Option<Cut<K>> {
         let mut best: Option<Cut<K>> = None;
+        // Per rule, the fields on which it covers the whole region.
+        let masks: Vec<u8> = ids
+            .iter()
+            .map(|&id| {
+                let rule = &self.rules[id as usize];
+                (0..FIELDS)
+                    .filter(|&f| covers(&rule.ranges[f], region[f].0, region[f].1))
+                    .fold(0u8, |m, f| m | 1 << f)
+            })
+            .collect();
         for field in 0..FIELDS {
             let (rlo, rhi) = region[field];
             if rlo == rhi {
@@ -402,27 +432,43 @@ impl<K: FieldValue> Builder<'_, K> {
             points.sort_unstable();
             points.dedup();
 
+            let mut consider = |cut: Cut<K>| {
+                let better = best
+                    .as_ref()
+                    .is_none_or(|b| (cut.max_child, cut.total) < (b.max_child, b.total));
+                if better && cut.max_child < ids.len() {
+                    best = Some(cut);
+                }
+            };
+            // The best single cut among points sampled along the field.
+            let samples = points.len().min(BINARY_SAMPLES);
+            for i in 0..samples {
+                let bounds = vec![points[i * points.len() / samples]];
+                let (max_child, total) = self.evaluate(field, region, ids, &masks, &bounds);
+                consider(Cut {
+                    field,
+                    bounds,
+                    max_child,
+                    total,
+                });
+            }
+            // The widest multi-way cut (bounds at quantiles of the rules'
+            // range ends) that stays within the replication budget.
             let mut fanout = MAX_FANOUT;
-            loop {
+            while fanout > 2 {
                 let wanted = (fanout - 1).min(points.len());
                 let mut bounds: Vec<K> = (0..wanted)
                     .map(|i| points[(i + 1) * points.len() / (wanted + 1)])
                     .collect();
                 bounds.dedup();
-                let (max_child, total) = self.evaluate(field, region, ids, &bounds);
-                let acceptable = total <= SPACE_FACTOR * ids.len() || fanout == 2;
-                if acceptable {
-                    let better = best
-                        .as_ref()
-                        .is_none_or(|b| (max_child, total) < (b.max_child, b.total));
-                    if better && max_child < ids.len() {
-                        best = Some(Cut {
-                            field,
-                            bounds,
-                            max_child,
-                            total,
-                        });
-                    }
+                let (max_child, total) = self.evaluate(field, region, ids, &masks, &bounds);
+                if total <= SPACE_FACTOR * ids.len() {
+                    consider(Cut {
+                        field,
+                        bounds,
+                        max_child,
+                        total,
+                    });
                     break;
                 }
                 fanout /= 2;
@@ -431,31 +477,44 @@ impl<K: FieldValue> Builder<'_, K> {
         best
     }
 
-    /// (rules in the fullest child, rules summed over children) of a cut.
+    /// (rules in the fullest child, rules summed over children) of a cut,
+    /// counting in each child only the rules up to the first one that
+    /// covers the whole child (the later ones are pruned there).
     fn evaluate(
         &mut self,
         field: usize,
         region: &Region<K>,
         ids: &[u32],
+        masks: &[u8],
         bounds: &[K],
     ) -> (usize, usize) {
         let children = bounds.len() + 1;
+        let (rlo, rhi) = region[field];
+        let child_lo = |c: usize| if c == 0 { rlo } else { bounds[c - 1] };
+        let child_hi = |c: usize| bounds.get(c).map_or(rhi, |b| b.prev());
         let mut counts = vec![0usize; children];
+        let mut closed = vec![false; children];
         self.stamp.clear();
         self.stamp.resize(children, u32::MAX);
-        for &id in ids {
+        for (&id, &mask) in ids.iter().zip(masks) {
+            let covers_others = (mask | 1 << field) == ALL_FIELDS;
             for &(lo, hi) in &self.rules[id as usize].ranges[field] {
-                let (lo, hi) = (lo.max(region[field].0), hi.min(region[field].1));
+                let (lo, hi) = (lo.max(rlo), hi.min(rhi));
                 if lo > hi {
                     continue;
                 }
                 let first = bounds.partition_point(|&b| b <= lo);
                 let last = bounds.partition_point(|&b| b <= hi);
-                let span = first..=last;
-                for (stamp, count) in self.stamp[span.clone()].iter_mut().zip(&mut counts[span]) {
-                    if *stamp != id {
-                        *stamp = id;
-                        *count += 1;
+                for c in first..=last {
+                    if closed[c] {
+                        continue;
+                    }
+                    if self.stamp[c] != id {
+                        self.stamp[c] = id;
+                        counts[c] += 1;
+                    }
+                    if covers_others && lo <= child_lo(c) && child_hi(c) <= hi {
+                        closed[c] = true;
                     }
                 }
             }
