@@ -191,6 +191,9 @@ impl Router {
             return self.host.drop(DropReason::Malformed);
         };
         let Some(w) = self.registry.lookup(info.dst) else {
+            if log_budget() {
+                tracing::debug!(src = %info.src, dst = %info.dst, proto = info.proto, "host packet to no vassal dropped");
+            }
             return self.host.drop(DropReason::NoRoute);
         };
         let counters = &w.project.counters;

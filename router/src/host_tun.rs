@@ -42,19 +42,24 @@ pub fn create(config: &Config) -> Result<OwnedFd, HostTunError> {
     )?;
     let gw = config.gateway.to_string();
     ip(dev, &["-4", "addr", "replace", &gw, "dev", dev])?;
-    if let Some(g6) = config.gateway6 {
-        ip(
-            dev,
-            &[
-                "-6",
-                "addr",
-                "replace",
-                &g6.to_string(),
-                "dev",
-                dev,
-                "nodad",
-            ],
-        )?;
+    match config.gateway6 {
+        Some(g6) => {
+            let g6 = g6.to_string();
+            ip(dev, &["-6", "addr", "replace", &g6, "dev", dev, "nodad"])?;
+        }
+        // Without an IPv6 subnet the kernel's link-local chatter on the
+        // device (router solicitations, MLD) would only be dropped and
+        // counted as host no_route noise.
+        None => {
+            let path = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+            if std::path::Path::new(&path).exists() {
+                std::fs::write(&path, "1").map_err(|e| HostTunError::Ip {
+                    device: dev.to_owned(),
+                    args: format!("(write 1 to {path})"),
+                    message: e.to_string(),
+                })?;
+            }
+        }
     }
     ip(dev, &["link", "set", "dev", dev, "up"])?;
     Ok(fd)
