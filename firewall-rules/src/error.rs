@@ -122,6 +122,37 @@ pub enum RuleErrorKind {
     /// `project = []`, which would match nothing.
     #[error("empty project list matches nothing; expected a project name or a non-empty list (omit the key for every project)")]
     EmptyProjectList,
+    /// A uWSGI firewall line that is neither `<action> <src> <dst>` nor a
+    /// single action word.
+    #[error("`{value}` is not a tuntap firewall rule; expected \"<allow|deny> <src[/mask]> <dst[/mask]>\" or a single \"allow\"/\"deny\"")]
+    UwsgiRule {
+        /// The value as written.
+        value: String,
+    },
+    /// A uWSGI action word other than allow/deny (uWSGI itself would
+    /// silently treat it as allow).
+    #[error(
+        "unknown action `{value}` (uWSGI would silently allow); expected \"allow\" or \"deny\""
+    )]
+    UwsgiAction {
+        /// The word as written.
+        value: String,
+    },
+    /// A uWSGI address that is not IPv4 `a.b.c.d[/mask]`.
+    #[error(
+        "`{value}` is not an IPv4 address with an optional mask; expected a.b.c.d or a.b.c.d/0-32"
+    )]
+    UwsgiAddress {
+        /// The value as written.
+        value: String,
+    },
+    /// A `/0` mask on a non-zero address: undefined behaviour in uWSGI (a
+    /// 32-bit shift by 32), which x86 builds turn into `/32`.
+    #[error("`{value}`: a /0 mask on a non-zero address is undefined in uWSGI (x86 builds match it as /32); expected 0.0.0.0 for any address, or an explicit /32")]
+    UwsgiZeroMask {
+        /// The value as written.
+        value: String,
+    },
     /// An empty port string.
     #[error("empty port list; expected ports 1-65535 like \"25,465,1000-2000\" (omit the key for every port)")]
     EmptyPortList,
