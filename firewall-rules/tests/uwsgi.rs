@@ -31,8 +31,8 @@ fn uwsgi_parse(value: &str) -> URule {
     let side = |s: &str| {
         let (a, m) = s
             .split_once('/')
-            .map_or((s, 32u32), |(a, m)| (a, m.parse().unwrap()));
-        let a = u32::from(a.parse::<Ipv4Addr>().unwrap());
+            .map_or((s, 32u32), |(a, m)| (a, m.parse().expect("test mask")));
+        let a = u32::from(a.parse::<Ipv4Addr>().expect("test address"));
         let mask = if m == 0 { 0 } else { u32::MAX << (32 - m) };
         (a & mask, mask)
     };
@@ -154,7 +154,7 @@ fn imported_rules_classify_like_uwsgi() {
         "255.255.255.255",
     ]
     .iter()
-    .map(|a| u32::from(a.parse::<Ipv4Addr>().unwrap()))
+    .map(|a| u32::from(a.parse::<Ipv4Addr>().expect("test address")))
     .collect();
     let mut checked = 0;
     for &src in &points {
