@@ -405,37 +405,47 @@ impl TestVassal {
     }
 }
 
-/// A python echo server (TCP and UDP on `port`) in `ns`, printing the
-/// address of every peer it serves into `log`.
-pub fn echo_server(ns: &Netns, bind: &str, port: u16, log: &std::path::Path) -> KillOnDrop {
-    let script = format!(
+/// The python source of an echo server (TCP and UDP on `port`) that prints
+/// `ready` and then the address of every peer it serves into `log`.
+pub fn echo_server_cmd(bind: &str, port: u16, log: &std::path::Path) -> String {
+    format!(
         r#"
 import socket, threading, sys
 log = open({log:?}, "a", buffering=1)
+fam = socket.AF_INET6 if ":" in {bind:?} else socket.AF_INET
+def serve(c, a):
+    log.write("tcp " + a[0] + "\n")
+    while True:
+        d = c.recv(65536)
+        if not d: break
+        c.sendall(d)
+    c.close()
 def tcp():
-    s = socket.socket(socket.AF_INET6 if ":" in {bind:?} else socket.AF_INET)
+    s = socket.socket(fam)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(({bind:?}, {port})); s.listen(16)
     while True:
         c, a = s.accept()
-        log.write("tcp " + a[0] + "\n")
-        while True:
-            d = c.recv(65536)
-            if not d: break
-            c.sendall(d)
-        c.close()
+        threading.Thread(target=serve, args=(c, a), daemon=True).start()
 def udp():
-    s = socket.socket(socket.AF_INET6 if ":" in {bind:?} else socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(fam, socket.SOCK_DGRAM)
     s.bind(({bind:?}, {port}))
     while True:
         d, a = s.recvfrom(65536)
         log.write("udp " + a[0] + "\n")
         s.sendto(d, a)
 threading.Thread(target=tcp, daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
 log.write("ready\n")
-udp()
-"#
-    );
+threading.Event().wait()
+"#,
+        log = log.display().to_string()
+    )
+}
+
+/// Runs [`echo_server_cmd`] in `ns` and waits until it is ready.
+pub fn echo_server(ns: &Netns, bind: &str, port: u16, log: &std::path::Path) -> KillOnDrop {
+    let script = echo_server_cmd(bind, port, log);
     let child = KillOnDrop::spawn(
         ns.command(PYTHON)
             .args(["-c", &script])

@@ -1,0 +1,272 @@
+//! uWSGI tuntap compatibility: a real uWSGI vassal (Debian's uwsgi-core
+//! with its tuntap plugin) exchanging traffic through the compat socket,
+//! identity from SO_PEERCRED or uWSGI's credentials message, and bad peers
+//! disconnected without harming the router.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vassal_tests::router_harness::{as_uid, echo_server_cmd, RouterSpec, TestRouter, PYTHON};
+use vassal_tests::{wait_until, KillOnDrop};
+
+const RULES: &str = r#"
+[default]
+out = "allow"
+in = "deny"
+
+[[in]]
+action = "allow"
+project = "legacy"
+proto = "tcp"
+dst_port = "7000"
+"#;
+
+fn start() -> TestRouter {
+    // Project table filled in after start (the subnet is allocated then).
+    let mut router = TestRouter::start(&RouterSpec {
+        rules: Some(RULES.into()),
+        compat: true,
+        ..Default::default()
+    });
+    let mut config = std::fs::read_to_string(&router.config_path).unwrap();
+    config.push_str(&format!(
+        "\n[[project]]\nname = \"legacy\"\naddress = \"{}\"\nuid = 0\n\n[[project]]\nname = \"forged\"\naddress = \"{}\"\nuid = 4243\n",
+        router.addr(20),
+        router.addr(21)
+    ));
+    std::fs::write(&router.config_path, config).unwrap();
+    router.stop(nix::sys::signal::Signal::SIGTERM);
+    router.spawn();
+    assert!(router.compat_socket.exists());
+    router
+}
+
+/// Starts a uWSGI vassal attached through the compat socket, holding in its
+/// own network namespace (as in shared/bench/peers.sh).
+fn uwsgi_vassal(router: &TestRouter) -> KillOnDrop {
+    let ini = router.dir.join("vassal.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[uwsgi]\nunshare = net\ntuntap-device = uwsgi0 {sock}\n\
+             exec-as-root = sysctl -qw net.ipv6.conf.all.disable_ipv6=1\n\
+             exec-as-root = ip link set lo up\n\
+             exec-as-root = ip addr add {addr}/24 dev uwsgi0\n\
+             exec-as-root = ip link set uwsgi0 up\n\
+             exec-as-root = ip route add default dev uwsgi0\n\
+             exec-as-root = touch {ready}\n\
+             exec-as-root = sleep 86400\n",
+            sock = router.compat_socket.display(),
+            addr = router.addr(20),
+            ready = router.dir.join("uwsgi.ready").display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(router.dir.join("uwsgi.log")).unwrap();
+    let child = KillOnDrop::spawn(
+        Command::new("uwsgi")
+            .args(["--plugin", "tuntap", "--ini"])
+            .arg(&ini)
+            .stdout(Stdio::null())
+            .stderr(log),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || router
+            .dir
+            .join("uwsgi.ready")
+            .exists()),
+        "uwsgi did not start: {}",
+        std::fs::read_to_string(router.dir.join("uwsgi.log")).unwrap_or_default()
+    );
+    child
+}
+
+fn in_vassal(pid: u32, argv: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["-t", &pid.to_string(), "-n", "--"]).args(argv);
+    cmd
+}
+
+#[test]
+fn real_uwsgi_vassal_exchanges_traffic_through_the_compat_socket() {
+    let router = start();
+    let uwsgi = uwsgi_vassal(&router);
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_attached", "project=\"legacy\"")
+        == 1.0));
+    let gw = router.gateway().to_string();
+
+    // Vassal -> host and back (replies are established flows).
+    let ok = in_vassal(
+        uwsgi.pid(),
+        &[
+            "ping", "-n", "-q", "-c", "3", "-s", "100", "-i", "0.2", "-W", "1", &gw,
+        ],
+    )
+    .stdout(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(ok.success(), "{}", router.log_text());
+    assert_eq!(
+        router.metric("vassal_tx_bytes_total", "project=\"legacy\""),
+        384.0
+    );
+    assert_eq!(
+        router.metric("vassal_rx_bytes_total", "project=\"legacy\""),
+        384.0
+    );
+
+    // Host -> vassal TCP on the allowed port, a large transfer (many frames,
+    // partial writes on the stream).
+    let log = router.dir.join("echo.log");
+    let _server = KillOnDrop::spawn(&mut in_vassal(
+        uwsgi.pid(),
+        &[PYTHON, "-c", &echo_server_cmd("0.0.0.0", 7000, &log)],
+    ));
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready"))
+    }));
+    let mut stream = std::net::TcpStream::connect((router.addr(20), 7000)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let data: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut s = stream.try_clone().unwrap();
+        let d = data.clone();
+        std::thread::spawn(move || s.write_all(&d).unwrap())
+    };
+    let mut got = vec![0u8; data.len()];
+    stream.read_exact(&mut got).unwrap();
+    writer.join().unwrap();
+    assert!(got == data, "echoed bytes differ");
+
+    // Spoofed source from the uWSGI vassal: dropped and counted.
+    let forged = router.addr(99).to_string();
+    assert!(in_vassal(
+        uwsgi.pid(),
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{forged}/32"),
+            "dev",
+            "uwsgi0"
+        ]
+    )
+    .status()
+    .unwrap()
+    .success());
+    let _ = in_vassal(
+        uwsgi.pid(),
+        &[
+            "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-I", &forged, &gw,
+        ],
+    )
+    .stdout(Stdio::null())
+    .status();
+    assert_eq!(router.dropped("legacy", "spoofed"), 2.0);
+
+    // The stats command shows the compat project.
+    let out = router.cli(&["stats", "--socket", router.socket.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("legacy"));
+}
+
+#[test]
+fn credentials_message_identifies_the_peer_and_bad_peers_are_disconnected() {
+    let router = start();
+    std::fs::set_permissions(
+        &router.compat_socket,
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+
+    // Root may send credentials naming another uid (as uWSGI does once it
+    // has dropped privileges): uid 4243 is project "forged" at .21. Then an
+    // ICMP echo to the gateway in a frame; the reply must come back framed.
+    let script = format!(
+        r#"
+import socket, struct, os, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect({sock:?}); s.settimeout(5)
+s.sendmsg([b"uwsgi-tuntap"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", os.getpid(), 4243, 4243))])
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b)//2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return (~t) & 0xffff
+src = socket.inet_aton({src:?}); dst = socket.inet_aton({dst:?})
+icmp = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + b"x" * 32
+icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0, src, dst)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+pkt = ip + icmp
+s.sendall(bytes([0]) + struct.pack("<H", len(pkt)) + bytes([0]) + pkt)
+buf = b""
+while True:
+    d = s.recv(65536)
+    if not d: sys.exit(3)
+    buf += d
+    while len(buf) >= 4:
+        n = struct.unpack("<H", buf[1:3])[0]
+        if len(buf) < 4 + n: break
+        p = buf[4:4+n]; buf = buf[4+n:]
+        if p[9] == 1 and p[20] == 0 and p[12:16] == dst and p[16:20] == src:
+            sys.exit(0)
+"#,
+        sock = router.compat_socket.display().to_string(),
+        src = router.addr(21).to_string(),
+        dst = router.gateway().to_string(),
+    );
+    let ok = Command::new(PYTHON).args(["-c", &script]).status().unwrap();
+    assert!(ok.success(), "{}", router.log_text());
+    assert_eq!(
+        router.metric("vassal_rx_packets_total", "project=\"forged\""),
+        1.0
+    );
+
+    // Peers the router must disconnect: unknown uid, a bad header, a frame
+    // longer than the MTU, a truncated frame followed by silence is kept
+    // (it may complete) but the others are cut.
+    let sock = router.compat_socket.clone();
+    let closed_after = move |bytes: &'static [u8]| {
+        let sock = sock.clone();
+        move || {
+            let Ok(mut s) = UnixStream::connect(&sock) else {
+                return 10;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+            let _ = s.write_all(bytes);
+            let mut b = [0u8; 64];
+            match s.read(&mut b) {
+                Ok(0) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                _ => 12,
+            }
+        }
+    };
+    // uid 65534 has no [[project]] entry (and sends no credentials).
+    assert_eq!(as_uid(65534, closed_after(b"")), 0);
+    // uid 4243 is "forged": a header with modifier1 != 0.
+    assert_eq!(as_uid(4243, closed_after(&[7, 4, 0, 0, 1, 2, 3, 4])), 0);
+    // A length above the MTU (1500): 0xffff.
+    assert_eq!(as_uid(4243, closed_after(&[0, 0xff, 0xff, 0])), 0);
+    // A rule block (modifier2 = 1) is skipped and counted, the peer stays:
+    // then a bad header closes it.
+    assert_eq!(
+        as_uid(
+            4243,
+            closed_after(&[0, 3, 0, 1, b'a', b'b', b'c', 9, 9, 9, 9])
+        ),
+        0
+    );
+    assert_eq!(
+        router.metric("vassal_compat_rule_blocks_total", "project=\"forged\""),
+        1.0
+    );
+    // The router is still serving.
+    assert!(std::net::TcpStream::connect(&router.metrics).is_ok());
+    assert!(router.child.is_some());
+}
