@@ -504,10 +504,13 @@ fn parse_ports(report: &mut Report<'_>, value: &Value<'_>, place: &str) -> Optio
             );
             continue;
         }
-        let (Some(lo), Some(hi)) = (
-            port_number(report, low, &span, place),
-            port_number(report, high, &span, place),
-        ) else {
+        let lo = port_number(report, low, &span, place);
+        let hi = if high == low {
+            lo
+        } else {
+            port_number(report, high, &span, place)
+        };
+        let (Some(lo), Some(hi)) = (lo, hi) else {
             continue;
         };
         if lo > hi {
