@@ -116,6 +116,24 @@ impl FlowTable {
     /// Whether `p` is a reply of a known flow; refreshes that flow. ICMP
     /// echo requests are never replies.
     pub fn is_reply(&self, p: &PacketInfo) -> bool {
+        if let Some(q) = p.quoted {
+            // An ICMP error about a packet of a known flow, in either
+            // direction, is related to it (path MTU discovery needs this).
+            // It must quote a packet its recipient sent: nobody may use a
+            // third party's flow to slip errors past the rules.
+            if q.src != p.dst {
+                return false;
+            }
+            let key = FlowKey {
+                proto: q.proto,
+                src: q.src,
+                dst: q.dst,
+                src_port: q.src_port,
+                dst_port: q.dst_port,
+            };
+            let inner = self.lock();
+            return inner.map.contains_key(&key) || inner.map.contains_key(&key.reversed());
+        }
         if is_icmp(p.proto) && (p.icmp_echo_request || p.src_port == 0) {
             return false;
         }
@@ -245,6 +263,7 @@ mod tests {
             dst_port: dp,
             tcp_flags: 0,
             icmp_echo_request: false,
+            quoted: None,
         }
     }
 
@@ -314,5 +333,28 @@ mod tests {
         t.open(&req, 0).unwrap();
         assert!(t.is_reply(&rep));
         assert!(!t.is_reply(&req), "a request is never a reply");
+    }
+
+    #[test]
+    fn icmp_errors_about_a_flow_are_related() {
+        let t = FlowTable::new(cfg(5));
+        t.ensure_slot(0);
+        let out = udp("10.0.0.2", 1000, "203.0.113.1", 53);
+        t.open(&out, 0).unwrap();
+        let mut err = udp("198.51.100.7", 0, "10.0.0.2", 0);
+        assert!(!t.is_reply(&err), "not an error: no quote");
+        err.proto = proto::ICMP;
+        err.quoted = Some(crate::packet::Quoted {
+            src: out.src,
+            dst: out.dst,
+            proto: out.proto,
+            src_port: out.src_port,
+            dst_port: out.dst_port,
+        });
+        assert!(t.is_reply(&err));
+        err.quoted = err
+            .quoted
+            .map(|q| crate::packet::Quoted { dst_port: 54, ..q });
+        assert!(!t.is_reply(&err));
     }
 }

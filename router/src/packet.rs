@@ -52,6 +52,25 @@ pub struct PacketInfo {
     /// Whether this is an ICMP(v6) echo request (opens a flow) or another
     /// ICMP message; unused for other protocols.
     pub icmp_echo_request: bool,
+    /// For an ICMP(v6) error (unreachable, too big, time exceeded, parameter
+    /// problem): the flow of the packet it quotes, so that errors about an
+    /// established flow (path MTU discovery) reach the vassal.
+    pub quoted: Option<Quoted>,
+}
+
+/// The header fields of the packet an ICMP error quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    /// Its source.
+    pub src: IpAddr,
+    /// Its destination.
+    pub dst: IpAddr,
+    /// Its protocol.
+    pub proto: u8,
+    /// Its source port (echo id for ICMP echo).
+    pub src_port: u16,
+    /// Its destination port (echo id for ICMP echo).
+    pub dst_port: u16,
 }
 
 /// Parses an IPv4 or IPv6 packet. A non-first fragment carries no ports:
@@ -93,6 +112,7 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         dst_port: 0,
         tcp_flags: 0,
         icmp_echo_request: false,
+        quoted: None,
     };
     transport_fields(&mut info, transport, frag_offset == 0)?;
     Ok(info)
@@ -144,6 +164,7 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         dst_port: 0,
         tcp_flags: 0,
         icmp_echo_request: false,
+        quoted: None,
     };
     let transport = if first_fragment {
         &pkt[offset..]
@@ -189,10 +210,67 @@ fn transport_fields(info: &mut PacketInfo, t: &[u8], first: bool) -> Result<(), 
                 info.dst_port = id;
                 info.icmp_echo_request = t[0] == request;
             }
+            let error = if info.proto == proto::ICMP {
+                matches!(t[0], 3 | 11 | 12)
+            } else {
+                matches!(t[0], 1..=4)
+            };
+            if error {
+                // A quote we cannot read is not an error of the packet:
+                // it simply relates to no flow.
+                info.quoted = quoted(&t[8..]);
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Reads the quoted header of an ICMP error (IP header plus at least the
+/// first 8 transport bytes, as RFC 792/4443 require).
+fn quoted(q: &[u8]) -> Option<Quoted> {
+    let (src, dst, proto, rest) = match q.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(q.first()? & 0x0f) * 4;
+            let h = q.get(..ihl.max(20))?;
+            let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
+            (src, dst, h[9], q.get(ihl..)?)
+        }
+        6 => {
+            let h = q.get(..40)?;
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&h[8..24]);
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&h[24..40]);
+            (
+                IpAddr::V6(Ipv6Addr::from(a)),
+                IpAddr::V6(Ipv6Addr::from(b)),
+                h[6],
+                &q[40..],
+            )
+        }
+        _ => return None,
+    };
+    let t = rest.get(..8)?;
+    let (src_port, dst_port) = match proto {
+        proto::TCP | proto::UDP => (
+            u16::from_be_bytes([t[0], t[1]]),
+            u16::from_be_bytes([t[2], t[3]]),
+        ),
+        proto::ICMP | proto::ICMPV6 => {
+            let id = u16::from_be_bytes([t[4], t[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    Some(Quoted {
+        src,
+        dst,
+        proto,
+        src_port,
+        dst_port,
+    })
 }
 
 #[cfg(test)]
@@ -255,6 +333,21 @@ mod tests {
         let mut bad_ihl = v4(17, &[0; 8]);
         bad_ihl[0] = 0x4f;
         assert_eq!(parse(&bad_ihl), Err(Malformed::Truncated));
+    }
+
+    #[test]
+    fn icmp_errors_quote_their_flow() {
+        // port unreachable quoting a UDP packet 10.200.0.2:5353 -> 203.0.113.9:53
+        let quoted_pkt = v4(17, &[0x14, 0xe9, 0, 53, 0, 8, 0, 0]);
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted_pkt);
+        let i = parse(&v4(1, &icmp)).unwrap();
+        let q = i.quoted.unwrap();
+        assert_eq!((q.proto, q.src_port, q.dst_port), (17, 5353, 53));
+        assert_eq!(q.src, "10.200.0.2".parse::<IpAddr>().unwrap());
+        // a quote too short to hold ports relates to nothing, but parses
+        let i = parse(&v4(1, &[3, 3, 0, 0, 0, 0, 0, 0, 0x45, 0])).unwrap();
+        assert_eq!(i.quoted, None);
     }
 
     fn v6(next: u8, payload: &[u8]) -> Vec<u8> {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 use vassal_tests::router_harness::{
-    echo_server, tcp_echo, udp_echo, RouterSpec, TestRouter, TestVassal,
+    echo_server, tcp_echo, udp_echo, RouterSpec, TestRouter, TestVassal, PYTHON,
 };
 use vassal_tests::{wait_until, Netns};
 
@@ -86,6 +86,26 @@ fn vassal_reaches_host_and_counters_match_the_bytes() {
     assert_eq!(alice["rx_packets"], 3);
     assert_eq!(alice["attached"], true);
     assert_eq!(alice["dropped"]["firewall"], 1);
+}
+
+#[test]
+fn icmp_errors_about_established_flows_reach_the_vassal() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\n".into()),
+        ..Default::default()
+    });
+    let v = TestVassal::attach(&router, "alice", 2);
+    // UDP to a closed port of the gateway: the host's port unreachable
+    // passes the in chain (default deny) as related to the flow, so the
+    // socket sees ECONNREFUSED instead of a timeout.
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\n\
+         s.connect(('{}', 9))\ns.send(b'x')\ntry:\n    s.recv(10)\nexcept ConnectionRefusedError:\n    sys.exit(0)\nexcept socket.timeout:\n    sys.exit(1)\nsys.exit(2)\n",
+        router.gateway()
+    );
+    let status = v.ns.command(PYTHON).args(["-c", &script]).status().unwrap();
+    assert!(status.success(), "{status:?} {}", router.log_text());
+    assert_eq!(router.dropped("alice", "firewall"), 0.0);
 }
 
 #[test]
