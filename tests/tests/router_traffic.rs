@@ -316,3 +316,39 @@ fn unknown_destinations_in_the_subnet_are_no_route() {
     );
     let _ = Netns::new("vn");
 }
+
+#[test]
+fn a_full_flow_table_refuses_new_flows_of_that_project_only() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(
+            "[default]\nout = \"allow\"\nin = \"deny\"\n\n[[out]]\naction = \"allow\"\nproto = \"udp\"\ndst_port = \"9000-9100\"\nlog = true\n"
+                .into(),
+        ),
+        extra: "[flows]\nmax_per_project = 3\n".into(),
+        ..Default::default()
+    });
+    let alice = TestVassal::attach(&router, "alice", 2);
+    let bob = TestVassal::attach(&router, "bob", 3);
+    // Five UDP flows (five source ports) from alice: three fit.
+    let script = format!(
+        "import socket\nsocks=[socket.socket(socket.AF_INET,socket.SOCK_DGRAM) for _ in range(5)]\n\
+         for i,s in enumerate(socks):\n    s.sendto(b'x'*10, ('{}', 9001+i))\n",
+        router.gateway()
+    );
+    vassal_tests::run(alice.ns.command(PYTHON).args(["-c", &script]));
+    assert!(wait_until(Duration::from_secs(3), || router
+        .dropped("alice", "flow_table_full")
+        == 2.0));
+    assert_eq!(
+        router.metric("vassal_tx_packets_total", "project=\"alice\""),
+        3.0
+    );
+    assert!(wait_until(Duration::from_secs(3), || router
+        .metric("vassal_flows", "project=\"alice\"")
+        == 3.0));
+    // bob is not affected.
+    assert!(bob.ping(&router.gateway().to_string(), 1, 56));
+    assert_eq!(router.dropped("bob", "flow_table_full"), 0.0);
+    // The matching rule has `log = true`: its matches are logged.
+    assert!(router.log_text().contains("rule match"));
+}

@@ -22,6 +22,11 @@ action = "allow"
 project = "legacy"
 proto = "tcp"
 dst_port = "7000"
+
+[[in]]
+action = "allow"
+project = "forged"
+proto = "udp"
 "#;
 
 fn start() -> TestRouter {
@@ -269,4 +274,63 @@ while True:
     // The router is still serving.
     assert!(std::net::TcpStream::connect(&router.metrics).is_ok());
     assert!(router.child.is_some());
+}
+
+#[test]
+fn a_compat_peer_that_never_reads_costs_a_bounded_queue() {
+    let router = start();
+    // A peer identified by credentials (uid 4243, "forged"), that never reads.
+    let script = format!(
+        r#"
+import socket, struct, os, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect({sock:?})
+s.sendmsg([b"uwsgi-tuntap"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", os.getpid(), 4243, 4243))])
+print("attached", flush=True)
+time.sleep(60)
+"#,
+        sock = router.compat_socket.display().to_string()
+    );
+    let _peer = KillOnDrop::spawn(
+        Command::new(PYTHON)
+            .args(["-c", &script])
+            .stdout(Stdio::null()),
+    );
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_attached", "project=\"forged\"")
+        == 1.0));
+    // 4 MB toward it from the host: more than the socket buffer and the
+    // router's bounded queue together.
+    let flood = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let payload = [7u8; 1000];
+    for _ in 0..4000 {
+        let _ = flood.send_to(&payload, (router.addr(21), 5000));
+    }
+    assert!(wait_until(Duration::from_secs(5), || router
+        .dropped("forged", "queue_full")
+        > 0.0));
+    let delivered = router.metric("vassal_rx_bytes_total", "project=\"forged\"");
+    assert!(
+        delivered > 0.0 && delivered < 4000.0 * 1028.0,
+        "{delivered}"
+    );
+    // The router is unharmed and still switches other traffic.
+    let uwsgi = uwsgi_vassal(&router);
+    let ok = in_vassal(
+        uwsgi.pid(),
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &router.gateway().to_string(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(ok.success());
 }
