@@ -184,7 +184,10 @@ impl<K: FieldValue> Tree<K> {
                 } => {
                     let bounds = &self.bounds[bounds as usize..(bounds + count) as usize];
                     let value = key[usize::from(field)];
-                    let child = bounds.partition_point(|&b| b <= value);
+                    // A branch-free count instead of a binary search: the
+                    // loads are independent (and vectorize for IPv4), where
+                    // a binary search waits on one cache miss per probe.
+                    let child: usize = bounds.iter().map(|&b| usize::from(b <= value)).sum();
                     node = children as usize + child;
                 }
                 Node::Leaf { start, len } => {
