@@ -1,6 +1,8 @@
 //! Prints, per rule count, compile time, tree size and a quick lookup rate
 //! of the compiled and naive classifiers on the benchmark's workload:
 //! `cargo run --release -p vassal-bench --bin rules-report`.
+//! With `LOOKUP_ONLY=<rules>` it only times compiled lookups at that size
+//! (for profiling with perf).
 
 use std::hint::black_box;
 use std::path::Path;
