@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_tests::router_harness::{as_uid, echo_server_cmd, RouterSpec, TestRouter, PYTHON};
@@ -51,7 +52,7 @@ fn start() -> TestRouter {
 
 /// Starts a uWSGI vassal attached through the compat socket, holding in its
 /// own network namespace (as in shared/bench/peers.sh).
-fn uwsgi_vassal(router: &TestRouter) -> KillOnDrop {
+fn uwsgi_vassal(router: &TestRouter) -> GroupKill {
     let ini = router.dir.join("vassal.ini");
     std::fs::write(
         &ini,
@@ -71,13 +72,16 @@ fn uwsgi_vassal(router: &TestRouter) -> KillOnDrop {
     )
     .unwrap();
     let log = std::fs::File::create(router.dir.join("uwsgi.log")).unwrap();
-    let child = KillOnDrop::spawn(
+    // Its own process group: the `exec-as-root` children outlive a killed
+    // master, so the whole group is killed on drop.
+    let child = GroupKill(KillOnDrop::spawn(
         Command::new("uwsgi")
             .args(["--plugin", "tuntap", "--ini"])
             .arg(&ini)
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(log),
-    );
+    ));
     assert!(
         wait_until(Duration::from_secs(10), || router
             .dir
@@ -87,6 +91,24 @@ fn uwsgi_vassal(router: &TestRouter) -> KillOnDrop {
         std::fs::read_to_string(router.dir.join("uwsgi.log")).unwrap_or_default()
     );
     child
+}
+
+/// A process group leader whose whole group is killed on drop.
+struct GroupKill(KillOnDrop);
+
+impl GroupKill {
+    fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 fn in_vassal(pid: u32, argv: &[&str]) -> Command {
