@@ -19,7 +19,6 @@
 
 use crate::config::MAX_MTU;
 use crate::datapath::{Delivery, Router, Snapshot};
-use crate::metrics::DropReason;
 use crate::socket;
 use crate::vassals::{Port, Vassal};
 use nix::sys::socket::{
@@ -318,11 +317,13 @@ async fn serve_peer(
                         }
                         let uid = creds.ok_or("credentials message without SCM_CREDENTIALS")?;
                         at = CREDENTIALS_MAGIC.len();
-                        if vassal.as_ref().is_none_or(|_| uid != peer_uid) {
+                        if vassal.is_none() || uid != peer_uid {
                             if let Some(old) = vassal.take() {
                                 router.registry.detach(&old);
                             }
                             *vassal = Some(attach(router, uid, out)?);
+                            // Its project (and so its rule id) changed.
+                            snap = None;
                         }
                     }
                 }
@@ -369,11 +370,8 @@ async fn serve_peer(
                 return Err(format!("uid {peer_uid} has no [[project]] entry and sent no credentials in time"));
             }
         }
-        if let Some(v) = vassal.as_ref() {
-            if out.lock().dead {
-                v.project.counters.drop(DropReason::QueueFull);
-                return Err("peer stopped accepting data".into());
-            }
+        if out.lock().dead {
+            return Err("writing to the peer failed".into());
         }
     }
 }
