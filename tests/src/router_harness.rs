@@ -153,7 +153,9 @@ impl TestRouter {
         );
         self.child = Some(child);
         let ready = wait_until(Duration::from_secs(10), || {
-            self.socket.exists() && std::net::TcpStream::connect(&self.metrics).is_ok()
+            // Connect, not just exists: a killed router leaves its socket file.
+            transport::connect(&self.socket).is_ok()
+                && std::net::TcpStream::connect(&self.metrics).is_ok()
         });
         assert!(
             ready,
