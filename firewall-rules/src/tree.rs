@@ -38,6 +38,14 @@ const SPACE_FACTOR: usize = 4;
 const BINARY_SAMPLES: usize = 16;
 /// A mask with every field's bit.
 const ALL_FIELDS: u8 = (1 << FIELDS) - 1;
+/// The whole tree may hold this many leaf entries and nodes per rule (plus
+/// [`BUDGET_BASE`]): realistic rule sets use a few, but rules constraining
+/// different fields interleaved (a cross product) would otherwise grow the
+/// tree quadratically.
+const BUDGET_PER_RULE: usize = 32;
+const BUDGET_BASE: usize = 4096;
+/// Budget a node keeps back for each rule of its children not built yet.
+const SIBLING_RESERVE: usize = 4;
 /// Deeper nodes become leaves whatever their size.
 const MAX_DEPTH: usize = 40;
 
@@ -166,7 +174,8 @@ impl<K: FieldValue> Tree<K> {
             stamp: Vec::new(),
         };
         builder.tree.nodes.push(Node::Leaf { start: 0, len: 0 });
-        builder.fill(0, full, ids, 0);
+        let budget = BUDGET_PER_RULE * rules.len() + BUDGET_BASE;
+        builder.fill(0, full, ids, 0, budget);
         tree
     }
 
@@ -286,16 +295,21 @@ struct Cut<K> {
 }
 
 impl<K: FieldValue> Builder<'_, K> {
-    /// Makes `nodes[me]` (already allocated) the subtree for `ids` in `region`.
-    fn fill(&mut self, me: u32, region: Region<K>, mut ids: Vec<u32>, depth: usize) {
-        // Nothing after a rule covering the whole region can match first.
+    /// Nothing after a rule covering the whole region can match first.
+    fn prune(&self, region: &Region<K>, ids: &mut Vec<u32>) {
         if let Some(pos) = ids.iter().position(|&id| {
             let rule = &self.rules[id as usize];
             (0..FIELDS).all(|f| covers(&rule.ranges[f], region[f].0, region[f].1))
         }) {
             ids.truncate(pos + 1);
         }
+    }
 
+    /// Makes `nodes[me]` (already allocated) the subtree for `ids` in
+    /// `region`, using at most `budget` leaf entries and nodes (at least
+    /// `ids.len()`: a leaf is always affordable).
+    fn fill(&mut self, me: u32, region: Region<K>, mut ids: Vec<u32>, depth: usize, budget: usize) {
+        self.prune(&region, &mut ids);
         let cut = if ids.len() <= LEAF_SIZE || depth >= MAX_DEPTH {
             None
         } else {
@@ -337,6 +351,30 @@ impl<K: FieldValue> Builder<'_, K> {
             }
         }
 
+        let regions: Vec<Region<K>> = (0..merged.len())
+            .map(|i| {
+                let mut child = region;
+                if i > 0 {
+                    child[cut.field].0 = bounds[i - 1];
+                }
+                if let Some(&b) = bounds.get(i) {
+                    // Bounds lie strictly inside the region, so b - 1 exists.
+                    child[cut.field].1 = b.prev();
+                }
+                child
+            })
+            .collect();
+        for (list, child) in merged.iter_mut().zip(&regions) {
+            self.prune(child, list);
+        }
+        // The budget goes to the children in proportion to their rule
+        // lists; a cut the budget cannot pay for leaves a (longer) leaf.
+        let total: usize = merged.iter().map(Vec::len).sum();
+        let Some(spare) = budget.checked_sub(merged.len()).filter(|&s| s >= total) else {
+            self.leaf(me, &region, &ids);
+            return;
+        };
+
         let bounds_start = arena_index(self.tree.bounds.len());
         self.tree.bounds.extend_from_slice(&bounds);
         let children_start = arena_index(self.tree.nodes.len());
@@ -344,16 +382,21 @@ impl<K: FieldValue> Builder<'_, K> {
             Node::Leaf { start: 0, len: 0 },
             merged.len(),
         ));
-        for (i, list) in merged.into_iter().enumerate() {
-            let mut child = region;
-            if i > 0 {
-                child[cut.field].0 = bounds[i - 1];
-            }
-            if let Some(&b) = bounds.get(i) {
-                // Bounds lie strictly inside the region, so b - 1 exists.
-                child[cut.field].1 = b.prev();
-            }
-            self.fill(children_start + arena_index(i), child, list, depth + 1);
+        // A child may use the whole budget but a reserve for the children
+        // still to build (a few times their list lengths, never less than
+        // the lengths themselves), so the budget only binds when the whole
+        // tree would exceed it.
+        let (mut spare, mut total) = (spare, total);
+        for (i, (list, child)) in merged.into_iter().zip(regions).enumerate() {
+            let len = list.len();
+            let reserve = (total - len).saturating_mul(SIBLING_RESERVE);
+            let share = spare.saturating_sub(reserve).max(len);
+            let before = self.tree.entries.len() + self.tree.nodes.len();
+            let slot = children_start + arena_index(i);
+            self.fill(slot, child, list, depth + 1, share);
+            let used = self.tree.entries.len() + self.tree.nodes.len() - before;
+            spare = spare.saturating_sub(used);
+            total -= len;
         }
         self.tree.nodes[me as usize] = Node::Cut {
             field: u8::try_from(cut.field).unwrap_or(0),
