@@ -50,11 +50,16 @@ impl Firewall {
     /// Loads the initial rules.
     pub fn load(path: Option<PathBuf>) -> Result<Firewall, FirewallError> {
         let set = load_rule_set(path.as_deref())?;
-        Ok(Firewall {
-            current: RwLock::new(Arc::new(active(&set, 0))),
+        Ok(Firewall::with_rules(&set, path))
+    }
+
+    /// Starts from an already parsed rule set; `path` is what reloads read.
+    pub fn with_rules(set: &RuleSet, path: Option<PathBuf>) -> Firewall {
+        Firewall {
+            current: RwLock::new(Arc::new(active(set, 0))),
             path,
             generation: AtomicU64::new(0),
-        })
+        }
     }
 
     /// The rules in force now.

@@ -191,6 +191,11 @@ impl HostCounters {
     pub fn drop(&self, reason: DropReason) {
         self.dropped[reason.index()].add(1);
     }
+
+    /// Project-less drops of `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()].get()
+    }
 }
 
 /// Counts a refused attach (rare: the macro's allocation is fine here).

@@ -51,6 +51,17 @@ pub struct Vassal {
     pub port: Port,
 }
 
+impl std::fmt::Debug for Vassal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vassal")
+            .field("id", &self.id)
+            .field("project", &self.project.name)
+            .field("ipv4", &self.ipv4)
+            .field("ipv6", &self.ipv6)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Vassal {
     /// Whether `src` is this vassal's own address.
     pub fn owns(&self, src: IpAddr) -> bool {
@@ -176,5 +187,66 @@ impl Registry {
                 .attached
                 .set(vassal.project.attached() as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    fn port() -> Port {
+        let (a, _b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        Port::Tun(a)
+    }
+
+    #[test]
+    fn addresses_are_exclusive_and_the_vassal_count_bounded() {
+        let r = Registry::new(2);
+        let alice = r.project("alice");
+        let a = r
+            .attach(
+                Arc::clone(&alice),
+                Ipv4Addr::new(10, 0, 0, 2),
+                Some("fd00::2".parse().unwrap()),
+                port(),
+            )
+            .unwrap();
+        // Either address held: refused, the holder keeps both.
+        let (reason, _) = r
+            .attach(
+                r.project("bob"),
+                Ipv4Addr::new(10, 0, 0, 3),
+                Some("fd00::2".parse().unwrap()),
+                port(),
+            )
+            .unwrap_err();
+        assert_eq!(reason, RefuseReason::AddressInUse);
+        assert!(r.lookup("10.0.0.3".parse().unwrap()).is_none());
+        assert_eq!(r.lookup("fd00::2".parse().unwrap()).unwrap().id, a.id);
+        r.attach(r.project("bob"), Ipv4Addr::new(10, 0, 0, 3), None, port())
+            .unwrap();
+        let (reason, _) = r
+            .attach(r.project("carol"), Ipv4Addr::new(10, 0, 0, 4), None, port())
+            .unwrap_err();
+        assert_eq!(reason, RefuseReason::TooManyVassals);
+        // Detach frees the addresses; a stale detach of an old attachment
+        // never removes its successor.
+        r.detach(&a);
+        assert_eq!(alice.attached(), 0);
+        let again = r
+            .attach(Arc::clone(&alice), Ipv4Addr::new(10, 0, 0, 2), None, port())
+            .unwrap();
+        r.detach(&a);
+        assert_eq!(r.lookup("10.0.0.2".parse().unwrap()).unwrap().id, again.id);
+        // Projects keep their slot (and counters) across attachments.
+        assert_eq!(r.project("alice").slot, alice.slot);
+        assert_eq!(r.projects().len(), 3);
     }
 }
