@@ -43,8 +43,8 @@ fn cross_product_rules_compile_within_bounds() {
         stats.leaf_entries
     );
     let naive = Naive::new(&rules);
-    for i in (0..n).step_by(7) {
-        for j in (0..n).step_by(13) {
+    for i in (0..n).step_by(37) {
+        for j in (0..n).step_by(41) {
             let key = PacketKey {
                 project: ProjectId::UNKNOWN,
                 src: IpAddr::V4(Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8)),
