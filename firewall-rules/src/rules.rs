@@ -277,9 +277,10 @@ impl RuleSet {
             let logged = rules.iter().filter(|r| r.log).count();
             let _ = writeln!(
                 s,
-                "  {:<3} {} rules ({} allow, {} deny, {} logged), default {}",
+                "  {:<3} {} rule{} ({} allow, {} deny, {} logged), default {}",
                 chain.as_str(),
                 rules.len(),
+                if rules.len() == 1 { "" } else { "s" },
                 allow,
                 rules.len() - allow,
                 logged,

@@ -136,7 +136,7 @@ pub(crate) struct Tree<K> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct TreeStats {
     /// Inner and leaf nodes.
-    pub(crate) nodes: usize,
+    pub nodes: usize,
     /// Rule references in all leaves (rules replicated across leaves count
     /// once per leaf).
     pub leaf_entries: usize,

@@ -221,7 +221,7 @@ fn summary_counts_rules_and_defaults() {
         "{s}"
     );
     assert!(
-        s.contains("in  1 rules (1 allow, 0 deny, 0 logged), default deny"),
+        s.contains("in  1 rule (1 allow, 0 deny, 0 logged), default deny"),
         "{s}"
     );
     assert!(
