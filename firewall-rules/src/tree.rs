@@ -6,14 +6,16 @@
 //! the rules' own range ends, so cuts land on prefix and port boundaries)
 //! and keeps, per child, the rules that overlap the child's region, in
 //! their original order. A leaf holds at most [`LEAF_SIZE`] rules (more
-//! only when no cut helps) and is scanned in order, so the first match in
-//! a leaf is the first match of the whole chain: exact first-match
-//! semantics with a lookup of a few node hops plus a short scan.
+//! only when no cut helps or the memory budget is spent) and is scanned in
+//! order, so the first match in a leaf is the first match of the whole
+//! chain: exact first-match semantics with a lookup of a few node hops
+//! plus a short scan.
 //!
-//! Two things keep the tree small: every rule after one that covers the
+//! Three things keep the tree small: every rule after one that covers the
 //! whole region of a node on all fields is dropped there (it can never be
-//! the first match), and adjacent children with identical rule lists are
-//! merged into one.
+//! the first match), adjacent children with identical rule lists are
+//! merged into one, and a budget per rule ([`BUDGET_PER_RULE`]) turns
+//! nodes into leaves once the tree would outgrow it.
 
 use std::fmt::Debug;
 
@@ -43,6 +45,7 @@ const ALL_FIELDS: u8 = (1 << FIELDS) - 1;
 /// different fields interleaved (a cross product) would otherwise grow the
 /// tree quadratically.
 const BUDGET_PER_RULE: usize = 32;
+/// Budget every tree gets whatever its rule count.
 const BUDGET_BASE: usize = 4096;
 /// Budget a node keeps back for each rule of its children not built yet.
 const SIBLING_RESERVE: usize = 4;
