@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// What is wrong with one value of a rule file. The `Display` form is
-/// "<what is wrong>; expected <what>".
+/// `<what is wrong>; expected <what>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleErrorKind {
     /// The file could not be read at all.
