@@ -181,18 +181,19 @@ pub struct Rule {
 impl Rule {
     /// The protocols this rule can match: `None` = any protocol.
     pub fn protocols(&self) -> Option<&'static [u8]> {
-        const TCP_UDP: [u8; 2] = [proto::TCP, proto::UDP];
-        const ONE: [[u8; 1]; 256] = {
-            let mut all = [[0u8; 1]; 256];
+        /// Every protocol number, so one can be lent as a slice.
+        static NUMBERS: [u8; 256] = {
+            let mut all = [0u8; 256];
             let mut i = 0;
             while i < 256 {
-                all[i][0] = i as u8;
+                all[i] = i as u8;
                 i += 1;
             }
             all
         };
+        static TCP_UDP: [u8; 2] = [proto::TCP, proto::UDP];
         match self.proto {
-            Some(p) => Some(&ONE[p as usize]),
+            Some(p) => Some(&NUMBERS[usize::from(p)..=usize::from(p)]),
             None if self.src_port.is_some() || self.dst_port.is_some() => Some(&TCP_UDP),
             None => None,
         }
