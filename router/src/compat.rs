@@ -13,7 +13,12 @@
 //! Identity comes from the `[[project]]` entry whose `uid` is the peer's
 //! SO_PEERCRED uid, or, when the peer first sends uWSGI's credentials
 //! message (the 12 bytes `uwsgi-tuntap` with SCM_CREDENTIALS), the uid in
-//! those credentials. No entry: the peer is closed. Packets toward a peer
+//! those credentials. No entry: the peer is closed. uWSGI opens a new relay
+//! connection each time it jails itself (a fresh namespace and device), so
+//! a newer compat connection of the same project takes the address over
+//! from an older compat one; the older stays open but is ignored, because
+//! uWSGI exits when a relay's server disconnects. A vassal attached over
+//! the control socket is never displaced. Packets toward a peer
 //! go through a bounded per-peer queue; when it is full they are dropped
 //! (`queue_full`), so a peer that never reads costs at most that buffer.
 
@@ -25,12 +30,14 @@ use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
 };
 use std::io::IoSliceMut;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
+use vassal_attach::RefuseReason;
 
 const CREDENTIALS_MAGIC: &[u8; 12] = b"uwsgi-tuntap";
 
@@ -68,6 +75,7 @@ pub struct CompatOut {
     fd: OwnedFd,
     queue: Mutex<OutQueue>,
     wake: Notify,
+    evicted: Notify,
 }
 
 impl CompatOut {
@@ -80,6 +88,7 @@ impl CompatOut {
                 dead: false,
             }),
             wake: Notify::new(),
+            evicted: Notify::new(),
         }
     }
 
@@ -238,15 +247,40 @@ fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>
         .ok_or_else(|| format!("no [[project]] entry has uid {uid}; refused"))?;
     let project = router.registry.project(&entry.name);
     router.flows.ensure_slot(project.slot);
-    let vassal = router
-        .registry
-        .attach(
-            project,
-            entry.address,
-            entry.address6,
-            Port::Compat(Arc::clone(out)),
-        )
-        .map_err(|(reason, message)| format!("{}: {message}", reason.as_str()))?;
+    let port = || Port::Compat(Arc::clone(out));
+    let attached = match router.registry.attach(
+        Arc::clone(&project),
+        entry.address,
+        entry.address6,
+        port(),
+    ) {
+        // uWSGI opens a new relay connection from each process that runs
+        // its post-jail hook (the master, then workers) and expects the
+        // newest to win. The peer is authenticated by uid, so a newer
+        // compat connection of the same project replaces an older one; a
+        // vassal attached over the control socket is never evicted.
+        Err((RefuseReason::AddressInUse, message)) => {
+            let holder = router.registry.lookup(IpAddr::V4(entry.address));
+            match holder.as_deref() {
+                Some(
+                    old @ Vassal {
+                        port: Port::Compat(old_out),
+                        ..
+                    },
+                ) if old.project.name == entry.name => {
+                    router.registry.detach(old);
+                    old_out.evicted.notify_one();
+                    tracing::info!(project = %entry.name, "a newer compat connection replaces the older one");
+                    router
+                        .registry
+                        .attach(project, entry.address, entry.address6, port())
+                }
+                _ => Err((RefuseReason::AddressInUse, message)),
+            }
+        }
+        other => other,
+    };
+    let vassal = attached.map_err(|(reason, message)| format!("{}: {message}", reason.as_str()))?;
     tracing::info!(project = %entry.name, address = %entry.address, uid, "compat peer attached");
     Ok(vassal)
 }
@@ -285,6 +319,7 @@ async fn serve_peer(
     let mut inbuf = vec![0u8; MAX_MTU + 4 + 4096];
     let mut fill = 0usize;
     let mut first = true;
+    let mut replaced = false;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(router.config.limits.hello_timeout_ms);
     let mut snap = vassal
@@ -328,6 +363,12 @@ async fn serve_peer(
                     }
                 }
                 let Some(v) = vassal.as_ref() else {
+                    if replaced {
+                        // A replaced relay talks for an abandoned device:
+                        // read and forget.
+                        fill = 0;
+                        continue;
+                    }
                     return Err(format!("uid {peer_uid} has no [[project]] entry and sent no credentials"));
                 };
                 let snap = snap.get_or_insert_with(|| Snapshot::take(&router.firewall, Some(&v.project.name)));
@@ -358,6 +399,14 @@ async fn serve_peer(
                 fill -= at;
             }
             _ = out.wake.notified(), if !pending => {}
+            _ = out.evicted.notified(), if !replaced => {
+                // Detached by `attach` already. The connection stays open:
+                // uWSGI exits when its relay's server disconnects, and the
+                // process holding this relay is usually the live vassal that
+                // just reconnected from its final namespace.
+                *vassal = None;
+                replaced = true;
+            }
             w = afd.writable(), if pending => {
                 let mut guard = w.map_err(|e| format!("reactor: {e}"))?;
                 match out.flush() {
@@ -366,7 +415,7 @@ async fn serve_peer(
                     Err(e) => return Err(format!("write: {}", std::io::Error::from_raw_os_error(e))),
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if vassal.is_none() => {
+            _ = tokio::time::sleep_until(deadline), if vassal.is_none() && !replaced => {
                 return Err(format!("uid {peer_uid} has no [[project]] entry and sent no credentials in time"));
             }
         }

@@ -50,30 +50,33 @@ fn start() -> TestRouter {
     router
 }
 
-/// Starts a uWSGI vassal attached through the compat socket, holding in its
-/// own network namespace (as in shared/bench/peers.sh).
+/// Starts a uWSGI vassal attached through the compat socket: a master and
+/// two workers in their own network namespace, the way a uWSGI Emperor
+/// vassal runs. uWSGI jails itself twice (a fresh namespace, device and
+/// relay connection each time), so the router sees several connections of
+/// the same uid: the newest takes the address, the older ones stay open.
 fn uwsgi_vassal(router: &TestRouter) -> GroupKill {
     let ini = router.dir.join("vassal.ini");
     std::fs::write(
         &ini,
         format!(
-            "[uwsgi]\nunshare = net\ntuntap-device = uwsgi0 {sock}\n\
+            "[uwsgi]\nmaster = true\nprocesses = 2\nunshare = net\nsocket = {app}\n\
+             tuntap-device = uwsgi0 {sock}\n\
              exec-as-root = sysctl -qw net.ipv6.conf.all.disable_ipv6=1\n\
              exec-as-root = ip link set lo up\n\
              exec-as-root = ip addr add {addr}/24 dev uwsgi0\n\
              exec-as-root = ip link set uwsgi0 up\n\
-             exec-as-root = ip route add default dev uwsgi0\n\
-             exec-as-root = touch {ready}\n\
-             exec-as-root = sleep 86400\n",
+             exec-as-root = ip route add default dev uwsgi0\n",
+            app = router.dir.join("app.sock").display(),
             sock = router.compat_socket.display(),
             addr = router.addr(20),
-            ready = router.dir.join("uwsgi.ready").display(),
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(router.dir.join("uwsgi.log")).unwrap();
-    // Its own process group: the `exec-as-root` children outlive a killed
-    // master, so the whole group is killed on drop.
+    let log_path = router.dir.join("uwsgi.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Its own process group, killed whole on drop (workers, exec-as-root
+    // children).
     let child = GroupKill(KillOnDrop::spawn(
         Command::new("uwsgi")
             .args(["--plugin", "tuntap", "--ini"])
@@ -83,12 +86,12 @@ fn uwsgi_vassal(router: &TestRouter) -> GroupKill {
             .stderr(log),
     ));
     assert!(
-        wait_until(Duration::from_secs(10), || router
-            .dir
-            .join("uwsgi.ready")
-            .exists()),
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &log_path
+        )
+        .is_ok_and(|l| l.contains("spawned uWSGI worker 2"))),
         "uwsgi did not start: {}",
-        std::fs::read_to_string(router.dir.join("uwsgi.log")).unwrap_or_default()
+        std::fs::read_to_string(&log_path).unwrap_or_default()
     );
     child
 }
@@ -200,6 +203,9 @@ fn real_uwsgi_vassal_exchanges_traffic_through_the_compat_socket() {
     // The stats command shows the compat project.
     let out = router.cli(&["stats", "--socket", router.socket.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("legacy"));
+    // The uWSGI master and its workers are alive: no relay was cut.
+    let mut uwsgi = uwsgi;
+    assert!(uwsgi.0 .0.try_wait().unwrap().is_none(), "uWSGI exited");
 }
 
 #[test]
