@@ -79,3 +79,63 @@ fn nat_egress_shows_the_host_address_and_the_table_is_managed() {
     assert_eq!(tables_named(&table), 0);
     drop(veth);
 }
+
+#[test]
+fn ipv6_nat_egress_shows_the_host_address() {
+    let n = std::process::id() % 0xffff;
+    let host_addr = format!("2001:db8:{n:x}::1");
+    let server_addr = format!("2001:db8:{n:x}::2");
+    let internet = Netns::new("in");
+    let veth = Veth::new(&internet, "198.51.100.253/32", "198.51.100.254/32");
+    vassal_tests::ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{host_addr}/64"),
+        "dev",
+        &veth.host,
+        "nodad",
+    ]);
+    let peer = String::from_utf8(
+        internet
+            .exec(&["ip", "-o", "link", "show", "type", "veth"])
+            .stdout,
+    )
+    .unwrap();
+    let peer = peer
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    internet.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{server_addr}/64"),
+        "dev",
+        &peer,
+        "nodad",
+    ]);
+
+    let router = TestRouter::start(&RouterSpec {
+        nat: Some(Some(veth.host.clone())),
+        ipv6: true,
+        ..Default::default()
+    });
+    let log = router.dir.join("internet6.log");
+    let _server = echo_server(&internet, "::", 8080, &log);
+    let v = TestVassal::attach6(&router, "alice", 2);
+    assert!(
+        tcp_echo(&v.ns, &server_addr, 8080, 50_000),
+        "{}",
+        router.log_text()
+    );
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(seen.contains(&format!("tcp {host_addr}")), "{seen}");
+    assert!(!seen.contains(v.addr6.as_deref().unwrap()), "{seen}");
+}
