@@ -41,6 +41,57 @@ use vassal_attach::RefuseReason;
 
 const CREDENTIALS_MAGIC: &[u8; 12] = b"uwsgi-tuntap";
 
+/// Why a compat peer was disconnected (the router itself carries on).
+#[derive(Debug, thiserror::Error)]
+pub enum CompatError {
+    /// Reading a socket option of the peer's connection failed.
+    #[error("compat peer: {0}: {1}")]
+    Sockopt(&'static str, nix::errno::Errno),
+    /// An I/O step on the peer's connection failed.
+    #[error("compat peer: {0}: {1}")]
+    Io(&'static str, std::io::Error),
+    /// No `[[project]]` entry has the peer's uid (SO_PEERCRED or credentials).
+    #[error("compat peer with uid {uid}: no [[project]] entry has this uid; refused")]
+    UnknownUid {
+        /// The uid.
+        uid: u32,
+    },
+    /// The first bytes began like uWSGI's credentials message but were not one.
+    #[error("compat peer with uid {uid}: malformed credentials message (expected `uwsgi-tuntap` with SCM_CREDENTIALS)")]
+    BadCredentials {
+        /// The SO_PEERCRED uid.
+        uid: u32,
+    },
+    /// The address is held (by a vassal attached over the control socket).
+    #[error("compat peer with uid {uid}: refused ({reason}): {message}")]
+    Refused {
+        /// The uid the peer was identified by.
+        uid: u32,
+        /// The refusal reason label.
+        reason: &'static str,
+        /// Details.
+        message: String,
+    },
+    /// A frame header with modifier1 != 0 or an unknown modifier2.
+    #[error("compat peer of project {project}: bad frame header {header:02x?}")]
+    BadHeader {
+        /// The peer's project.
+        project: String,
+        /// The four header bytes.
+        header: [u8; 4],
+    },
+    /// A frame longer than the MTU.
+    #[error("compat peer of project {project}: frame of {len} bytes exceeds the MTU {mtu}")]
+    TooLong {
+        /// The peer's project.
+        project: String,
+        /// The announced length.
+        len: usize,
+        /// `limits.mtu`.
+        mtu: usize,
+    },
+}
+
 /// Bytes waiting to be written to one compat peer.
 struct OutQueue {
     buf: Vec<u8>,
@@ -212,7 +263,7 @@ pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
                     let router = Arc::clone(&router);
                     tokio::spawn(async move {
                         if let Err(why) = peer(router, fd).await {
-                            tracing::warn!("compat peer disconnected: {why}");
+                            tracing::warn!("disconnected: {why}");
                         }
                     });
                 }
@@ -240,11 +291,11 @@ impl AsRawFd for Watched {
 }
 
 /// Attaches the compat peer as the project whose `[[project]]` uid is `uid`.
-fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>, String> {
+fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>, CompatError> {
     let entry = router
         .config
         .project_by_uid(uid)
-        .ok_or_else(|| format!("no [[project]] entry has uid {uid}; refused"))?;
+        .ok_or(CompatError::UnknownUid { uid })?;
     let project = router.registry.project(&entry.name);
     router.flows.ensure_slot(project.slot);
     let port = || Port::Compat(Arc::clone(out));
@@ -280,15 +331,20 @@ fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>
         }
         other => other,
     };
-    let vassal = attached.map_err(|(reason, message)| format!("{}: {message}", reason.as_str()))?;
+    let vassal = attached.map_err(|(reason, message)| CompatError::Refused {
+        uid,
+        reason: reason.as_str(),
+        message,
+    })?;
     tracing::info!(project = %entry.name, address = %entry.address, uid, "compat peer attached");
     Ok(vassal)
 }
 
 /// Serves one compat peer until it disconnects or misbehaves.
-async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), String> {
-    let peer_uid = socket::peer_uid(&fd).map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| format!("SO_PASSCRED: {e}"))?;
+async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), CompatError> {
+    let peer_uid = socket::peer_uid(&fd).map_err(|e| CompatError::Sockopt("SO_PEERCRED", e))?;
+    setsockopt(&fd, sockopt::PassCred, &true)
+        .map_err(|e| CompatError::Sockopt("SO_PASSCRED", e))?;
     let raw = fd.as_raw_fd();
     let out = Arc::new(CompatOut::new(fd, router.config.limits.compat_buffer));
     // SAFETY: `raw` belongs to `out`, which this function holds (an Arc)
@@ -296,7 +352,7 @@ async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), String> {
     let afd = unsafe {
         AsyncFd::register_with_interest(Watched(raw), Interest::READABLE | Interest::WRITABLE)
     }
-    .map_err(|e| format!("registering with the reactor: {e}"))?;
+    .map_err(|e| CompatError::Io("registering with the reactor", e.into()))?;
     // A peer whose SO_PEERCRED uid has an entry is attached at once (it may
     // receive before it sends); others must send credentials in time.
     let mut vassal = attach(&router, peer_uid, &out).ok();
@@ -314,7 +370,7 @@ async fn serve_peer(
     out: &Arc<CompatOut>,
     peer_uid: u32,
     vassal: &mut Option<Arc<Vassal>>,
-) -> Result<(), String> {
+) -> Result<(), CompatError> {
     let mtu = router.config.limits.mtu;
     let mut inbuf = vec![0u8; MAX_MTU + 4 + 4096];
     let mut fill = 0usize;
@@ -329,14 +385,14 @@ async fn serve_peer(
         let pending = out.has_pending();
         tokio::select! {
             r = afd.readable() => {
-                let mut guard = r.map_err(|e| format!("reactor: {e}"))?;
+                let mut guard = r.map_err(|e| CompatError::Io("waiting to read", e))?;
                 let (n, creds) = match read(afd.get_ref().0, &mut inbuf[fill..]) {
                     Ok(r) => r,
                     Err(libc::EAGAIN) => {
                         guard.clear_ready();
                         continue;
                     }
-                    Err(e) => return Err(format!("read: {}", std::io::Error::from_raw_os_error(e))),
+                    Err(e) => return Err(CompatError::Io("reading", std::io::Error::from_raw_os_error(e))),
                 };
                 drop(guard);
                 if n == 0 {
@@ -348,9 +404,9 @@ async fn serve_peer(
                     first = false;
                     if inbuf[0] == CREDENTIALS_MAGIC[0] {
                         if fill < CREDENTIALS_MAGIC.len() || &inbuf[..12] != CREDENTIALS_MAGIC {
-                            return Err("bad credentials message".into());
+                            return Err(CompatError::BadCredentials { uid: peer_uid });
                         }
-                        let uid = creds.ok_or("credentials message without SCM_CREDENTIALS")?;
+                        let uid = creds.ok_or(CompatError::BadCredentials { uid: peer_uid })?;
                         at = CREDENTIALS_MAGIC.len();
                         if vassal.is_none() || uid != peer_uid {
                             if let Some(old) = vassal.take() {
@@ -369,7 +425,7 @@ async fn serve_peer(
                         fill = 0;
                         continue;
                     }
-                    return Err(format!("uid {peer_uid} has no [[project]] entry and sent no credentials"));
+                    return Err(CompatError::UnknownUid { uid: peer_uid });
                 };
                 let snap = snap.get_or_insert_with(|| Snapshot::take(&router.firewall, Some(&v.project.name)));
                 snap.refresh(&router.firewall, Some(&v.project.name));
@@ -378,10 +434,10 @@ async fn serve_peer(
                     let len = usize::from(u16::from_le_bytes([h[1], h[2]]));
                     let (modifier1, modifier2) = (h[0], h[3]);
                     if modifier1 != 0 || modifier2 > 1 {
-                        return Err(format!("bad frame header {h:02x?}"));
+                        return Err(CompatError::BadHeader { project: v.project.name.clone(), header: [h[0], h[1], h[2], h[3]] });
                     }
                     if len > mtu {
-                        return Err(format!("frame of {len} bytes exceeds the MTU {mtu}"));
+                        return Err(CompatError::TooLong { project: v.project.name.clone(), len, mtu });
                     }
                     if fill - at < 4 + len {
                         break;
@@ -408,19 +464,22 @@ async fn serve_peer(
                 replaced = true;
             }
             w = afd.writable(), if pending => {
-                let mut guard = w.map_err(|e| format!("reactor: {e}"))?;
+                let mut guard = w.map_err(|e| CompatError::Io("waiting to write", e))?;
                 match out.flush() {
                     Ok(true) => {}
                     Ok(false) => guard.clear_ready(),
-                    Err(e) => return Err(format!("write: {}", std::io::Error::from_raw_os_error(e))),
+                    Err(e) => return Err(CompatError::Io("writing", std::io::Error::from_raw_os_error(e))),
                 }
             }
             _ = tokio::time::sleep_until(deadline), if vassal.is_none() && !replaced => {
-                return Err(format!("uid {peer_uid} has no [[project]] entry and sent no credentials in time"));
+                return Err(CompatError::UnknownUid { uid: peer_uid });
             }
         }
         if out.lock().dead {
-            return Err("writing to the peer failed".into());
+            return Err(CompatError::Io(
+                "writing",
+                std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+            ));
         }
     }
 }
