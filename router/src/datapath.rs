@@ -114,7 +114,7 @@ impl Router {
             tracing::info!(
                 project = name,
                 chain = chain.as_str(),
-                rule = ?verdict.rule,
+                rule_line = ?snap.rules.line(chain, verdict.rule),
                 action = verdict.action.as_str(),
                 src = %p.src,
                 dst = %p.dst,

@@ -28,6 +28,19 @@ pub struct ActiveRules {
     pub out_rules: usize,
     /// Rules in the in chain.
     pub in_rules: usize,
+    /// Line of each rule in the rule file, per chain (out, in), for logs.
+    lines: [Vec<usize>; 2],
+}
+
+impl ActiveRules {
+    /// The rule-file line of rule `index` of `chain` (a verdict's `rule`).
+    pub fn line(&self, chain: Chain, index: Option<u32>) -> Option<usize> {
+        let lines = match chain {
+            Chain::Out => &self.lines[0],
+            Chain::In => &self.lines[1],
+        };
+        lines.get(index? as usize).copied()
+    }
 }
 
 /// Loads the rule file at `path`, or the embedded defaults when `None`.
@@ -91,6 +104,7 @@ fn active(set: &RuleSet, generation: u64) -> ActiveRules {
         generation,
         out_rules: set.rule_count(Chain::Out),
         in_rules: set.rule_count(Chain::In),
+        lines: [Chain::Out, Chain::In].map(|c| set.rules(c).iter().map(|r| r.line).collect()),
     }
 }
 
@@ -172,6 +186,8 @@ mod tests {
         .unwrap();
         let new = fw.reload().unwrap();
         assert_eq!((new.generation, new.out_rules), (1, 1));
+        assert_eq!(new.line(Chain::Out, Some(0)), Some(3));
+        assert_eq!(new.line(Chain::Out, None), None);
         assert_eq!(fw.current().classifier.defaults().out, Action::Allow);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -61,9 +61,10 @@ struct Flow {
 }
 
 /// A new flow could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
     /// The project's (or the whole table's) bound is reached.
+    #[error("flow table full (flows.max_per_project or flows.max_total reached)")]
     Full,
 }
 
