@@ -64,7 +64,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
 
-    let host_tun = host_tun::create(&config)?;
+    // One host tun queue (and reader) per worker thread.
+    let queues = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let host_tun = host_tun::create(&config, queues)?;
     let nat = if config.nat.masquerade {
         Some(Nat::install(&config)?)
     } else {
@@ -98,7 +100,12 @@ async fn serve(
     int: &mut tokio::signal::unix::Signal,
 ) -> Result<(), DaemonError> {
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(datapath::host_reader(Arc::clone(router))));
+    for queue in 0..router.host_tun.len() {
+        tasks.push(tokio::spawn(datapath::host_reader(
+            Arc::clone(router),
+            queue,
+        )));
+    }
     tasks.push(tokio::spawn(sweeper(Arc::clone(router))));
     if let Some(path) = &router.config.compat_socket {
         let listener = socket::listen(path, SockType::Stream)?;

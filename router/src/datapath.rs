@@ -12,13 +12,14 @@
 use crate::config::{Config, MAX_MTU};
 use crate::firewall::{ActiveRules, Firewall};
 use crate::flows::FlowTable;
+use crate::host_tun::HostTun;
 use crate::metrics::{DropReason, HostCounters};
 use crate::packet::{self, PacketInfo};
 use crate::tun::{self, Io};
 use crate::vassals::{Port, Registry, Vassal};
 use firewall_rules::{Action, Chain, PacketKey, ProjectId};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
@@ -40,7 +41,7 @@ pub struct Router {
     /// Router-wide counters.
     pub host: HostCounters,
     /// The host tun device.
-    pub host_tun: OwnedFd,
+    pub host_tun: HostTun,
 }
 
 /// What happened to a packet written toward a destination.
@@ -176,7 +177,7 @@ impl Router {
                 if !reply && established && self.flows.open(&info, v.project.slot).is_err() {
                     return counters.drop(DropReason::FlowTableFull);
                 }
-                match tun::write(self.host_tun.as_fd(), pkt) {
+                match tun::write(self.host_tun.writer(), pkt) {
                     Io::Done(_) => counters.tx(pkt.len()),
                     Io::WouldBlock => counters.drop(DropReason::QueueFull),
                     Io::Closed | Io::Failed(_) => counters.drop(DropReason::NoRoute),
@@ -240,16 +241,16 @@ pub async fn vassal_reader(router: Arc<Router>, vassal: Arc<Vassal>) {
     tracing::debug!(project = name, address = %vassal.ipv4, ?end, "vassal tun reader stopped");
 }
 
-/// Reads the host tun until the router stops.
-pub async fn host_reader(router: Arc<Router>) {
-    let end = read_loop(
-        router.host_tun.as_fd(),
-        &router.firewall,
-        None,
-        |snap, pkt| router.from_host(snap, pkt),
-    )
+/// Reads queue `queue` of the host tun until the router stops.
+pub async fn host_reader(router: Arc<Router>, queue: usize) {
+    let Some(fd) = router.host_tun.queues().nth(queue) else {
+        return;
+    };
+    let end = read_loop(fd, &router.firewall, None, |snap, pkt| {
+        router.from_host(snap, pkt)
+    })
     .await;
-    tracing::error!(?end, "host tun reader stopped");
+    tracing::error!(queue, ?end, "host tun reader stopped");
 }
 
 /// The drain loop shared by every tun reader; returns why it stopped.
@@ -317,6 +318,7 @@ mod tests {
     use firewall_rules::RuleSet;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::net::Ipv4Addr;
+    use std::os::fd::OwnedFd;
     use std::path::Path;
 
     fn pair() -> (OwnedFd, OwnedFd) {
@@ -345,7 +347,7 @@ mod tests {
                 flows: FlowTable::new(config.flows.clone()),
                 firewall: Firewall::with_rules(&set, None),
                 host: HostCounters::register(),
-                host_tun,
+                host_tun: HostTun::from_queues(host_tun, Vec::new()),
                 config,
             },
             host_peer,

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::tun::{self, TunError};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
 
 /// The host tun could not be set up.
@@ -29,10 +29,49 @@ pub enum HostTunError {
 /// window (see docs/design.md).
 pub const TXQUEUELEN: u32 = 5000;
 
-/// Creates the host tun, sets its MTU, queue length and addresses, and
-/// brings it up.
-pub fn create(config: &Config) -> Result<OwnedFd, HostTunError> {
-    let fd = tun::create(&config.device)?;
+/// The host tun's queues: one fd per queue, each read by its own task so
+/// that host-to-vassal traffic is spread over the worker threads.
+pub struct HostTun {
+    first: OwnedFd,
+    others: Vec<OwnedFd>,
+}
+
+impl HostTun {
+    /// Wraps already opened queues (the first one also takes the writes).
+    pub fn from_queues(first: OwnedFd, others: Vec<OwnedFd>) -> HostTun {
+        HostTun { first, others }
+    }
+
+    /// The fd packets toward the host are written to. Any queue would do:
+    /// a tun write is handed to the stack whichever queue carries it.
+    pub fn writer(&self) -> BorrowedFd<'_> {
+        self.first.as_fd()
+    }
+
+    /// Every queue, for the readers.
+    pub fn queues(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        std::iter::once(self.first.as_fd()).chain(self.others.iter().map(|q| q.as_fd()))
+    }
+
+    /// Number of queues.
+    pub fn len(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// Never empty; for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Creates the host tun with `queues` queues (one per worker thread), sets
+/// its MTU, queue length and addresses, and brings it up.
+pub fn create(config: &Config, queues: usize) -> Result<HostTun, HostTunError> {
+    let multi = queues > 1;
+    let first = tun::create(&config.device, multi)?;
+    let others = (1..queues)
+        .map(|_| tun::create(&config.device, true))
+        .collect::<Result<Vec<_>, _>>()?;
     let dev = config.device.as_str();
     let mtu = config.limits.mtu.to_string();
     let txq = TXQUEUELEN.to_string();
@@ -62,7 +101,7 @@ pub fn create(config: &Config) -> Result<OwnedFd, HostTunError> {
         }
     }
     ip(dev, &["link", "set", "dev", dev, "up"])?;
-    Ok(fd)
+    Ok(HostTun { first, others })
 }
 
 fn ip(device: &str, args: &[&str]) -> Result<(), HostTunError> {

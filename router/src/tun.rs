@@ -73,7 +73,9 @@ impl IfReq {
 
 /// Creates (or attaches to) the tun device `name`, IFF_TUN|IFF_NO_PI,
 /// non-blocking and close-on-exec. The device lives while the fd is open.
-pub fn create(name: &str) -> Result<OwnedFd, TunError> {
+/// With `multi_queue`, each call on the same name adds one queue
+/// (IFF_MULTI_QUEUE): the kernel spreads received flows over the queues.
+pub fn create(name: &str, multi_queue: bool) -> Result<OwnedFd, TunError> {
     // SAFETY: a constant NUL-terminated path and plain flags; the result is
     // checked before use.
     let raw = unsafe {
@@ -99,7 +101,12 @@ pub fn create(name: &str) -> Result<OwnedFd, TunError> {
         });
     }
     req.name[..bytes.len()].copy_from_slice(bytes);
-    req.flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    let mq = if multi_queue {
+        libc::IFF_MULTI_QUEUE
+    } else {
+        0
+    };
+    req.flags = (libc::IFF_TUN | libc::IFF_NO_PI | mq) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req`
     // is (same layout and size), and lives across the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };

@@ -49,7 +49,7 @@ fn check_rules_summarises_or_exits_2_with_positions() {
     let out = router(&["check-rules", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("out 1 rules"),
+        String::from_utf8_lossy(&out.stdout).contains("out 1 rule"),
         "{out:?}"
     );
 
