@@ -85,6 +85,8 @@ pub struct Limits {
     pub mtu: usize,
     /// Bytes queued toward one uWSGI compat peer before packets are dropped.
     pub compat_buffer: usize,
+    /// Queues (and reader tasks) of the host tun; 0 = one per worker thread.
+    pub host_queues: usize,
 }
 
 /// The whole configuration, defaults applied.
@@ -160,6 +162,7 @@ struct RawLimits {
     hello_timeout_ms: Option<u64>,
     mtu: Option<Spanned<usize>>,
     compat_buffer: Option<Spanned<usize>>,
+    host_queues: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -312,12 +315,23 @@ impl Config {
             Some(b) => *b.get_ref(),
             None => 256 * 1024,
         };
+        let host_queues = match rl.as_ref().and_then(|l| l.host_queues.clone()) {
+            Some(q) if *q.get_ref() > 64 => {
+                return Err(at(
+                    Some(q.span()),
+                    "limits.host_queues: at most 64 (0 = one per worker thread)".to_owned(),
+                ))
+            }
+            Some(q) => *q.get_ref(),
+            None => 0,
+        };
         let limits = Limits {
             max_vassals: rl.as_ref().and_then(|l| l.max_vassals).unwrap_or(4096),
             max_connections: rl.as_ref().and_then(|l| l.max_connections).unwrap_or(8192),
             hello_timeout_ms: rl.as_ref().and_then(|l| l.hello_timeout_ms).unwrap_or(5000),
             mtu,
             compat_buffer,
+            host_queues,
         };
 
         let mut projects: Vec<ProjectEntry> = Vec::new();

@@ -65,7 +65,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
 
     // One host tun queue (and reader) per worker thread.
-    let queues = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let queues = match config.limits.host_queues {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+        n => n,
+    };
     let host_tun = host_tun::create(&config, queues)?;
     let nat = if config.nat.masquerade {
         Some(Nat::install(&config)?)
