@@ -64,6 +64,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
 
+    socket::ensure_free(&config.control_socket, SockType::SeqPacket)?;
+    if let Some(path) = &config.compat_socket {
+        socket::ensure_free(path, SockType::Stream)?;
+    }
     // One host tun queue (and reader) per worker thread.
     let queues = match config.limits.host_queues {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),

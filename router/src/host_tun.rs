@@ -68,9 +68,9 @@ impl HostTun {
 /// its MTU, queue length and addresses, and brings it up.
 pub fn create(config: &Config, queues: usize) -> Result<HostTun, HostTunError> {
     let multi = queues > 1;
-    let first = tun::create(&config.device, multi)?;
+    let first = tun::create(&config.device, multi, true)?;
     let others = (1..queues)
-        .map(|_| tun::create(&config.device, true))
+        .map(|_| tun::create(&config.device, true, false))
         .collect::<Result<Vec<_>, _>>()?;
     let dev = config.device.as_str();
     let mtu = config.limits.mtu.to_string();

@@ -24,6 +24,12 @@ pub enum SocketError {
         /// The path.
         path: PathBuf,
     },
+    /// A live process accepts connections on the socket.
+    #[error("{path} is in use by a running process (another router?); refusing to replace it")]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
     /// Removing a stale socket failed.
     #[error("removing the stale socket {path}: {source}")]
     Stale {
@@ -63,6 +69,11 @@ pub fn listen(path: &Path, kind: SockType) -> Result<OwnedFd, SocketError> {
         }
     }
     match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() && answers(path, kind) => {
+            return Err(SocketError::InUse {
+                path: path.to_owned(),
+            })
+        }
         Ok(meta) if meta.file_type().is_socket() => {
             std::fs::remove_file(path).map_err(|source| SocketError::Stale {
                 path: path.to_owned(),
@@ -100,6 +111,26 @@ pub fn listen(path: &Path, kind: SockType) -> Result<OwnedFd, SocketError> {
     )
     .map_err(sys("listen"))?;
     Ok(fd)
+}
+
+/// Fails when a live process accepts connections on `path`: checked at
+/// start, before the router touches any device, so a second router with
+/// the same socket leaves the running one's network alone.
+pub fn ensure_free(path: &Path, kind: SockType) -> Result<(), SocketError> {
+    if answers(path, kind) {
+        return Err(SocketError::InUse {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether something accepts connections on the socket at `path`.
+fn answers(path: &Path, kind: SockType) -> bool {
+    let Ok(fd) = socket::socket(AddressFamily::Unix, kind, SockFlag::SOCK_CLOEXEC, None) else {
+        return false;
+    };
+    UnixAddr::new(path).is_ok_and(|addr| socket::connect(fd.as_raw_fd(), &addr).is_ok())
 }
 
 /// Accepts one connection, non-blocking and close-on-exec; `None` when no

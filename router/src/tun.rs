@@ -75,7 +75,9 @@ impl IfReq {
 /// non-blocking and close-on-exec. The device lives while the fd is open.
 /// With `multi_queue`, each call on the same name adds one queue
 /// (IFF_MULTI_QUEUE): the kernel spreads received flows over the queues.
-pub fn create(name: &str, multi_queue: bool) -> Result<OwnedFd, TunError> {
+/// With `exclusive` (IFF_TUN_EXCL) it fails with EBUSY when the device
+/// already exists: a router never joins another's device.
+pub fn create(name: &str, multi_queue: bool, exclusive: bool) -> Result<OwnedFd, TunError> {
     // SAFETY: a constant NUL-terminated path and plain flags; the result is
     // checked before use.
     let raw = unsafe {
@@ -106,7 +108,8 @@ pub fn create(name: &str, multi_queue: bool) -> Result<OwnedFd, TunError> {
     } else {
         0
     };
-    req.flags = (libc::IFF_TUN | libc::IFF_NO_PI | mq) as libc::c_short;
+    let excl = if exclusive { libc::IFF_TUN_EXCL } else { 0 };
+    req.flags = (libc::IFF_TUN | libc::IFF_NO_PI | mq | excl) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req`
     // is (same layout and size), and lives across the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };

@@ -276,3 +276,66 @@ fn restart_replaces_a_stale_socket_and_vassals_reattach() {
         router.log_text()
     );
 }
+
+#[test]
+fn a_second_router_never_takes_over_a_running_ones_device_or_socket() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(OPEN_RULES.into()),
+        ..Default::default()
+    });
+    let v = TestVassal::attach(&router, "alice", 2);
+    let config = std::fs::read_to_string(&router.config_path).unwrap();
+    let other_port = |c: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        c.lines()
+            .map(|l| {
+                if l.starts_with("metrics_listen") {
+                    format!("metrics_listen = \"127.0.0.1:{port}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // Same device, another socket: refused at the device (IFF_TUN_EXCL).
+    let same = router.dir.join("same.toml");
+    let socket = router.socket.display().to_string();
+    std::fs::write(
+        &same,
+        other_port(&config).replace(&socket, &format!("{socket}.2")),
+    )
+    .unwrap();
+    let out = router.cli(&["run", "--config", same.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TUNSETIFF") && err.contains("busy"), "{err}");
+    // Another device, same control socket: refused at the socket.
+    let device = vassal_tests::unique("vr");
+    let other = router.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        other_port(&config).replace(
+            &format!("device = \"{}\"", router.device),
+            &format!("device = \"{device}\""),
+        ),
+    )
+    .unwrap();
+    let out = router.cli(&["run", "--config", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{out:?}"
+    );
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{device}")).exists());
+    // The running router and its vassal are untouched.
+    assert!(
+        v.ping(&router.gateway().to_string(), 1, 56),
+        "{}",
+        router.log_text()
+    );
+}
