@@ -140,7 +140,14 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
     loop {
         let received = match next.take() {
             Some(r) => r,
-            None => recv(&afd, &mut buf).await,
+            // An attached vassal's connection stays as long as it likes;
+            // an operator's (stats, reload) must keep asking, or it is
+            // closed, so idle clients cannot use up `max_connections`.
+            None if attached.is_some() => recv(&afd, &mut buf).await,
+            None => match tokio::time::timeout(hello_timeout, recv(&afd, &mut buf)).await {
+                Ok(r) => r,
+                Err(_) => break,
+            },
         };
         let (len, passed_fd) = match received {
             Ok(r) => r,
