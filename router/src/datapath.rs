@@ -192,7 +192,9 @@ impl Router {
             return self.host.drop(DropReason::Malformed);
         };
         let Some(w) = self.registry.lookup(info.dst) else {
-            if log_budget() {
+            // Checked first so that these drops never eat the budget of
+            // the rule-match log lines when debug logging is off.
+            if tracing::enabled!(tracing::Level::DEBUG) && log_budget() {
                 tracing::debug!(src = %info.src, dst = %info.dst, proto = info.proto, "host packet to no vassal dropped");
             }
             return self.host.drop(DropReason::NoRoute);
