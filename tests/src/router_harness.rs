@@ -65,8 +65,9 @@ fn free_port() -> u16 {
 fn next_subnet() -> (u8, u8) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    // 10.150-249.x.0/24: the pid spreads concurrent test processes apart.
-    let b = 150 + (std::process::id() % 100) as u8;
+    // 10.150-199.x.0/24 (clear of the default 10.200.0.0/16): the pid
+    // spreads concurrent test processes apart.
+    let b = 150 + (std::process::id() % 50) as u8;
     (b, (n % 250) as u8 + 1)
 }
 
