@@ -447,6 +447,21 @@ mod tests {
     }
 
     #[test]
+    fn without_established_replies_need_their_own_rule() {
+        let b = bench(
+            "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = false\n",
+            "",
+        );
+        let (v, v_peer) = b.vassal("alice", 2);
+        b.send(&v, &udp([10, 9, 0, 2], 4000, [203, 0, 113, 1], 53));
+        assert!(received(&b.host_peer).is_some());
+        b.host_sends(&udp([203, 0, 113, 1], 53, [10, 9, 0, 2], 4000));
+        assert_eq!(received(&v_peer), None);
+        assert_eq!(v.project.counters.dropped(DropReason::Firewall), 1);
+        assert_eq!(b.router.flows.len(), 0, "no flows are tracked");
+    }
+
+    #[test]
     fn vassals_are_switched_directly_through_both_chains() {
         let rules = "[default]\nout = \"allow\"\nin = \"deny\"\n[[in]]\naction = \"allow\"\nproject = \"bob\"\n";
         let b = bench(rules, "");
