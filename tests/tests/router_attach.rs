@@ -28,7 +28,7 @@ fn hello(project: &str, ipv4: std::net::Ipv4Addr) -> Request {
 }
 
 #[test]
-fn duplicate_address_is_refused_and_the_holder_keeps_it() {
+fn router_duplicate_address_is_refused_and_the_holder_keeps_it() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
         ..Default::default()
@@ -45,7 +45,7 @@ fn duplicate_address_is_refused_and_the_holder_keeps_it() {
 }
 
 #[test]
-fn detach_on_close_then_reattach_keeps_counters() {
+fn router_detach_on_close_then_reattach_keeps_counters() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
         ..Default::default()
@@ -76,7 +76,7 @@ fn detach_on_close_then_reattach_keeps_counters() {
 }
 
 #[test]
-fn addresses_outside_the_subnet_and_project_table_mismatches_are_refused() {
+fn router_addresses_outside_the_subnet_and_project_table_mismatches_are_refused() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
         extra: String::new(),
@@ -141,7 +141,7 @@ fn addresses_outside_the_subnet_and_project_table_mismatches_are_refused() {
 }
 
 #[test]
-fn malformed_hellos_and_non_tun_descriptors_are_refused() {
+fn router_malformed_hellos_and_non_tun_descriptors_are_refused() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
         ..Default::default()
@@ -197,7 +197,7 @@ fn malformed_hellos_and_non_tun_descriptors_are_refused() {
 }
 
 #[test]
-fn unauthorized_uids_are_refused_root_included() {
+fn router_unauthorized_uids_are_refused_root_included() {
     // launcher_uids without 0: root itself is refused.
     let router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
@@ -234,7 +234,7 @@ fn unauthorized_uids_are_refused_root_included() {
 }
 
 #[test]
-fn control_socket_is_0660_and_a_silent_client_is_cut_off() {
+fn router_control_socket_is_0660_and_a_silent_client_is_cut_off() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
         top: "[limits]\nhello_timeout_ms = 300".into(),
@@ -255,7 +255,7 @@ fn control_socket_is_0660_and_a_silent_client_is_cut_off() {
 }
 
 #[test]
-fn restart_replaces_a_stale_socket_and_vassals_reattach() {
+fn router_restart_replaces_a_stale_socket_and_vassals_reattach() {
     let mut router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
         ..Default::default()
@@ -278,7 +278,7 @@ fn restart_replaces_a_stale_socket_and_vassals_reattach() {
 }
 
 #[test]
-fn a_second_router_never_takes_over_a_running_ones_device_or_socket() {
+fn router_a_second_router_never_takes_over_a_running_ones_device_or_socket() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(OPEN_RULES.into()),
         ..Default::default()

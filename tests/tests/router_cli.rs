@@ -19,7 +19,7 @@ fn tempdir() -> std::path::PathBuf {
 }
 
 #[test]
-fn help_teaches_with_examples() {
+fn router_help_teaches_with_examples() {
     let out = router(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -38,7 +38,7 @@ fn help_teaches_with_examples() {
 }
 
 #[test]
-fn check_rules_summarises_or_exits_2_with_positions() {
+fn router_check_rules_summarises_or_exits_2_with_positions() {
     let dir = tempdir();
     let good = dir.join("good.toml");
     std::fs::write(
@@ -63,7 +63,7 @@ fn check_rules_summarises_or_exits_2_with_positions() {
 }
 
 #[test]
-fn check_config_refuses_unknown_keys_with_their_position() {
+fn router_check_config_refuses_unknown_keys_with_their_position() {
     let dir = tempdir();
     let file = dir.join("router.toml");
     std::fs::write(
@@ -86,7 +86,7 @@ fn check_config_refuses_unknown_keys_with_their_position() {
 }
 
 #[test]
-fn import_uwsgi_prints_a_rule_file_check_rules_accepts() {
+fn router_import_uwsgi_prints_a_rule_file_check_rules_accepts() {
     let dir = tempdir();
     let ini = dir.join("emperor.ini");
     std::fs::write(
@@ -109,7 +109,7 @@ fn import_uwsgi_prints_a_rule_file_check_rules_accepts() {
 }
 
 #[test]
-fn run_refuses_an_invalid_rule_file_before_touching_the_system() {
+fn router_run_refuses_an_invalid_rule_file_before_touching_the_system() {
     let dir = tempdir();
     let device = unique("vr");
     let rules = dir.join("rules.toml");

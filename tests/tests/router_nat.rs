@@ -22,7 +22,7 @@ fn tables_named(table: &str) -> usize {
 }
 
 #[test]
-fn nat_egress_shows_the_host_address_and_the_table_is_managed() {
+fn router_nat_egress_shows_the_host_address_and_the_table_is_managed() {
     // A /30 of 198.51.100.0/24 per test process.
     let base = (std::process::id() % 60) as u8 * 4;
     let host_addr = format!("198.51.100.{}", base + 1);
@@ -81,7 +81,7 @@ fn nat_egress_shows_the_host_address_and_the_table_is_managed() {
 }
 
 #[test]
-fn ipv6_nat_egress_shows_the_host_address() {
+fn router_ipv6_nat_egress_shows_the_host_address() {
     let n = std::process::id() % 0xffff;
     let host_addr = format!("2001:db8:{n:x}::1");
     let server_addr = format!("2001:db8:{n:x}::2");

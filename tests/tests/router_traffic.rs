@@ -7,7 +7,7 @@ use std::time::Duration;
 use vassal_tests::router_harness::{
     echo_server, tcp_echo, udp_echo, RouterSpec, TestRouter, TestVassal, PYTHON,
 };
-use vassal_tests::{wait_until, Netns};
+use vassal_tests::wait_until;
 
 /// Rules letting vassals reach the gateway (and be reached from it), and
 /// alice reach bob but not the other way round.
@@ -30,7 +30,7 @@ dst_port = "7000"
 "#;
 
 #[test]
-fn vassal_reaches_host_and_counters_match_the_bytes() {
+fn router_vassal_reaches_host_and_counters_match_the_bytes() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\n".into()),
         ..Default::default()
@@ -89,7 +89,7 @@ fn vassal_reaches_host_and_counters_match_the_bytes() {
 }
 
 #[test]
-fn icmp_errors_about_established_flows_reach_the_vassal() {
+fn router_icmp_errors_about_established_flows_reach_the_vassal() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\n".into()),
         ..Default::default()
@@ -109,7 +109,7 @@ fn icmp_errors_about_established_flows_reach_the_vassal() {
 }
 
 #[test]
-fn default_rules_keep_vassals_from_the_gateway_and_each_other() {
+fn router_default_rules_keep_vassals_from_the_gateway_and_each_other() {
     let router = TestRouter::start(&RouterSpec::default());
     let a = TestVassal::attach(&router, "alice", 2);
     let b = TestVassal::attach(&router, "bob", 3);
@@ -123,7 +123,7 @@ fn default_rules_keep_vassals_from_the_gateway_and_each_other() {
 }
 
 #[test]
-fn vassal_to_vassal_switching_with_both_chains_and_established_replies() {
+fn router_vassal_to_vassal_switching_with_both_chains_and_established_replies() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(GATEWAY_AND_ALICE_TO_BOB.into()),
         ..Default::default()
@@ -172,7 +172,7 @@ fn vassal_to_vassal_switching_with_both_chains_and_established_replies() {
 }
 
 #[test]
-fn spoofed_sources_are_dropped_and_counted() {
+fn router_spoofed_sources_are_dropped_and_counted() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\n".into()),
         ..Default::default()
@@ -205,7 +205,7 @@ fn spoofed_sources_are_dropped_and_counted() {
 }
 
 #[test]
-fn ipv6_vassal_reaches_the_gateway_and_other_vassals() {
+fn router_ipv6_vassal_reaches_the_gateway_and_other_vassals() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(GATEWAY_AND_ALICE_TO_BOB.replace("proto = \"icmp\"", "proto = \"icmpv6\"")),
         ipv6: true,
@@ -231,7 +231,7 @@ fn ipv6_vassal_reaches_the_gateway_and_other_vassals() {
 }
 
 #[test]
-fn reload_under_traffic_swaps_rules_and_refuses_invalid_files() {
+fn router_reload_under_traffic_swaps_rules_and_refuses_invalid_files() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\n".into()),
         ..Default::default()
@@ -290,7 +290,7 @@ fn reload_under_traffic_swaps_rules_and_refuses_invalid_files() {
 }
 
 #[test]
-fn unknown_destinations_in_the_subnet_are_no_route() {
+fn router_unknown_destinations_in_the_subnet_are_no_route() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\n".into()),
         ..Default::default()
@@ -314,11 +314,10 @@ fn unknown_destinations_in_the_subnet_are_no_route() {
         router.metric("vassal_host_dropped_packets_total", "reason=\"no_route\""),
         1.0
     );
-    let _ = Netns::new("vn");
 }
 
 #[test]
-fn a_full_flow_table_refuses_new_flows_of_that_project_only() {
+fn router_a_full_flow_table_refuses_new_flows_of_that_project_only() {
     let router = TestRouter::start(&RouterSpec {
         rules: Some(
             "[default]\nout = \"allow\"\nin = \"deny\"\n\n[[out]]\naction = \"allow\"\nproto = \"udp\"\ndst_port = \"9000-9100\"\nlog = true\n"

@@ -121,7 +121,7 @@ fn in_vassal(pid: u32, argv: &[&str]) -> Command {
 }
 
 #[test]
-fn real_uwsgi_vassal_exchanges_traffic_through_the_compat_socket() {
+fn router_real_uwsgi_vassal_exchanges_traffic_through_the_compat_socket() {
     let router = start();
     let uwsgi = uwsgi_vassal(&router);
     assert!(wait_until(Duration::from_secs(5), || router
@@ -209,7 +209,7 @@ fn real_uwsgi_vassal_exchanges_traffic_through_the_compat_socket() {
 }
 
 #[test]
-fn credentials_message_identifies_the_peer_and_bad_peers_are_disconnected() {
+fn router_credentials_message_identifies_the_peer_and_bad_peers_are_disconnected() {
     let router = start();
     std::fs::set_permissions(
         &router.compat_socket,
@@ -305,7 +305,7 @@ while True:
 }
 
 #[test]
-fn a_compat_peer_that_never_reads_costs_a_bounded_queue() {
+fn router_a_compat_peer_that_never_reads_costs_a_bounded_queue() {
     let router = start();
     // A peer identified by credentials (uid 4243, "forged"), that never reads.
     let script = format!(
