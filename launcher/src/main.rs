@@ -1,1 +1,163 @@
-fn main() {}
+//! `vassal-launch`: command line.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vassal_launch::config::{Overrides, VassalConfig};
+use vassal_launch::{enter, launch};
+
+/// Runs a customer's command as a vassal: its own namespaces, a read-only
+/// root, cgroup limits, no privileges, and a network attached to
+/// vassal-router.
+#[derive(Parser)]
+#[command(name = "vassal-launch", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  vassal-launch run --config /etc/vassal/alice.toml
+  vassal-launch run --name alice --uid 10001 --address 10.200.0.2 -- /usr/bin/python3 -m http.server
+  vassal-launch run --name job --uid 10001 --report /tmp/job.json -- /bin/sh -c 'make test'
+  vassal-launch check /etc/vassal/alice.toml
+  vassal-launch enter alice                 # a shell inside alice, as her user
+  vassal-launch enter alice -- ps ax
+
+The vassal file reference and the order of every privileged step are in
+docs/design.md; run as root.";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a vassal until its command ends; exits with the command's status
+    /// (or 128 + the signal that killed it).
+    Run {
+        /// Vassal file (TOML). Flags below override its values.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Project name (also the hostname and cgroup name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The vassal's IPv4 address; gives it a network through the router.
+        #[arg(long)]
+        address: Option<Ipv4Addr>,
+        /// uid the command runs as.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// gid the command runs as (default: the uid).
+        #[arg(long)]
+        gid: Option<u32>,
+        /// Root filesystem, bound read-only (default /).
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        /// The router's control socket (default /run/vassal/router.sock).
+        #[arg(long)]
+        router: Option<PathBuf>,
+        /// Write a JSON report here when the vassal ends.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Validate a vassal file: exit 0, or 2 with every problem named by
+    /// line, column and field.
+    Check {
+        /// Vassal file (TOML).
+        file: PathBuf,
+    },
+    /// Run a command (default: a shell) inside a running vassal, as its
+    /// user, on a pseudo-terminal of the vassal's own.
+    Enter {
+        /// The vassal's name.
+        name: String,
+        /// Command and arguments (after `--`); default /bin/sh.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            // 125, like other container runners: the launcher itself failed,
+            // as opposed to the command (its own status) or a bad file (2).
+            eprintln!("vassal-launch: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn real_main() -> Result<i32> {
+    match Cli::parse().command {
+        Command::Check { file } => match VassalConfig::load(&file, &Overrides::default()) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (vassal {}, uid {}, gid {}, {})",
+                    file.display(),
+                    c.name,
+                    c.uid,
+                    c.gid,
+                    c.network
+                        .as_ref()
+                        .map_or("loopback only".to_string(), |n| format!(
+                            "address {}",
+                            n.address
+                        ))
+                );
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(2)
+            }
+        },
+        Command::Run {
+            config,
+            name,
+            address,
+            uid,
+            gid,
+            rootfs,
+            router,
+            report,
+            command,
+        } => {
+            let overrides = Overrides {
+                name,
+                address,
+                uid,
+                gid,
+                rootfs,
+                router,
+                command,
+            };
+            let loaded = match &config {
+                Some(path) => VassalConfig::load(path, &overrides),
+                None => VassalConfig::from_overrides(&overrides),
+            };
+            let vassal = match loaded {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(2);
+                }
+            };
+            let outcome = launch::run(&vassal, report.as_deref())
+                .with_context(|| format!("launching vassal {}", vassal.name))?;
+            Ok(outcome.status)
+        }
+        Command::Enter { name, command } => {
+            let command = if command.is_empty() {
+                vec!["/bin/sh".to_string()]
+            } else {
+                command
+            };
+            enter::enter(&name, &command).with_context(|| format!("entering vassal {name}"))
+        }
+    }
+}

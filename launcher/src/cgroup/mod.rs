@@ -1,0 +1,230 @@
+//! The vassal's cgroup: memory, cpu and pids limits, through cgroup v2
+//! where its controllers are available and cgroup v1 otherwise, and the
+//! usage read back for the report.
+//!
+//! Hierarchies are found from a mountinfo file given as a parameter, so
+//! unit tests build fake hierarchies in a temporary directory.
+
+mod v1;
+mod v2;
+
+use crate::config::Limits;
+use std::path::{Path, PathBuf};
+
+/// Directory under each hierarchy holding every vassal's cgroup.
+pub const PARENT: &str = "vassal";
+
+/// A cgroup step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// Reading the mount table failed.
+    #[error("reading {path}: {source}")]
+    Mountinfo {
+        /// The mountinfo file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Neither a usable cgroup v2 nor the v1 controllers are mounted.
+    #[error("no usable cgroup hierarchy: need cgroup2 with memory, cpu and pids, or cgroup v1 memory, cpu and pids mounts")]
+    NoHierarchy,
+    /// A vassal of this name still has processes.
+    #[error("cgroup {path} has live processes: is a vassal of this name already running?")]
+    Busy {
+        /// The cgroup directory.
+        path: PathBuf,
+    },
+    /// Writing or creating a cgroup file failed.
+    #[error("{step}: {path}: {source}")]
+    Io {
+        /// What it was for.
+        step: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What the vassal used, read when it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time of every process of the vassal, in milliseconds.
+    pub cpu_time_ms: Option<u64>,
+    /// Highest memory use, in bytes.
+    pub peak_memory_bytes: Option<u64>,
+    /// Processes the kernel OOM-killed for the memory limit.
+    pub oom_kills: u64,
+    /// Forks refused for the pids limit.
+    pub pids_limit_hits: u64,
+}
+
+/// Which hierarchy this host offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v2 mounted here, with memory, cpu and pids available.
+    V2(PathBuf),
+    /// cgroup v1 mounts of each controller.
+    V1(v1::Mounts),
+}
+
+/// A vassal's cgroup; removed (its processes killed) when dropped.
+#[derive(Debug)]
+pub enum Cgroup {
+    /// Under cgroup v2.
+    V2(v2::V2),
+    /// Under cgroup v1.
+    V1(v1::V1),
+}
+
+fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        step,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn write(step: &'static str, path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io(step, path))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a flat-keyed file like memory.events.
+fn keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn has_procs(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+}
+
+/// Kills every process left in `dir` and removes it, waiting up to a few
+/// seconds for the processes to go.
+fn kill_and_remove(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..200 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Finds the hierarchy to use from a mountinfo file.
+pub fn detect(mountinfo: &Path) -> Result<Hierarchy, CgroupError> {
+    let text = std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Mountinfo {
+        path: mountinfo.to_owned(),
+        source,
+    })?;
+    let mut v1 = v1::Mounts::default();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let mut right = right.split(' ');
+        let (Some(fstype), _, Some(options)) = (right.next(), right.next(), right.next()) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(mount_point);
+        match fstype {
+            "cgroup2" => {
+                if v2::usable(&mount_point) {
+                    return Ok(Hierarchy::V2(mount_point));
+                }
+            }
+            "cgroup" => v1.note(&mount_point, options),
+            _ => {}
+        }
+    }
+    if v1.complete() {
+        Ok(Hierarchy::V1(v1))
+    } else {
+        Err(CgroupError::NoHierarchy)
+    }
+}
+
+/// The directories of a running vassal's cgroup, for `enter` to join.
+pub fn existing_dirs(hierarchy: &Hierarchy, name: &str) -> Vec<PathBuf> {
+    match hierarchy {
+        Hierarchy::V2(root) => vec![root.join(PARENT).join(name)],
+        Hierarchy::V1(m) => [&m.memory, &m.cpu, &m.pids, &m.cpuacct]
+            .into_iter()
+            .flatten()
+            .map(|d| d.join(PARENT).join(name))
+            .filter(|d| d.exists())
+            .collect(),
+    }
+}
+
+impl Cgroup {
+    /// Creates `vassal/<name>` with `limits`. Refuses when it exists with
+    /// live processes; a stale empty one is replaced.
+    pub fn create(
+        hierarchy: &Hierarchy,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Cgroup, CgroupError> {
+        match hierarchy {
+            Hierarchy::V2(root) => v2::V2::create(root, name, limits).map(Cgroup::V2),
+            Hierarchy::V1(mounts) => v1::V1::create(mounts, name, limits).map(Cgroup::V1),
+        }
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            write(
+                "joining the vassal's cgroup",
+                &dir.join("cgroup.procs"),
+                &pid.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every directory of this cgroup (one for v2, one per controller for v1).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        match self {
+            Cgroup::V2(c) => vec![c.dir.clone()],
+            Cgroup::V1(c) => c.dirs(),
+        }
+    }
+
+    /// Usage so far.
+    pub fn usage(&self) -> Usage {
+        match self {
+            Cgroup::V2(c) => c.usage(),
+            Cgroup::V1(c) => c.usage(),
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            kill_and_remove(&dir);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! cgroup v1: one directory per controller hierarchy.
+
+use super::{has_procs, keyed, kill_and_remove, read_u64, write, CgroupError, Usage, PARENT};
+use crate::config::Limits;
+use std::path::{Path, PathBuf};
+
+/// Mount points of the v1 controllers we use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mounts {
+    /// The memory controller.
+    pub memory: Option<PathBuf>,
+    /// The cpu controller (cfs quota).
+    pub cpu: Option<PathBuf>,
+    /// The cpuacct controller (CPU time), often co-mounted with cpu.
+    pub cpuacct: Option<PathBuf>,
+    /// The pids controller.
+    pub pids: Option<PathBuf>,
+}
+
+impl Mounts {
+    /// Records a `cgroup` mount with its super options (`rw,memory`).
+    pub fn note(&mut self, mount_point: &Path, options: &str) {
+        for opt in options.split(',') {
+            let slot = match opt {
+                "memory" => &mut self.memory,
+                "cpu" => &mut self.cpu,
+                "cpuacct" => &mut self.cpuacct,
+                "pids" => &mut self.pids,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| mount_point.to_owned());
+        }
+    }
+
+    /// Whether the controllers we limit with are all there.
+    pub fn complete(&self) -> bool {
+        self.memory.is_some() && self.cpu.is_some() && self.pids.is_some()
+    }
+}
+
+/// A vassal's cgroup v1 directories.
+#[derive(Debug)]
+pub struct V1 {
+    memory: PathBuf,
+    cpu: PathBuf,
+    cpuacct: Option<PathBuf>,
+    pids: PathBuf,
+}
+
+impl V1 {
+    /// Creates the directories and writes the limits.
+    pub fn create(mounts: &Mounts, name: &str, limits: &Limits) -> Result<V1, CgroupError> {
+        let dir = |m: &Option<PathBuf>| m.as_ref().map(|m| m.join(PARENT).join(name));
+        let (Some(memory), Some(cpu), Some(pids)) =
+            (dir(&mounts.memory), dir(&mounts.cpu), dir(&mounts.pids))
+        else {
+            return Err(CgroupError::NoHierarchy);
+        };
+        let cpuacct = dir(&mounts.cpuacct).filter(|d| *d != cpu);
+        let cg = V1 {
+            memory,
+            cpu,
+            cpuacct,
+            pids,
+        };
+        let dirs = cg.dirs();
+        if let Some(busy) = dirs.iter().find(|d| has_procs(d)) {
+            return Err(CgroupError::Busy { path: busy.clone() });
+        }
+        for d in &dirs {
+            kill_and_remove(d);
+            if let Err(source) = std::fs::create_dir_all(d) {
+                cg.cleanup();
+                return Err(CgroupError::Io {
+                    step: "creating the vassal's cgroup",
+                    path: d.clone(),
+                    source,
+                });
+            }
+        }
+        if let Err(e) = cg.limit(limits) {
+            cg.cleanup();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn cleanup(&self) {
+        for d in self.dirs() {
+            kill_and_remove(&d);
+        }
+    }
+
+    fn limit(&self, limits: &Limits) -> Result<(), CgroupError> {
+        if let Some(m) = limits.memory {
+            write(
+                "setting the memory limit",
+                &self.memory.join("memory.limit_in_bytes"),
+                &m.to_string(),
+            )?;
+            let memsw = self.memory.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write("setting the memory+swap limit", &memsw, &m.to_string())?;
+            }
+        }
+        if let Some(cores) = limits.cpu {
+            let period = 100_000u64;
+            let quota = ((cores * period as f64) as u64).max(1000);
+            write(
+                "setting the cpu period",
+                &self.cpu.join("cpu.cfs_period_us"),
+                &period.to_string(),
+            )?;
+            write(
+                "setting the cpu limit",
+                &self.cpu.join("cpu.cfs_quota_us"),
+                &quota.to_string(),
+            )?;
+        }
+        if let Some(p) = limits.pids {
+            write(
+                "setting the pids limit",
+                &self.pids.join("pids.max"),
+                &p.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every directory, one per hierarchy.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut d = vec![self.memory.clone(), self.cpu.clone(), self.pids.clone()];
+        d.extend(self.cpuacct.clone());
+        d
+    }
+
+    /// Usage so far.
+    pub fn usage(&self) -> Usage {
+        let acct = self.cpuacct.as_ref().unwrap_or(&self.cpu);
+        Usage {
+            cpu_time_ms: read_u64(&acct.join("cpuacct.usage")).map(|ns| ns / 1_000_000),
+            peak_memory_bytes: read_u64(&self.memory.join("memory.max_usage_in_bytes")),
+            oom_kills: keyed(&self.memory.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+            pids_limit_hits: keyed(&self.pids.join("pids.events"), "max").unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use crate::config::Limits;
+
+    fn limits() -> Limits {
+        Limits {
+            memory: Some(64 << 20),
+            cpu: Some(0.5),
+            pids: Some(32),
+            nofile: 1024,
+            tmp_size: 1 << 20,
+            wall_clock: None,
+        }
+    }
+
+    fn fake_tree(mountinfo: &str, dirs: &[&str]) -> (PathBuf, PathBuf) {
+        let base =
+            std::env::temp_dir().join(format!("vassal-cg-{}-{}", std::process::id(), dirs.len()));
+        let _ = std::fs::remove_dir_all(&base);
+        for d in dirs {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        let info = base.join("mountinfo");
+        std::fs::write(&info, mountinfo.replace("BASE", base.to_str().unwrap())).unwrap();
+        (base, info)
+    }
+
+    #[test]
+    fn v1_is_chosen_when_cgroup2_has_no_controllers_and_limits_are_written() {
+        let (base, info) = fake_tree(
+            "30 25 0:26 / BASE/unified rw - cgroup2 cgroup2 rw\n\
+             31 25 0:27 / BASE/memory rw - cgroup cgroup rw,memory\n\
+             32 25 0:28 / BASE/cpu rw - cgroup cgroup rw,cpu\n\
+             33 25 0:29 / BASE/cpuacct rw - cgroup cgroup rw,cpuacct\n\
+             34 25 0:30 / BASE/pids rw - cgroup cgroup rw,pids\n",
+            &["unified", "memory", "cpu", "cpuacct", "pids"],
+        );
+        std::fs::write(base.join("unified/cgroup.controllers"), "").unwrap();
+        let h = detect(&info).unwrap();
+        assert!(matches!(h, Hierarchy::V1(_)), "{h:?}");
+        let cg = Cgroup::create(&h, "alice", &limits()).unwrap();
+        let dir = base.join("memory/vassal/alice");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(base.join("cpu/vassal/alice/cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
+        assert_eq!(
+            std::fs::read_to_string(base.join("pids/vassal/alice/pids.max")).unwrap(),
+            "32"
+        );
+        std::fs::write(
+            dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        std::fs::write(
+            base.join("cpuacct/vassal/alice/cpuacct.usage"),
+            "2500000000\n",
+        )
+        .unwrap();
+        let u = cg.usage();
+        assert_eq!(u.oom_kills, 2);
+        assert_eq!(u.cpu_time_ms, Some(2500));
+        assert_eq!(cg.dirs().len(), 4);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn v2_is_chosen_when_its_controllers_are_available() {
+        let (base, info) = fake_tree(
+            "30 25 0:26 / BASE/cg rw - cgroup2 cgroup2 rw\n31 25 0:27 / BASE/memory rw - cgroup cgroup rw,memory\n",
+            &["cg"],
+        );
+        std::fs::write(
+            base.join("cg/cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let h = detect(&info).unwrap();
+        assert_eq!(h, Hierarchy::V2(base.join("cg")));
+        let cg = Cgroup::create(&h, "bob", &limits()).unwrap();
+        let dir = base.join("cg/vassal/bob");
+        assert_eq!(
+            std::fs::read_to_string(base.join("cg/cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap(), "32");
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("pids.events"), "max 7\n").unwrap();
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
+        std::fs::write(dir.join("memory.peak"), "123456\n").unwrap();
+        let u = cg.usage();
+        assert_eq!(
+            u,
+            Usage {
+                cpu_time_ms: Some(1),
+                peak_memory_bytes: Some(123456),
+                oom_kills: 1,
+                pids_limit_hits: 7
+            }
+        );
+        // A cgroup of the same name with live processes is refused.
+        std::fs::write(dir.join("cgroup.procs"), "4242\n").unwrap();
+        assert!(matches!(
+            Cgroup::create(&h, "bob", &limits()),
+            Err(CgroupError::Busy { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn missing_controllers_are_an_error() {
+        let (base, info) = fake_tree(
+            "31 25 0:27 / BASE/memory rw - cgroup cgroup rw,memory\n",
+            &["memory", "x"],
+        );
+        assert!(matches!(detect(&info), Err(CgroupError::NoHierarchy)));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

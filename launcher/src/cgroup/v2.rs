@@ -1,0 +1,100 @@
+//! cgroup v2: one directory, controllers enabled down the path.
+
+use super::{has_procs, io, keyed, kill_and_remove, read_u64, write, CgroupError, Usage, PARENT};
+use crate::config::Limits;
+use std::path::{Path, PathBuf};
+
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// Whether a cgroup2 mount offers the controllers we limit with.
+pub fn usable(root: &Path) -> bool {
+    let Ok(available) = std::fs::read_to_string(root.join("cgroup.controllers")) else {
+        return false;
+    };
+    let available: Vec<&str> = available.split_whitespace().collect();
+    CONTROLLERS.iter().all(|c| available.contains(c))
+}
+
+/// A vassal's cgroup v2 directory.
+#[derive(Debug)]
+pub struct V2 {
+    /// `<root>/vassal/<name>`.
+    pub dir: PathBuf,
+}
+
+impl V2 {
+    /// Creates the cgroup and writes the limits.
+    pub fn create(root: &Path, name: &str, limits: &Limits) -> Result<V2, CgroupError> {
+        let enable = "+memory +cpu +pids";
+        let parent = root.join(PARENT);
+        write(
+            "enabling controllers",
+            &root.join("cgroup.subtree_control"),
+            enable,
+        )?;
+        if !parent.exists() {
+            std::fs::create_dir(&parent)
+                .map_err(io("creating the vassal cgroup parent", &parent))?;
+        }
+        write(
+            "enabling controllers",
+            &parent.join("cgroup.subtree_control"),
+            enable,
+        )?;
+        let dir = parent.join(name);
+        if dir.exists() {
+            if has_procs(&dir) {
+                return Err(CgroupError::Busy { path: dir });
+            }
+            kill_and_remove(&dir);
+        }
+        std::fs::create_dir(&dir).map_err(io("creating the vassal's cgroup", &dir))?;
+        let cg = V2 { dir };
+        if let Err(e) = cg.limit(limits) {
+            kill_and_remove(&cg.dir);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn limit(&self, limits: &Limits) -> Result<(), CgroupError> {
+        if let Some(m) = limits.memory {
+            write(
+                "setting the memory limit",
+                &self.dir.join("memory.max"),
+                &m.to_string(),
+            )?;
+            let swap = self.dir.join("memory.swap.max");
+            if swap.exists() {
+                write("disabling swap", &swap, "0")?;
+            }
+        }
+        if let Some(cores) = limits.cpu {
+            let period = 100_000u64;
+            let quota = ((cores * period as f64) as u64).max(1000);
+            write(
+                "setting the cpu limit",
+                &self.dir.join("cpu.max"),
+                &format!("{quota} {period}"),
+            )?;
+        }
+        if let Some(p) = limits.pids {
+            write(
+                "setting the pids limit",
+                &self.dir.join("pids.max"),
+                &p.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Usage so far.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            cpu_time_ms: keyed(&self.dir.join("cpu.stat"), "usage_usec").map(|us| us / 1000),
+            peak_memory_bytes: read_u64(&self.dir.join("memory.peak")),
+            oom_kills: keyed(&self.dir.join("memory.events"), "oom_kill").unwrap_or(0),
+            pids_limit_hits: keyed(&self.dir.join("pids.events"), "max").unwrap_or(0),
+        }
+    }
+}

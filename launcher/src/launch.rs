@@ -1,0 +1,363 @@
+//! The outer launcher: everything done from the host's namespaces, in the
+//! order of docs/design.md ("Launch order"). [`run`] is that order.
+
+use crate::cgroup::{self, Cgroup, CgroupError, Usage};
+use crate::config::{IdRange, VassalConfig};
+use crate::network::{self, Attachment, NetworkError};
+use crate::report::Report;
+use crate::state::{State, StateError};
+use crate::supervisor;
+use crate::sync::{self, Message, SyncError};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the host's mount table is read to find the cgroup hierarchies.
+pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// A launch step that failed. Nothing it created is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The vassal's state file says it is running, or cannot be written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Creating or limiting the cgroup failed.
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    /// Opening the tun device or attaching it failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// clone(2) of the supervisor failed.
+    #[error("creating the vassal's namespaces (clone): {0}")]
+    Clone(#[source] std::io::Error),
+    /// Writing the user namespace maps failed.
+    #[error("writing {path}: {source}")]
+    IdMap {
+        /// The /proc file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The supervisor reported a failed step.
+    #[error("inside the vassal: {0}")]
+    Inside(String),
+    /// The sync socket failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// Signal handling could not be set up.
+    #[error("setting up signal handling: {0}")]
+    Signals(#[source] nix::Error),
+    /// Writing the report failed (the vassal itself ran).
+    #[error("writing the report {path}: {source}")]
+    Report {
+        /// The report file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How the vassal ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The exit status vassal-launch returns: the command's, or 128 + signal.
+    pub status: i32,
+    /// What the report holds.
+    pub report: Report,
+}
+
+/// Kills and reaps the supervisor unless the launch got to its end.
+/// (The cgroup and the state file remove themselves when dropped.)
+struct ChildGuard(Option<Pid>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+/// Runs a vassal to its end. The order of steps is the one documented.
+pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome, LaunchError> {
+    let started = Instant::now();
+    // 1. Claim the name: one running vassal per name.
+    let state = State::claim(config)?;
+
+    // 2. The cgroup, with its limits, before any process exists to escape it.
+    let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;
+    let cg = Cgroup::create(&hierarchy, &config.name, &config.limits)?;
+
+    // 3. Host-side resources the supervisor inherits: the tun fd (see
+    //    network::open_tun), the sync socket; signals go to a signalfd.
+    let tun = match &config.network {
+        Some(_) => Some(network::open_tun()?),
+        None => None,
+    };
+    let (outer_end, inner_end) = sync::pair()?;
+    let mut signals = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        signals.add(s);
+    }
+    signals.thread_block().map_err(LaunchError::Signals)?;
+    let sigfd =
+        SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).map_err(LaunchError::Signals)?;
+
+    // 4. The supervisor, in new namespaces.
+    let child = clone_supervisor(config, inner_end, tun.as_ref())?;
+    let mut guard = ChildGuard(Some(child));
+
+    // 5. User namespace maps, then the cgroup, then go.
+    if let (Some(uid_map), Some(gid_map)) = (&config.uid_map, &config.gid_map) {
+        write_id_maps(child, uid_map, gid_map)?;
+    }
+    cg.add(child.as_raw())?;
+    state.record(child.as_raw())?;
+    sync::send(outer_end.as_fd(), &Message::Go)?;
+    expect(&outer_end, |m| matches!(m, Message::Ready))?;
+
+    // 6. Attach the tun device to the router; then the command may start.
+    let mut attachment = match (&config.network, &tun) {
+        (Some(net), Some(tun)) => match network::attach(&config.name, net, tun.as_fd()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let _ = sync::send(
+                    outer_end.as_fd(),
+                    &Message::Failed {
+                        error: e.to_string(),
+                    },
+                );
+                return Err(e.into());
+            }
+        },
+        _ => None,
+    };
+    sync::send(outer_end.as_fd(), &Message::Start)?;
+
+    // 7. Supervise from outside: forward signals, keep the attachment.
+    let (code, sig, wall_clock) = watch(
+        config,
+        child,
+        &outer_end,
+        &sigfd,
+        tun.as_ref(),
+        &mut attachment,
+    );
+    guard.0 = None;
+    drop(attachment);
+
+    // 8. Account, then remove everything.
+    let usage: Usage = cg.usage();
+    let report = Report::new(config, code, sig, wall_clock, started.elapsed(), usage);
+    report.log_events();
+    if let Some(path) = report_path {
+        report.write(path).map_err(|source| LaunchError::Report {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    drop(cg);
+    drop(state);
+    Ok(Outcome {
+        status: report.status(),
+        report,
+    })
+}
+
+fn expect(fd: &OwnedFd, want: impl Fn(&Message) -> bool) -> Result<(), LaunchError> {
+    match sync::recv(fd.as_fd())? {
+        Message::Failed { error } => Err(LaunchError::Inside(error)),
+        m if want(&m) => Ok(()),
+        other => Err(LaunchError::Inside(format!("unexpected message {other:?}"))),
+    }
+}
+
+fn clone_supervisor(
+    config: &VassalConfig,
+    sync_fd: OwnedFd,
+    tun: Option<&OwnedFd>,
+) -> Result<Pid, LaunchError> {
+    let mut flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET;
+    if config.uid_map.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    let tun_copy = match tun {
+        Some(t) => Some(t.try_clone().map_err(LaunchError::Clone)?),
+        None => None,
+    };
+    // SAFETY: a raw clone with no new stack behaves like fork: the child
+    // runs on a copy of our stack. The launcher is single-threaded, so the
+    // child inherits no locks held by other threads.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if rc < 0 {
+        return Err(LaunchError::Clone(std::io::Error::last_os_error()));
+    }
+    if rc == 0 {
+        supervisor::run(config, sync_fd, tun_copy);
+    }
+    Ok(Pid::from_raw(rc as i32))
+}
+
+fn write_id_maps(child: Pid, uid_map: &[IdRange], gid_map: &[IdRange]) -> Result<(), LaunchError> {
+    let render = |m: &[IdRange]| {
+        m.iter()
+            .map(|r| format!("{} {} {}\n", r.inside, r.outside, r.count))
+            .collect::<String>()
+    };
+    let proc = PathBuf::from(format!("/proc/{child}"));
+    for (file, text) in [
+        ("setgroups", "deny".to_string()),
+        ("gid_map", render(gid_map)),
+        ("uid_map", render(uid_map)),
+    ] {
+        let path = proc.join(file);
+        std::fs::write(&path, text).map_err(|source| LaunchError::IdMap { path, source })?;
+    }
+    Ok(())
+}
+
+/// Waits for the vassal to end while forwarding signals and keeping it
+/// attached. Returns (exit code, signal, stopped for wall clock).
+fn watch(
+    config: &VassalConfig,
+    child: Pid,
+    sync_fd: &OwnedFd,
+    sigfd: &SignalFd,
+    tun: Option<&OwnedFd>,
+    attachment: &mut Option<Attachment>,
+) -> (Option<i32>, Option<i32>, bool) {
+    let mut ended: Option<(Option<i32>, Option<i32>, bool)> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let mut fds = vec![
+            PollFd::new(sync_fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(a) = attachment.as_ref() {
+            fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = retry_at.map_or(PollTimeout::NONE, |t| {
+            PollTimeout::try_from(t.saturating_duration_since(Instant::now()))
+                .unwrap_or(PollTimeout::MAX)
+        });
+        let _ = poll(&mut fds, timeout);
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let (sync_ready, sig_ready, router_ready) = (ready(0), ready(1), ready(2));
+        drop(fds);
+
+        if sync_ready {
+            match sync::recv(sync_fd.as_fd()) {
+                Ok(Message::Ended {
+                    code,
+                    signal,
+                    wall_clock,
+                }) => ended = Some((code, signal, wall_clock)),
+                Ok(_) => {}
+                Err(_) => {
+                    // The supervisor is gone without a word: take its status.
+                    return reap(child, ended);
+                }
+            }
+        }
+        if sig_ready {
+            if let Ok(Some(info)) = sigfd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => {
+                        if let Ok(status) =
+                            waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                        {
+                            if !matches!(status, WaitStatus::StillAlive) {
+                                return finish(status, ended);
+                            }
+                        }
+                    }
+                    Ok(s) => {
+                        let _ = signal::kill(child, s);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if router_ready {
+            eprintln!(
+                "vassal-launch: {}: the router closed the attachment; re-attaching",
+                config.name
+            );
+            *attachment = None;
+            retry_at = Some(Instant::now());
+            backoff = Duration::from_millis(100);
+        }
+        if let (Some(at), Some(net), Some(tun)) = (retry_at, &config.network, tun) {
+            if Instant::now() >= at {
+                match network::attach(&config.name, net, tun.as_fd()) {
+                    Ok(a) => {
+                        eprintln!(
+                            "vassal-launch: {}: re-attached to {}",
+                            config.name,
+                            net.router.display()
+                        );
+                        *attachment = Some(a);
+                        retry_at = None;
+                    }
+                    Err(_) => {
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reap(
+    child: Pid,
+    ended: Option<(Option<i32>, Option<i32>, bool)>,
+) -> (Option<i32>, Option<i32>, bool) {
+    match waitpid(child, None) {
+        Ok(status) => finish(status, ended),
+        Err(_) => ended.unwrap_or((None, None, false)),
+    }
+}
+
+fn finish(
+    status: WaitStatus,
+    ended: Option<(Option<i32>, Option<i32>, bool)>,
+) -> (Option<i32>, Option<i32>, bool) {
+    if let Some(e) = ended {
+        return e;
+    }
+    match status {
+        WaitStatus::Exited(_, code) => (Some(code), None, false),
+        WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32), false),
+        _ => (None, None, false),
+    }
+}

@@ -1,0 +1,146 @@
+//! The vassal's network: its tun device (created inside its network
+//! namespace, on a /dev/net/tun fd the outer launcher opened), addresses and
+//! route; and the attachment of that device to vassal-router, kept alive
+//! across router restarts by the outer launcher.
+
+use crate::config::Network;
+use crate::netlink::{Netlink, NetlinkError};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use vassal_attach::{transport, Hello, Request, Response, PROTOCOL_VERSION};
+
+/// Name of the tun device inside every vassal.
+pub const DEVICE: &str = "vx0";
+
+/// A network step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// Opening /dev/net/tun failed.
+    #[error("opening /dev/net/tun: {0}")]
+    OpenTun(#[source] std::io::Error),
+    /// TUNSETIFF failed.
+    #[error("creating tun device {DEVICE} (TUNSETIFF): {0}")]
+    CreateTun(#[source] std::io::Error),
+    /// Configuring an interface failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The router could not be reached.
+    #[error("attaching to the router at {path}: {source}")]
+    Connect {
+        /// The control socket.
+        path: PathBuf,
+        /// The cause.
+        source: transport::TransportError,
+    },
+    /// The router said no.
+    #[error("the router at {path} refused the vassal ({reason}): {message}")]
+    Refused {
+        /// The control socket.
+        path: PathBuf,
+        /// Its reason code.
+        reason: &'static str,
+        /// Its explanation.
+        message: String,
+    },
+    /// The router answered something else.
+    #[error("the router at {path} answered a hello with {answer}")]
+    Unexpected {
+        /// The control socket.
+        path: PathBuf,
+        /// What it sent.
+        answer: String,
+    },
+}
+
+/// Opens /dev/net/tun in the host's namespaces, before the clone: with a
+/// user namespace the supervisor could not open the host's 0600 node, but
+/// TUNSETIFF on an inherited fd only needs CAP_NET_ADMIN over the vassal's
+/// own network namespace.
+pub fn open_tun() -> Result<OwnedFd, NetworkError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map(OwnedFd::from)
+        .map_err(NetworkError::OpenTun)
+}
+
+/// Supervisor side: creates the tun device on `tun` inside the current
+/// network namespace and configures loopback, the addresses and the
+/// default routes.
+pub fn configure(tun: BorrowedFd<'_>, net: Option<&Network>) -> Result<(), NetworkError> {
+    let mut nl = Netlink::open()?;
+    nl.link_up("lo", None)?;
+    let Some(net) = net else { return Ok(()) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(DEVICE.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads an ifreq; ifr lives across the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF as _, &mut ifr) };
+    if rc < 0 {
+        return Err(NetworkError::CreateTun(std::io::Error::last_os_error()));
+    }
+    if net.address6.is_none() {
+        // Without an IPv6 address the kernel would still send link-local
+        // chatter the router must drop as spoofed; keep the device quiet.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{DEVICE}/disable_ipv6"),
+            "1",
+        );
+    }
+    nl.link_up(DEVICE, Some(u32::from(net.mtu)))?;
+    nl.add_address(DEVICE, IpAddr::V4(net.address))?;
+    nl.add_default_route(DEVICE, false)?;
+    if let Some(a6) = net.address6 {
+        nl.add_address(DEVICE, IpAddr::V6(a6))?;
+        nl.add_default_route(DEVICE, true)?;
+    }
+    Ok(())
+}
+
+/// Outer side: one attachment to the router. Dropping it detaches.
+pub struct Attachment {
+    /// The control connection; the router detaches when it closes.
+    pub socket: OwnedFd,
+}
+
+/// Sends the hello with the tun fd and waits for the answer.
+pub fn attach(
+    project: &str,
+    net: &Network,
+    tun: BorrowedFd<'_>,
+) -> Result<Attachment, NetworkError> {
+    let path = net.router.clone();
+    let socket = transport::connect(&path).map_err(|source| NetworkError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let hello = Request::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        project: project.to_string(),
+        ipv4: net.address,
+        ipv6: net.address6,
+    });
+    let answer = transport::call(socket.as_fd(), &hello, Some(tun)).map_err(|source| {
+        NetworkError::Connect {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    match answer {
+        Response::Accepted { .. } => Ok(Attachment { socket }),
+        Response::Refused { reason, message } => Err(NetworkError::Refused {
+            path,
+            reason: reason.as_str(),
+            message,
+        }),
+        other => Err(NetworkError::Unexpected {
+            path,
+            answer: format!("{other:?}"),
+        }),
+    }
+}
