@@ -237,7 +237,9 @@ fn child(slave: OwnedFd, record: &state::Record, exec: &Exec, filter: &[libc::so
         unsafe { libc::dup2(slave.as_raw_fd(), target) };
     }
     drop(slave);
-    if let Err(e) = privileges::drop_to(record.uid, record.gid, record.nofile) {
+    if let Err(e) =
+        privileges::drop_to(record.uid, record.gid, record.nofile, record.user_namespace)
+    {
         fail("dropping privileges", &e);
     }
     let _ = std::env::set_current_dir("/");

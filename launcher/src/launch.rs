@@ -114,7 +114,9 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     let sigfd =
         SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).map_err(LaunchError::Signals)?;
 
-    // 4. The supervisor, in new namespaces.
+    // 4. The supervisor, in new namespaces, with no supplementary groups to
+    //    inherit (a user namespace cannot drop them later).
+    nix::unistd::setgroups(&[]).map_err(|e| LaunchError::Clone(e.into()))?;
     let child = clone_supervisor(config, inner_end, tun.as_ref())?;
     let mut guard = ChildGuard(Some(child));
 

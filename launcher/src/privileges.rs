@@ -36,10 +36,10 @@ fn last_cap() -> u32 {
 }
 
 /// Runs the drop sequence: after it the process is `uid`/`gid` with no
-/// supplementary groups, no capabilities in any set (bounding and ambient
+/// supplementary groups (see [`drop_to`]'s note on user namespaces), no capabilities in any set (bounding and ambient
 /// included), no_new_privs, and the given open-file limit; every fd above
 /// stderr is closed.
-pub fn drop_to(uid: u32, gid: u32, nofile: u64) -> Result<(), DropError> {
+pub fn drop_to(uid: u32, gid: u32, nofile: u64, user_namespace: bool) -> Result<(), DropError> {
     // Bounding set first: dropping from it needs CAP_SETPCAP, gone after setuid.
     for cap in 0..=last_cap() {
         // SAFETY: prctl with integer arguments.
@@ -61,10 +61,15 @@ pub fn drop_to(uid: u32, gid: u32, nofile: u64) -> Result<(), DropError> {
             0,
         )
     })?;
-    nix::unistd::setgroups(&[]).map_err(|e| DropError::Step {
-        step: "clearing supplementary groups",
-        source: e.into(),
-    })?;
+    // In a user namespace setgroups is denied (as it must be for an
+    // unprivileged map); the outer launcher cleared its own groups before
+    // the clone, so there are none to drop.
+    if !user_namespace {
+        nix::unistd::setgroups(&[]).map_err(|e| DropError::Step {
+            step: "clearing supplementary groups",
+            source: e.into(),
+        })?;
+    }
     let (g, u) = (Gid::from_raw(gid), Uid::from_raw(uid));
     nix::unistd::setresgid(g, g, g).map_err(|e| DropError::Step {
         step: "setting the gid",

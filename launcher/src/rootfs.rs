@@ -134,12 +134,20 @@ pub fn build(config: &VassalConfig) -> Result<(), RootfsError> {
         });
     }
     create_dir("creating the staging directory", root)?;
+    // With a user namespace, the kernel locks the host's mounts together:
+    // a bind must take the submounts along (MS_REC), and the ones that
+    // matter are covered below (/proc, /dev, /run, /tmp, and /sys masked).
+    let rec = if config.uid_map.is_some() {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
     do_mount(
         "binding the root filesystem",
         Some(&config.rootfs),
         root,
         None,
-        MsFlags::MS_BIND,
+        MsFlags::MS_BIND | rec,
         None,
     )?;
     remount_bind("making the root filesystem read-only", root, true)?;
@@ -173,8 +181,11 @@ pub fn build(config: &VassalConfig) -> Result<(), RootfsError> {
     )?;
     build_dev(&root.join("dev"))?;
 
-    // 4. Host paths hidden from the vassal (by default the host's /root).
-    for hidden in &config.mask {
+    // 4. Host paths hidden from the vassal (by default the host's /root;
+    //    with a user namespace also the host's /sys, brought by MS_REC).
+    let sys = PathBuf::from("/sys");
+    let extra = config.uid_map.is_some().then_some(&sys);
+    for hidden in config.mask.iter().chain(extra) {
         let target = inside(root, hidden);
         if target.is_dir() {
             do_mount(

@@ -269,7 +269,12 @@ fn exec_command(config: &VassalConfig, exec: &Exec) -> ! {
         // SAFETY: restoring default dispositions.
         let _ = unsafe { signal::signal(s, SigHandler::SigDfl) };
     }
-    if let Err(e) = privileges::drop_to(config.uid, config.gid, config.limits.nofile) {
+    if let Err(e) = privileges::drop_to(
+        config.uid,
+        config.gid,
+        config.limits.nofile,
+        config.uid_map.is_some(),
+    ) {
         fail("dropping privileges", &e);
     }
     // SAFETY: workdir is a valid C string.
