@@ -94,12 +94,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;
     let cg = Cgroup::create(&hierarchy, &config.name, &config.limits)?;
 
-    // 3. Host-side resources the supervisor inherits: the tun fd (see
-    //    network::open_tun), the sync socket; signals go to a signalfd.
-    let tun = match &config.network {
-        Some(_) => Some(network::open_tun()?),
-        None => None,
-    };
+    // 3. The sync socket; signals go to a signalfd.
     let (outer_end, inner_end) = sync::pair()?;
     let mut signals = SigSet::empty();
     for s in [
@@ -117,7 +112,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     // 4. The supervisor, in new namespaces, with no supplementary groups to
     //    inherit (a user namespace cannot drop them later).
     nix::unistd::setgroups(&[]).map_err(|e| LaunchError::Clone(e.into()))?;
-    let child = clone_supervisor(config, inner_end, tun.as_ref())?;
+    let child = clone_supervisor(config, inner_end)?;
     let mut guard = ChildGuard(Some(child));
 
     // 5. User namespace maps, then the cgroup, then go.
@@ -126,6 +121,12 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     }
     cg.add(child.as_raw())?;
     state.record(child.as_raw())?;
+    // The tun device, made in the vassal's network namespace (see
+    // network::create_tun_in); only this process holds its fd.
+    let tun = match &config.network {
+        Some(_) => Some(network::create_tun_in(child.as_raw())?),
+        None => None,
+    };
     sync::send(outer_end.as_fd(), &Message::Go)?;
     expect(&outer_end, |m| matches!(m, Message::Ready))?;
 
@@ -185,11 +186,7 @@ fn expect(fd: &OwnedFd, want: impl Fn(&Message) -> bool) -> Result<(), LaunchErr
     }
 }
 
-fn clone_supervisor(
-    config: &VassalConfig,
-    sync_fd: OwnedFd,
-    tun: Option<&OwnedFd>,
-) -> Result<Pid, LaunchError> {
+fn clone_supervisor(config: &VassalConfig, sync_fd: OwnedFd) -> Result<Pid, LaunchError> {
     let mut flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
@@ -198,10 +195,6 @@ fn clone_supervisor(
     if config.uid_map.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
-    let tun_copy = match tun {
-        Some(t) => Some(t.try_clone().map_err(LaunchError::Clone)?),
-        None => None,
-    };
     // SAFETY: a raw clone with no new stack behaves like fork: the child
     // runs on a copy of our stack. The launcher is single-threaded, so the
     // child inherits no locks held by other threads.
@@ -219,7 +212,7 @@ fn clone_supervisor(
         return Err(LaunchError::Clone(std::io::Error::last_os_error()));
     }
     if rc == 0 {
-        supervisor::run(config, sync_fd, tun_copy);
+        supervisor::run(config, sync_fd);
     }
     Ok(Pid::from_raw(rc as i32))
 }

@@ -86,10 +86,26 @@ fn main() -> ExitCode {
         Err(e) => {
             // 125, like other container runners: the launcher itself failed,
             // as opposed to the command (its own status) or a bad file (2).
-            eprintln!("vassal-launch: {e:#}");
+            eprintln!("vassal-launch: {}", render(&e));
             ExitCode::from(125)
         }
     }
+}
+
+/// The error and its causes on one line, each said once (our error types
+/// already quote their cause's text).
+fn render(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn real_main() -> Result<i32> {

@@ -53,26 +53,36 @@ pub enum NetworkError {
     },
 }
 
-/// Opens /dev/net/tun in the host's namespaces, before the clone: with a
-/// user namespace the supervisor could not open the host's 0600 node, but
-/// TUNSETIFF on an inherited fd only needs CAP_NET_ADMIN over the vassal's
-/// own network namespace.
-pub fn open_tun() -> Result<OwnedFd, NetworkError> {
-    std::fs::OpenOptions::new()
+/// Outer side: creates the vassal's tun device inside the network
+/// namespace of process `pid` and returns its fd. A tun device is created in
+/// the namespace of the task that opened /dev/net/tun, so the outer launcher
+/// steps into the vassal's namespace for the open and the TUNSETIFF, then
+/// back: the supervisor (perhaps in a user namespace, unable to open the
+/// host's 0600 node) never needs the device node, and the outer launcher
+/// holds the only fd, which it can hand to a restarted router.
+pub fn create_tun_in(pid: i32) -> Result<OwnedFd, NetworkError> {
+    let host = std::fs::File::open("/proc/self/ns/net").map_err(NetworkError::OpenTun)?;
+    let vassal =
+        std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(NetworkError::OpenTun)?;
+    let setns = |f: &std::fs::File| {
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetworkError::OpenTun(e.into()))
+    };
+    setns(&vassal)?;
+    let created = open_and_create();
+    // Back to the host's namespace whatever happened: the launcher must
+    // not go on inside the vassal's network.
+    setns(&host)?;
+    created
+}
+
+fn open_and_create() -> Result<OwnedFd, NetworkError> {
+    let tun: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
         .map(OwnedFd::from)
-        .map_err(NetworkError::OpenTun)
-}
-
-/// Supervisor side: creates the tun device on `tun` inside the current
-/// network namespace and configures loopback, the addresses and the
-/// default routes.
-pub fn configure(tun: BorrowedFd<'_>, net: Option<&Network>) -> Result<(), NetworkError> {
-    let mut nl = Netlink::open()?;
-    nl.link_up("lo", None)?;
-    let Some(net) = net else { return Ok(()) };
+        .map_err(NetworkError::OpenTun)?;
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(DEVICE.bytes()) {
@@ -84,6 +94,16 @@ pub fn configure(tun: BorrowedFd<'_>, net: Option<&Network>) -> Result<(), Netwo
     if rc < 0 {
         return Err(NetworkError::CreateTun(std::io::Error::last_os_error()));
     }
+    Ok(tun)
+}
+
+/// Supervisor side: configures loopback and, with a network, the tun
+/// device the outer launcher created: its addresses, MTU and default
+/// routes.
+pub fn configure(net: Option<&Network>) -> Result<(), NetworkError> {
+    let mut nl = Netlink::open()?;
+    nl.link_up("lo", None)?;
+    let Some(net) = net else { return Ok(()) };
     if net.address6.is_none() {
         // Without an IPv6 address the kernel would still send link-local
         // chatter the router must drop as spoofed; keep the device quiet.

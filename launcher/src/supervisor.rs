@@ -33,8 +33,8 @@ fn handled_set() -> SigSet {
 /// Runs pid 1 and never returns: the process exits with the command's
 /// status. Any failure before the command starts is sent to the outer
 /// launcher as [`Message::Failed`] naming the step.
-pub fn run(config: &VassalConfig, sync_fd: OwnedFd, tun: Option<OwnedFd>) -> ! {
-    let code = match setup(config, &sync_fd, tun) {
+pub fn run(config: &VassalConfig, sync_fd: OwnedFd) -> ! {
+    let code = match setup(config, &sync_fd) {
         Ok(()) => supervise(config, &sync_fd),
         Err(error) => {
             let _ = sync::send(sync_fd.as_fd(), &Message::Failed { error });
@@ -46,7 +46,7 @@ pub fn run(config: &VassalConfig, sync_fd: OwnedFd, tun: Option<OwnedFd>) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn setup(config: &VassalConfig, sync_fd: &OwnedFd, tun: Option<OwnedFd>) -> Result<(), String> {
+fn setup(config: &VassalConfig, sync_fd: &OwnedFd) -> Result<(), String> {
     match sync::recv(sync_fd.as_fd()).map_err(|e| e.to_string())? {
         Message::Go => {}
         Message::Failed { error } => return Err(error),
@@ -66,15 +66,7 @@ fn setup(config: &VassalConfig, sync_fd: &OwnedFd, tun: Option<OwnedFd>) -> Resu
     rootfs::build(config).map_err(|e| e.to_string())?;
     nix::unistd::sethostname(&config.hostname)
         .map_err(|e| format!("setting the hostname {}: {e}", config.hostname))?;
-    if let Some(tun) = &tun {
-        network::configure(tun.as_fd(), config.network.as_ref()).map_err(|e| e.to_string())?;
-    } else {
-        crate::netlink::Netlink::open()
-            .and_then(|mut nl| nl.link_up("lo", None))
-            .map_err(|e| format!("bringing loopback up: {e}"))?;
-    }
-    // The outer launcher keeps the tun fd; none must reach the customer.
-    drop(tun);
+    network::configure(config.network.as_ref()).map_err(|e| e.to_string())?;
     // Customers' processes may not read or trace pid 1.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
