@@ -47,6 +47,10 @@ pub fn run(config: &VassalConfig, sync_fd: OwnedFd) -> ! {
 }
 
 fn setup(config: &VassalConfig, sync_fd: &OwnedFd) -> Result<(), String> {
+    // A vassal never outlives its launcher: without it nobody supervises,
+    // accounts or cleans up. Killing pid 1 ends the whole pid namespace.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     match sync::recv(sync_fd.as_fd()).map_err(|e| e.to_string())? {
         Message::Go => {}
         Message::Failed { error } => return Err(error),

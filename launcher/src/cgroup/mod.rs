@@ -149,11 +149,7 @@ pub fn detect(mountinfo: &Path) -> Result<Hierarchy, CgroupError> {
         };
         let mount_point = PathBuf::from(mount_point);
         match fstype {
-            "cgroup2" => {
-                if v2::usable(&mount_point) {
-                    return Ok(Hierarchy::V2(mount_point));
-                }
-            }
+            "cgroup2" if v2::usable(&mount_point) => return Ok(Hierarchy::V2(mount_point)),
             "cgroup" => v1.note(&mount_point, options),
             _ => {}
         }

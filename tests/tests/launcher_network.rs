@@ -1,0 +1,212 @@
+//! A launched vassal on the real router: it reaches the host, keeps its
+//! network across a router restart, and `enter` gives a real pty inside.
+
+use nix::sys::signal::Signal;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vassal_tests::launcher_harness::{code, name, stderr, stdout};
+use vassal_tests::router_harness::{RouterSpec, TestRouter, PYTHON};
+use vassal_tests::{binary, wait_until, KillOnDrop};
+
+const OPEN_RULES: &str = "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n";
+
+/// A TCP server in the host namespace on the router's gateway address that
+/// answers every connection with "pong".
+fn host_server(router: &TestRouter, port: u16) -> KillOnDrop {
+    let script = format!(
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{}', {port}))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'pong')\n    c.close()\n",
+        router.gateway()
+    );
+    let server = KillOnDrop::spawn(Command::new(PYTHON).args(["-c", &script]));
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect((router.gateway(), port)).is_ok()
+    }));
+    server
+}
+
+fn launch_args(router: &TestRouter, n: &str, host: u8) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--name".into(),
+        n.into(),
+        "--uid".into(),
+        "47001".into(),
+        "--address".into(),
+        router.addr(host).to_string(),
+        "--router".into(),
+        router.socket.display().to_string(),
+    ]
+}
+
+#[test]
+fn launcher_vassal_reaches_the_host_through_the_router() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(OPEN_RULES.into()),
+        ..Default::default()
+    });
+    let _server = host_server(&router, 7101);
+    let n = name("ln");
+    let mut args = launch_args(&router, &n, 2);
+    let script = format!(
+        "import socket\nc = socket.create_connection(('{}', 7101), timeout=5)\nprint(c.recv(4).decode())\nimport subprocess\nprint(open('/proc/net/route').read().splitlines()[1].split()[0])",
+        router.gateway()
+    );
+    args.extend(["--".into(), PYTHON.into(), "-c".into(), script]);
+    let out = Command::new(binary("vassal-launch"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), router.log_text());
+    assert_eq!(stdout(&out), "pong\nvx0\n");
+    // The router counted it for this project.
+    assert!(router.metric("vassal_tx_packets_total", &format!("project=\"{n}\"")) >= 3.0);
+    assert!(router.metric("vassal_rx_bytes_total", &format!("project=\"{n}\"")) > 0.0);
+    assert_eq!(
+        router.dropped(&n, "spoofed"),
+        0.0,
+        "IPv6 chatter must not count as spoofing"
+    );
+}
+
+#[test]
+fn launcher_vassal_survives_a_router_restart() {
+    let mut router = TestRouter::start(&RouterSpec {
+        rules: Some(OPEN_RULES.into()),
+        ..Default::default()
+    });
+    let _server = host_server(&router, 7102);
+    let n = name("ln");
+    let mut args = launch_args(&router, &n, 3);
+    // Connects every 0.2 s for 12 s and sums up: ok before the outage,
+    // failures, ok after it.
+    let script = format!(
+        "import socket, time\nseen = []\nend = time.time() + 12\nwhile time.time() < end:\n    try:\n        socket.create_connection(('{}', 7102), timeout=0.3).recv(4)\n        seen.append('ok')\n    except OSError:\n        seen.append('fail')\n    time.sleep(0.2)\nfirst = seen.index('fail') if 'fail' in seen else len(seen)\nprint(first, seen.count('fail'), seen[first:].count('ok'))\n",
+        router.gateway()
+    );
+    args.extend(["--".into(), PYTHON.into(), "-c".into(), script]);
+    let vassal = Command::new(binary("vassal-launch"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let attached = format!("project=\"{n}\"");
+    assert!(wait_until(Duration::from_secs(10), || router
+        .metric("vassal_attached", &attached)
+        == 1.0));
+    std::thread::sleep(Duration::from_secs(2));
+    router.stop(Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    router.spawn();
+    assert!(
+        wait_until(Duration::from_secs(8), || router
+            .metric("vassal_attached", &attached)
+            == 1.0),
+        "not re-attached; router log:\n{}",
+        router.log_text()
+    );
+    let out = vassal.wait_with_output().unwrap();
+    let text = stdout(&out);
+    let nums: Vec<u32> = text
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(nums.len(), 3, "{text}{}", stderr(&out));
+    assert!(nums[0] > 0, "no traffic before the restart: {text}");
+    assert!(nums[1] > 0, "the restart went unnoticed: {text}");
+    assert!(
+        nums[2] > 0,
+        "no traffic after the restart: {text}\n{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("re-attached"), "{}", stderr(&out));
+}
+
+#[test]
+fn launcher_enter_gives_a_shell_on_a_pty_inside_the_vassal() {
+    let n = name("lx");
+    let _vassal = KillOnDrop::spawn(
+        Command::new(binary("vassal-launch"))
+            .args([
+                "run",
+                "--name",
+                &n,
+                "--uid",
+                "47001",
+                "--",
+                "/bin/sleep",
+                "60",
+            ])
+            .stdin(Stdio::null()),
+    );
+    let state = std::path::PathBuf::from(format!("/run/vassal/launch/{n}.json"));
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&state).is_ok_and(|s| !s.contains("\"pid\":0"))
+    }));
+
+    // Without a terminal: a command, its output relayed.
+    let out = Command::new(binary("vassal-launch"))
+        .args([
+            "enter",
+            &n,
+            "--",
+            "/bin/sh",
+            "-c",
+            "hostname; id -u; tty; ps -e -o pid=,comm= | head -3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out).replace('\r', "");
+    assert!(
+        text.starts_with(&format!("{n}\n47001\n/dev/pts/")),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 vassal-launch"),
+        "pid 1 of the vassal is its supervisor: {text}"
+    );
+
+    // With a real terminal (tmux): an interactive shell.
+    let session = name("tm");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let enter = format!("{} enter {n}", binary("vassal-launch").display());
+    assert!(tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &enter
+    ])
+    .status
+    .success());
+    std::thread::sleep(Duration::from_millis(800));
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "echo inside-$(hostname)-$(id -u)",
+        "Enter",
+    ]);
+    let seen = wait_until(Duration::from_secs(5), || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+            .contains(&format!("inside-{n}-47001"))
+    });
+    let screen =
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+    tmux(&["kill-server"]);
+    assert!(seen, "{screen}");
+}
