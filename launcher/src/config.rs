@@ -101,7 +101,9 @@ pub struct Network {
     pub address: Ipv4Addr,
     /// The vassal's IPv6 address.
     pub address6: Option<Ipv6Addr>,
-    /// The gateway; the router's answer is used when absent.
+    /// The router's gateway, when the file names it: the attach is refused
+    /// if the router answers with another one. Routes need no next hop (the
+    /// tun is point-to-point), so absent is fine.
     pub gateway: Option<Ipv4Addr>,
     /// MTU of the vassal's tun device.
     pub mtu: u16,

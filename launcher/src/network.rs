@@ -43,6 +43,16 @@ pub enum NetworkError {
         /// Its explanation.
         message: String,
     },
+    /// The router's gateway is not the one the vassal file names.
+    #[error("the router at {path} has gateway {actual}, but the vassal file says network.gateway = {expected}")]
+    WrongRouter {
+        /// The control socket.
+        path: PathBuf,
+        /// The configured gateway.
+        expected: std::net::Ipv4Addr,
+        /// The router's.
+        actual: std::net::Ipv4Addr,
+    },
     /// The router answered something else.
     #[error("the router at {path} answered a hello with {answer}")]
     Unexpected {
@@ -152,6 +162,15 @@ pub fn attach(
         }
     })?;
     match answer {
+        // A configured gateway is the operator's statement of which router
+        // this vassal belongs to: a router with another one is the wrong one.
+        Response::Accepted { gateway, .. } if net.gateway.is_some_and(|g| g != gateway) => {
+            Err(NetworkError::WrongRouter {
+                path,
+                expected: net.gateway.unwrap_or(gateway),
+                actual: gateway,
+            })
+        }
         Response::Accepted { .. } => Ok(Attachment { socket }),
         Response::Refused { reason, message } => Err(NetworkError::Refused {
             path,

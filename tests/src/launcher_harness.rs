@@ -109,3 +109,26 @@ pub fn leftovers(name: &str) -> Vec<PathBuf> {
     }
     found
 }
+
+/// Spawns `vassal-launch ARGS...` with stdout piped and waits for the first
+/// line the vassal prints (its "I am up" signal); returns the running
+/// process (killed on drop), that line and the rest of its stdout.
+pub fn spawn_until_line(
+    args: &[&str],
+) -> (
+    crate::KillOnDrop,
+    String,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    crate::require_root();
+    let mut child = crate::KillOnDrop::spawn(
+        Command::new(binary("vassal-launch"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null()),
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    (child, line, stdout)
+}

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use vassal_tests::launcher_harness::{
-    code, launch, name, sh, stderr, stdout, TempDir, PROJECT_UID,
+    code, launch, name, sh, spawn_until_line, stderr, stdout, TempDir, PROJECT_UID,
 };
 
 #[test]
@@ -118,6 +118,21 @@ fn launcher_command_runs_as_the_project_user_without_privileges() {
 }
 
 #[test]
+fn launcher_customer_cannot_signal_trace_or_read_the_supervisor() {
+    let n = name("li");
+    let out = sh(
+        &n,
+        &[],
+        "kill -9 1 2>&1; kill -STOP 1 2>&1; cat /proc/1/environ 2>&1 | head -c 100; echo; head -c 1 /proc/1/mem 2>&1; echo; ls /proc/1/fd 2>&1; echo alive",
+    );
+    let text = stdout(&out);
+    assert_eq!(text.matches("Operation not permitted").count(), 2, "{text}");
+    assert!(text.matches("Permission denied").count() >= 3, "{text}");
+    assert!(text.ends_with("alive\n"), "{text}");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
 fn launcher_vassal_cannot_reach_a_siblings_files() {
     let dir = TempDir::new();
     let alice = dir.0.join("alice");
@@ -212,34 +227,18 @@ fn launcher_exit_status_is_the_commands_own_or_128_plus_signal() {
 
 #[test]
 fn launcher_forwards_sigterm_to_the_command() {
-    use std::process::{Command, Stdio};
     let n = name("ls");
-    let mut child = Command::new(vassal_tests::binary("vassal-launch"))
-        .args([
-            "run",
-            "--name",
-            &n,
-            "--uid",
-            "47001",
-            "--",
-            "/bin/sh",
-            "-c",
-            "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let script = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
+    let (mut child, line, mut stdout) = spawn_until_line(&[
+        "run", "--name", &n, "--uid", "47001", "--", "/bin/sh", "-c", script,
+    ]);
     assert_eq!(line, "ready\n");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert_eq!(rest, "got-term\n");

@@ -1,7 +1,8 @@
 //! Limits hold, are reported, and failures leave nothing behind.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use vassal_tests::launcher_harness::{
-    code, launch, leftovers, name, report, stderr, stdout, TempDir, PROJECT_UID,
+    code, launch, leftovers, name, report, spawn_until_line, stderr, stdout, TempDir, PROJECT_UID,
 };
 
 fn vassal(dir: &TempDir, name: &str, command: &str, limits: &str) -> std::path::PathBuf {
@@ -9,6 +10,23 @@ fn vassal(dir: &TempDir, name: &str, command: &str, limits: &str) -> std::path::
         "v.toml",
         &format!("name = \"{name}\"\ncommand = [\"/bin/sh\", \"-c\", {command:?}]\nuid = {PROJECT_UID}\n[limits]\n{limits}\n"),
     )
+}
+
+/// Runs the vassal file with `--report` and returns the output and report.
+fn run_reported(
+    dir: &TempDir,
+    file: &std::path::Path,
+) -> (std::process::Output, serde_json::Value) {
+    let rep = dir.0.join("report.json");
+    let out = launch(&[
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    let r = report(&rep);
+    (out, r)
 }
 
 #[test]
@@ -21,16 +39,8 @@ fn launcher_memory_limit_kills_and_is_reported() {
         "exec /usr/bin/python3 -c 'x = bytearray(512 << 20); print(len(x))'",
         "memory = \"64M\"",
     );
-    let rep = dir.0.join("report.json");
-    let out = launch(&[
-        "run",
-        "--config",
-        file.to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
+    let (out, r) = run_reported(&dir, &file);
     assert_eq!(code(&out), 128 + 9, "{}", stderr(&out));
-    let r = report(&rep);
     assert_eq!(r["killed_by"], "memory", "{r}");
     assert!(r["oom_kills"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["peak_memory_bytes"].as_u64().unwrap() <= 64 << 20, "{r}");
@@ -53,21 +63,13 @@ fn launcher_pids_limit_refuses_forks_and_counts_the_hits() {
         "for i in $(seq 40); do sleep 2 & done; wait",
         "pids = 10",
     );
-    let rep = dir.0.join("report.json");
-    let out = launch(&[
-        "run",
-        "--config",
-        file.to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
+    let (out, r) = run_reported(&dir, &file);
     assert_ne!(
         code(&out),
         0,
         "40 processes fit under pids = 10: {}",
         stderr(&out)
     );
-    let r = report(&rep);
     assert!(r["pids_limit_hits"].as_u64().unwrap() > 0, "{r}");
     assert!(stderr(&out).contains(r#""event":"pids_limit""#));
 }
@@ -77,16 +79,8 @@ fn launcher_wall_clock_limit_stops_the_vassal() {
     let dir = TempDir::new();
     let n = name("lc");
     let file = vassal(&dir, &n, "sleep 60", "wall_clock = \"1s\"");
-    let rep = dir.0.join("report.json");
-    let out = launch(&[
-        "run",
-        "--config",
-        file.to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
+    let (out, r) = run_reported(&dir, &file);
     assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
-    let r = report(&rep);
     assert_eq!(r["killed_by"], "wall_clock", "{r}");
     assert!(r["wall_time_ms"].as_u64().unwrap() >= 1000, "{r}");
 }
@@ -101,16 +95,9 @@ fn launcher_wall_clock_kills_what_ignores_sigterm() {
         "trap '' TERM; while :; do sleep 1; done",
         "wall_clock = \"1s\"",
     );
-    let rep = dir.0.join("report.json");
-    let out = launch(&[
-        "run",
-        "--config",
-        file.to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
+    let (out, r) = run_reported(&dir, &file);
     assert_eq!(code(&out), 128 + 9, "{}", stderr(&out));
-    assert_eq!(report(&rep)["killed_by"], "wall_clock");
+    assert_eq!(r["killed_by"], "wall_clock");
 }
 
 #[test]
@@ -250,33 +237,20 @@ fn launcher_check_names_line_column_and_field() {
 
 #[test]
 fn launcher_refuses_a_second_vassal_of_the_same_name() {
-    use std::process::{Command, Stdio};
     let n = name("ld");
-    let mut first = Command::new(vassal_tests::binary("vassal-launch"))
-        .args([
-            "run",
-            "--name",
-            &n,
-            "--uid",
-            "47001",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo up; sleep 30",
-        ])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(first.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (_first, line, _) = spawn_until_line(&[
+        "run",
+        "--name",
+        &n,
+        "--uid",
+        "47001",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo up; sleep 30",
+    ]);
+    assert_eq!(line, "up\n");
     let out = launch(&["run", "--name", &n, "--uid", "47001", "--", "/bin/true"]);
-    let _ = first.kill();
-    let _ = first.wait();
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
 }

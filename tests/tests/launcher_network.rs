@@ -210,3 +210,61 @@ fn launcher_enter_gives_a_shell_on_a_pty_inside_the_vassal() {
     tmux(&["kill-server"]);
     assert!(seen, "{screen}");
 }
+
+#[test]
+fn launcher_refusals_by_the_router_are_clear_and_leave_nothing() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(OPEN_RULES.into()),
+        ..Default::default()
+    });
+    // Outside the router's subnet.
+    let n = name("lr");
+    let out = Command::new(binary("vassal-launch"))
+        .args([
+            "run",
+            "--name",
+            &n,
+            "--uid",
+            "47001",
+            "--address",
+            "192.0.2.7",
+            "--router",
+        ])
+        .arg(&router.socket)
+        .args(["--", "/bin/true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("refused the vassal (address_outside_subnet)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(vassal_tests::launcher_harness::leftovers(&n).is_empty());
+    // A vassal file naming another gateway: the wrong router.
+    let dir = vassal_tests::launcher_harness::TempDir::new();
+    let file = dir.write(
+        "v.toml",
+        &format!(
+            "name = \"{n}\"\ncommand = [\"/bin/true\"]\nuid = 47001\n[network]\nrouter = \"{}\"\naddress = \"{}\"\ngateway = \"192.0.2.1\"\n",
+            router.socket.display(),
+            router.addr(9)
+        ),
+    );
+    let out = Command::new(binary("vassal-launch"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "has gateway {}, but the vassal file says network.gateway = 192.0.2.1",
+            router.gateway()
+        )),
+        "{err}"
+    );
+}
