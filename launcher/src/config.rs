@@ -14,6 +14,14 @@ use toml::Spanned;
 /// Default control socket of vassal-router.
 pub const DEFAULT_ROUTER_SOCKET: &str = "/run/vassal/router.sock";
 
+/// Memory limit when the file sets none: a vassal without a limit could
+/// push the whole host into OOM.
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+
+/// Process limit when the file sets none: enough for any web app, too few
+/// for a fork bomb to starve the host.
+pub const DEFAULT_PIDS: u64 = 1024;
+
 /// At most this many ranges in a uid or gid map (the kernel's limit before
 /// 4.15, and plenty for a vassal).
 pub const MAX_ID_MAP_RANGES: usize = 5;
@@ -123,11 +131,11 @@ pub struct Mount {
 /// Resource limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
-    /// Memory limit in bytes (cgroup).
+    /// Memory limit in bytes (cgroup); [`DEFAULT_MEMORY`] when unset.
     pub memory: Option<u64>,
     /// CPU limit in cores (cgroup quota).
     pub cpu: Option<f64>,
-    /// Process and thread limit (cgroup pids).
+    /// Process and thread limit (cgroup pids); [`DEFAULT_PIDS`] when unset.
     pub pids: Option<u64>,
     /// RLIMIT_NOFILE.
     pub nofile: u64,
@@ -831,9 +839,9 @@ fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
             }
         });
     Limits {
-        memory,
+        memory: memory.or(Some(DEFAULT_MEMORY)),
         cpu,
-        pids,
+        pids: pids.or(Some(DEFAULT_PIDS)),
         nofile,
         tmp_size,
         wall_clock,
@@ -907,6 +915,10 @@ profile = "default"
         assert_eq!(c.network, None);
         assert_eq!(c.limits.nofile, 1024);
         assert_eq!(c.limits.tmp_size, 64 << 20);
+        assert_eq!(c.limits.memory, Some(DEFAULT_MEMORY));
+        assert_eq!(c.limits.pids, Some(DEFAULT_PIDS));
+        assert_eq!(c.limits.cpu, None);
+        assert_eq!(c.limits.wall_clock, None);
         assert_eq!(c.mask, vec![PathBuf::from("/root")]);
         assert!(c.env.is_empty());
     }
