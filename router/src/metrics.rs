@@ -29,7 +29,66 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
         .map_err(|e| MetricsError::Listen {
             addr,
             message: e.to_string(),
-        })
+        })?;
+    describe();
+    Ok(())
+}
+
+/// HELP text of every metric: what the operator reads in /metrics, and
+/// what `promtool check metrics` requires.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(
+        "vassal_tx_bytes_total",
+        Unit::Bytes,
+        "IP bytes leaving the project's vassal, as it sent them."
+    );
+    describe_counter!(
+        "vassal_rx_bytes_total",
+        Unit::Bytes,
+        "IP bytes delivered to the project's vassal."
+    );
+    describe_counter!(
+        "vassal_tx_packets_total",
+        "IP packets leaving the project's vassal."
+    );
+    describe_counter!(
+        "vassal_rx_packets_total",
+        "IP packets delivered to the project's vassal."
+    );
+    describe_counter!(
+        "vassal_dropped_packets_total",
+        "Packets of the project dropped, by reason: firewall, spoofed, malformed, queue_full, no_route, flow_table_full."
+    );
+    describe_counter!(
+        "vassal_host_dropped_packets_total",
+        "Packets from the host tun dropped before a project was known, by reason."
+    );
+    describe_counter!(
+        "vassal_attach_refusals_total",
+        "Attach requests refused, by reason."
+    );
+    describe_counter!(
+        "vassal_compat_rule_blocks_total",
+        "uWSGI rule blocks (modifier2 = 1) a compat peer sent; refused."
+    );
+    describe_counter!(
+        "vassal_rules_reloads_total",
+        "Rule files reloaded and in force."
+    );
+    describe_counter!(
+        "vassal_rules_reload_failures_total",
+        "Rule reloads refused because the file was invalid; the old rules stayed."
+    );
+    describe_gauge!(
+        "vassal_attached",
+        "1 while a vassal of the project is attached."
+    );
+    describe_gauge!(
+        "vassal_flows",
+        "Flows of the project in the stateful flow table."
+    );
+    describe_gauge!("vassal_flow_table_size", "Flows in the whole flow table.");
 }
 
 /// Why a packet was dropped.
