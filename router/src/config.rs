@@ -89,6 +89,16 @@ pub struct Limits {
     pub host_queues: usize,
 }
 
+/// `[events]`: where suspicious events go and when a flood is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// The sink (`"stderr"` or `"unix:/path"`).
+    pub sink: crate::events::Sink,
+    /// Firewall drops per second of one project above which a
+    /// `denied_flood` event is emitted.
+    pub denied_per_second: u64,
+}
+
 /// The whole configuration, defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -116,6 +126,8 @@ pub struct Config {
     pub limits: Limits,
     /// Static project table.
     pub projects: Vec<ProjectEntry>,
+    /// Event sink and thresholds.
+    pub events: EventsConfig,
 }
 
 #[derive(Deserialize)]
@@ -132,8 +144,16 @@ struct RawConfig {
     nat: Option<RawNat>,
     flows: Option<RawFlows>,
     limits: Option<RawLimits>,
+    events: Option<RawEvents>,
     #[serde(default)]
     project: Vec<Spanned<RawProject>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    sink: Option<Spanned<String>>,
+    denied_per_second: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -334,6 +354,19 @@ impl Config {
             host_queues,
         };
 
+        let events = EventsConfig {
+            sink: match raw.events.as_ref().and_then(|e| e.sink.as_ref()) {
+                Some(s) => crate::events::Sink::parse(s.get_ref())
+                    .map_err(|why| at(Some(s.span()), format!("events.sink: {why}")))?,
+                None => crate::events::Sink::Stderr,
+            },
+            denied_per_second: raw
+                .events
+                .as_ref()
+                .and_then(|e| e.denied_per_second)
+                .unwrap_or(100),
+        };
+
         let mut projects: Vec<ProjectEntry> = Vec::new();
         for p in raw.project {
             let span = p.span();
@@ -405,6 +438,7 @@ impl Config {
             flows,
             limits,
             projects,
+            events,
         })
     }
 

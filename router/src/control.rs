@@ -112,6 +112,10 @@ async fn refuse(afd: &AsyncFd<OwnedFd>, uid: u32, reason: RefuseReason, message:
         "control request refused: {message}"
     );
     metrics::attach_refused(reason.as_str());
+    crate::events::emit(
+        "attach_refused",
+        serde_json::json!({ "uid": uid, "reason": reason.as_str(), "message": message }),
+    );
     let _ = send(afd, &encode(&Response::Refused { reason, message })).await;
 }
 

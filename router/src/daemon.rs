@@ -39,6 +39,9 @@ pub enum DaemonError {
     /// A listening socket failed.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// The event sink could not be set up.
+    #[error("setting up the event sink: {0}")]
+    Events(#[source] std::io::Error),
     /// Installing a signal handler failed.
     #[error("installing the {signal} handler: {source}")]
     Signal {
@@ -53,6 +56,7 @@ pub enum DaemonError {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let firewall = Firewall::load(config.rules.clone())?;
     metrics::install(config.metrics_listen)?;
+    crate::events::init(&config.events.sink).map_err(DaemonError::Events)?;
     let host = HostCounters::register();
     let sig = |kind, name| {
         signal(kind).map_err(|source| DaemonError::Signal {
@@ -142,18 +146,21 @@ async fn serve(
     Ok(())
 }
 
-/// Ticks the flow table's clock, expires idle flows and publishes the
-/// flow gauges, once a second.
+/// Ticks the flow table's clock, expires idle flows, publishes the flow
+/// gauges and turns counter movement into events, once a second.
 async fn sweeper(router: Arc<Router>) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut watch = crate::events::Watch::new(router.config.events.denied_per_second);
     loop {
         tick.tick().await;
         router.flows.tick(start.elapsed().as_secs() as u32);
         let total = router.flows.sweep();
         router.host.flows_total.set(total as f64);
-        for p in router.registry.projects() {
+        let projects = router.registry.projects();
+        for p in &projects {
             p.counters.flows.set(router.flows.count(p.slot) as f64);
         }
+        watch.tick(&projects, 1);
     }
 }

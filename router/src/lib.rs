@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod events;
 pub mod firewall;
 pub mod flows;
 pub mod host_tun;

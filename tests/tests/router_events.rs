@@ -1,0 +1,110 @@
+//! Events reach the operator's sink promptly: spoofed packets, floods of
+//! denied packets and refused attaches, as JSON lines, and are counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal};
+
+/// Reads events from `sink` until `want` matches one or `timeout` passes.
+fn wait_event(
+    sink: &UnixDatagram,
+    timeout: Duration,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sink.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10)),
+        ))
+        .unwrap();
+        let Ok(n) = sink.recv(&mut buf) else { continue };
+        let event: serde_json::Value =
+            serde_json::from_slice(&buf[..n]).expect("an event is one JSON object");
+        if want(&event) {
+            return Some(event);
+        }
+    }
+    None
+}
+
+#[test]
+fn router_events_spoofing_floods_and_refusals_reach_the_sink() {
+    let dir = std::env::temp_dir().join(format!("vassal-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.sock");
+    let _ = std::fs::remove_file(&path);
+    let sink = UnixDatagram::bind(&path).unwrap();
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\n[[out]]\naction = \"deny\"\ndst = \"10.0.0.0/8\"\n".into()),
+        extra: format!("[events]\nsink = \"unix:{}\"\ndenied_per_second = 20\n", path.display()),
+        ..Default::default()
+    });
+
+    // Spoofing: a forged source address.
+    let v = TestVassal::attach(&router, "mallory", 2);
+    let forged = router.addr(99);
+    v.ns.exec(&["ip", "addr", "add", &format!("{forged}/32"), "dev", "vt0"]);
+    let gw = router.gateway().to_string();
+    v.ns.try_exec(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        &forged.to_string(),
+        &gw,
+    ]);
+    let e = wait_event(&sink, Duration::from_secs(5), |e| e["event"] == "spoofed")
+        .expect("a spoofed event");
+    assert_eq!(e["project"], "mallory");
+    assert_eq!(e["packets"], 2);
+    assert!(e["ts"].as_f64().unwrap() > 1.7e9);
+
+    // A flood of denied packets (the gateway is in 10/8): 100 pings in 1 s.
+    v.ns.try_exec(&[
+        "ping", "-n", "-q", "-c", "100", "-i", "0.01", "-W", "1", &gw,
+    ]);
+    let e = wait_event(&sink, Duration::from_secs(5), |e| {
+        e["event"] == "denied_flood"
+    })
+    .expect("a denied_flood event");
+    assert_eq!(e["project"], "mallory");
+    assert!(e["packets"].as_u64().unwrap() > 20, "{e}");
+
+    // A refused attach: the same address again.
+    let mut dup = TestVassal::create(&router, "other", 2, false);
+    assert!(matches!(
+        dup.hello(&router),
+        vassal_attach::Response::Refused { .. }
+    ));
+    let e = wait_event(&sink, Duration::from_secs(5), |e| {
+        e["event"] == "attach_refused"
+    })
+    .expect("an attach_refused event");
+    assert_eq!(e["reason"], "address_in_use");
+
+    let m = router.scrape();
+    for kind in ["spoofed", "denied_flood", "attach_refused"] {
+        assert!(
+            vassal_tests::metric(&m, "vassal_events_total", &format!("event=\"{kind}\""))
+                .unwrap_or(0.0)
+                >= 1.0,
+            "{kind} not counted:\n{m}"
+        );
+    }
+    // A quiet vassal causes no events.
+    let quiet = wait_event(&sink, Duration::from_secs(2), |e| {
+        e["event"] == "spoofed" || e["event"] == "denied_flood"
+    });
+    assert!(quiet.is_none(), "{quiet:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
