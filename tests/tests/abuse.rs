@@ -1,0 +1,189 @@
+//! Hostile tenants: what one vassal does stays its own problem.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vassal_attach::{RefuseReason, Response};
+use vassal_tests::launcher_harness::{
+    code, launch, leftovers, name, report, stderr, stdout, TempDir, PROJECT_UID,
+};
+use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal, PYTHON};
+use vassal_tests::KillOnDrop;
+
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Attaches, then detaches; retries while the router has not yet seen the
+/// previous connection close (the holder keeps an address until then).
+fn cycle(v: &mut TestVassal, router: &TestRouter) {
+    loop {
+        match v.hello(router) {
+            Response::Accepted { .. } => break,
+            Response::Refused {
+                reason: RefuseReason::AddressInUse,
+                ..
+            } => std::thread::sleep(Duration::from_micros(200)),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    v.detach();
+}
+
+#[test]
+fn abuse_ten_thousand_attach_detach_cycles_leak_nothing() {
+    let router = TestRouter::start(&RouterSpec::default());
+    let pid = router.child.as_ref().unwrap().pid();
+    let mut v = TestVassal::create(&router, "churn", 2, false);
+    for _ in 0..500 {
+        cycle(&mut v, &router);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds, rss) = (fds_of(pid), rss_kib(pid));
+    for _ in 0..10_000 {
+        cycle(&mut v, &router);
+    }
+    // Let the last detach land.
+    assert!(vassal_tests::wait_until(Duration::from_secs(5), || fds_of(
+        pid
+    )
+        <= fds));
+    assert_eq!(fds_of(pid), fds, "file descriptors leaked");
+    let grown = rss_kib(pid).saturating_sub(rss);
+    assert!(
+        grown < 4096,
+        "router RSS grew by {grown} KiB over 10 000 cycles"
+    );
+    // And it still works.
+    let v = TestVassal::attach(&router, "after", 3);
+    assert!(v.ns.try_exec(&["true"]));
+    assert_eq!(router.metric("vassal_attached", "project=\"churn\""), 0.0);
+}
+
+#[test]
+fn abuse_fork_bomb_stays_inside_its_vassal() {
+    let dir = TempDir::new();
+    let bomb = name("ab");
+    let file = dir.write(
+        "bomb.toml",
+        &format!(
+            "name = \"{bomb}\"\ncommand = [\"/bin/sh\", \"-c\", \"b() {{ b | b & }}; b; sleep 10\"]\nuid = {PROJECT_UID}\n[limits]\npids = 64\nwall_clock = \"3s\"\n"
+        ),
+    );
+    let rep = dir.0.join("bomb.json");
+    let bombing = KillOnDrop::spawn(
+        Command::new(vassal_tests::binary("vassal-launch"))
+            .args([
+                "run",
+                "--config",
+                file.to_str().unwrap(),
+                "--report",
+                rep.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // Meanwhile a neighbour starts, forks and finishes normally.
+    let out = launch(&[
+        "run",
+        "--name",
+        &name("an"),
+        "--uid",
+        "47002",
+        "--",
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do /bin/true & done; wait; echo calm",
+    ]);
+    assert_eq!(stdout(&out), "calm\n", "{}", stderr(&out));
+    let mut bombing = bombing;
+    let status = bombing.0.wait().unwrap();
+    assert!(!status.success());
+    let r = report(&rep);
+    assert!(r["pids_limit_hits"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["killed_by"], "wall_clock", "{r}");
+    assert!(leftovers(&bomb).is_empty(), "{:?}", leftovers(&bomb));
+}
+
+#[test]
+fn abuse_fd_exhaustion_stops_at_the_vassals_own_limit() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "v.toml",
+        &format!(
+            "name = \"{}\"\ncommand = [\"{PYTHON}\", \"-c\", \"import os\\nfds = []\\ntry:\\n    while True: fds.append(os.open('/dev/null', 0))\\nexcept OSError as e: print(len(fds), e.errno)\"]\nuid = {PROJECT_UID}\n[limits]\nnofile = 64\n",
+            name("af")
+        ),
+    );
+    let out = launch(&["run", "--config", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let nums: Vec<u32> = text
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert!(nums[0] <= 64 && nums[0] > 50, "{text}");
+    assert_eq!(nums[1], libc::EMFILE as u32);
+}
+
+#[test]
+fn abuse_a_flooding_vassal_does_not_starve_its_neighbour() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n".into()),
+        ..Default::default()
+    });
+    let flooder = TestVassal::attach(&router, "flood", 2);
+    let neighbour = TestVassal::attach(&router, "calm", 3);
+    let gw = router.gateway().to_string();
+    let _server = KillOnDrop::spawn(
+        Command::new("iperf3")
+            .args(["-s", "-B", &gw, "-p", "5299"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let flood = KillOnDrop::spawn(
+        flooder
+            .ns
+            .command("iperf3")
+            .args([
+                "-c", &gw, "-p", "5299", "-u", "-b", "0", "-l", "1400", "-t", "6",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // 20 pings at 0.1 s during the flood: nearly all must come back.
+    let out = neighbour
+        .ns
+        .command("ping")
+        .args(["-n", "-q", "-c", "20", "-i", "0.1", "-W", "1", &gw])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: u32 = text
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" received"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    drop(flood);
+    assert!(
+        received >= 18,
+        "the neighbour got {received}/20 pings through:\n{text}"
+    );
+    // The flood did reach the router: it is not the neighbour's luck.
+    assert!(router.metric("vassal_tx_packets_total", "project=\"flood\"") > 10_000.0);
+}
