@@ -41,6 +41,49 @@ use vassal_attach::RefuseReason;
 
 const CREDENTIALS_MAGIC: &[u8; 12] = b"uwsgi-tuntap";
 
+/// One whole frame at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// modifier2 = 1: a vassal-supplied rule block (refused and counted).
+    pub rule_block: bool,
+    /// The IP packet (or rule block) it carries.
+    pub payload: &'a [u8],
+    /// Bytes of the buffer it takes, header included.
+    pub consumed: usize,
+}
+
+/// A frame the peer must be disconnected for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// modifier1 != 0 or modifier2 > 1.
+    BadHeader([u8; 4]),
+    /// A length above the MTU.
+    TooLong(usize),
+}
+
+/// Decodes the frame at the start of `buf`: `Ok(None)` when more bytes are
+/// needed. Pure, so that it is unit-tested and fuzzed on its own; a length
+/// is checked against `mtu` as soon as the header is in, before waiting
+/// for (or buffering) its payload.
+pub fn decode_frame(buf: &[u8], mtu: usize) -> Result<Option<Frame<'_>>, FrameError> {
+    let Some(h) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let header = [h[0], h[1], h[2], h[3]];
+    let len = usize::from(u16::from_le_bytes([h[1], h[2]]));
+    if h[0] != 0 || h[3] > 1 {
+        return Err(FrameError::BadHeader(header));
+    }
+    if len > mtu {
+        return Err(FrameError::TooLong(len));
+    }
+    Ok(buf.get(4..4 + len).map(|payload| Frame {
+        rule_block: h[3] == 1,
+        payload,
+        consumed: 4 + len,
+    }))
+}
+
 /// Why a compat peer was disconnected (the router itself carries on).
 #[derive(Debug, thiserror::Error)]
 pub enum CompatError {
@@ -429,27 +472,24 @@ async fn serve_peer(
                 };
                 let snap = snap.get_or_insert_with(|| Snapshot::take(&router.firewall, Some(&v.project.name)));
                 snap.refresh(&router.firewall, Some(&v.project.name));
-                while fill - at >= 4 {
-                    let h = &inbuf[at..at + 4];
-                    let len = usize::from(u16::from_le_bytes([h[1], h[2]]));
-                    let (modifier1, modifier2) = (h[0], h[3]);
-                    if modifier1 != 0 || modifier2 > 1 {
-                        return Err(CompatError::BadHeader { project: v.project.name.clone(), header: [h[0], h[1], h[2], h[3]] });
-                    }
-                    if len > mtu {
-                        return Err(CompatError::TooLong { project: v.project.name.clone(), len, mtu });
-                    }
-                    if fill - at < 4 + len {
-                        break;
-                    }
-                    let payload = &inbuf[at + 4..at + 4 + len];
-                    if modifier2 == 0 {
-                        router.from_vassal(v, snap, payload);
-                    } else {
+                loop {
+                    let frame = match decode_frame(&inbuf[at..fill], mtu) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(FrameError::BadHeader(header)) => {
+                            return Err(CompatError::BadHeader { project: v.project.name.clone(), header })
+                        }
+                        Err(FrameError::TooLong(len)) => {
+                            return Err(CompatError::TooLong { project: v.project.name.clone(), len, mtu })
+                        }
+                    };
+                    if frame.rule_block {
                         v.project.counters.compat_rule_blocks.add(1);
                         tracing::warn!(project = %v.project.name, "compat peer sent a rule block: ignored");
+                    } else {
+                        router.from_vassal(v, snap, frame.payload);
                     }
-                    at += 4 + len;
+                    at += frame.consumed;
                 }
                 inbuf.copy_within(at..fill, 0);
                 fill -= at;
@@ -510,6 +550,52 @@ fn read(fd: RawFd, buf: &mut [u8]) -> Result<(usize, Option<u32>), i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_decode_exactly() {
+        // A packet frame, then a rule block, in one buffer.
+        let buf = [0, 3, 0, 0, b'a', b'b', b'c', 0, 1, 0, 1, b'r'];
+        let f = decode_frame(&buf, 1500).unwrap().unwrap();
+        assert_eq!(
+            f,
+            Frame {
+                rule_block: false,
+                payload: b"abc",
+                consumed: 7
+            }
+        );
+        let g = decode_frame(&buf[7..], 1500).unwrap().unwrap();
+        assert_eq!(
+            g,
+            Frame {
+                rule_block: true,
+                payload: b"r",
+                consumed: 5
+            }
+        );
+        // Truncated header or payload: wait for more.
+        assert_eq!(decode_frame(&buf[..3], 1500), Ok(None));
+        assert_eq!(decode_frame(&buf[..6], 1500), Ok(None));
+        assert_eq!(decode_frame(&[], 1500), Ok(None));
+        // Bad headers and oversized lengths are refused before any payload.
+        assert_eq!(
+            decode_frame(&[1, 0, 0, 0], 1500),
+            Err(FrameError::BadHeader([1, 0, 0, 0]))
+        );
+        assert_eq!(
+            decode_frame(&[0, 0, 0, 2], 1500),
+            Err(FrameError::BadHeader([0, 0, 0, 2]))
+        );
+        assert_eq!(
+            decode_frame(&[0, 0xff, 0xff, 0], 1500),
+            Err(FrameError::TooLong(65535))
+        );
+        assert_eq!(decode_frame(&[0, 0xdc, 0x05, 0], 1500), Ok(None)); // exactly 1500: wait
+        assert_eq!(
+            decode_frame(&[0, 0xdd, 0x05, 0], 1500),
+            Err(FrameError::TooLong(1501))
+        );
+    }
 
     #[test]
     fn queue_compacts_without_growing() {
