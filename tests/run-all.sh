@@ -33,3 +33,8 @@ modprobe tun 2>/dev/null || true
 # The integration tests start the binaries; build them in the same profile.
 cargo build --workspace --bins
 cargo test --workspace -- "$@"
+# Every parser that sees untrusted bytes, fuzzed for a bounded time
+# (FUZZ_SECONDS each, default 20; longer runs: docs/fuzzing.md).
+if [ $# -eq 0 ]; then
+    tests/fuzz.sh
+fi

@@ -163,12 +163,21 @@ fn parse_side(text: &str) -> Result<(Side, bool), RuleErrorKind> {
     Ok((side, network != raw))
 }
 
+/// Text fit for a TOML comment: control characters other than tab (which
+/// TOML refuses there, and which would end the comment early if a newline)
+/// become `?`. Found by fuzzing (fuzz/fuzz_targets/uwsgi_import.rs).
+fn comment_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
+}
+
 fn emit(chains: &[Vec<Imported>; 2], origin: &Path) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
         "# Imported from {} (uWSGI tuntap router firewall).",
-        origin.display()
+        comment_safe(&origin.display().to_string())
     );
     t.push_str(
         "# uWSGI semantics: first match wins; no match allows on both chains;\n\
@@ -196,7 +205,7 @@ fn emit(chains: &[Vec<Imported>; 2], origin: &Path) -> String {
         let name = if chain == 0 { "out" } else { "in" };
         let mut reachable = true;
         for l in lines {
-            let origin_line = format!("{}:{}: {}", origin.display(), l.line, l.text);
+            let origin_line = comment_safe(&format!("{}:{}: {}", origin.display(), l.line, l.text));
             if !reachable {
                 let _ = writeln!(
                     t,
