@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(toml) = firewall_rules::uwsgi::import(text, Path::new("fuzz.ini")) {
         if let Err(e) = firewall_rules::RuleSet::parse(&toml, Path::new("imported.toml")) {
             panic!("import produced an invalid rule file: {e}\n{toml}");

@@ -5,6 +5,8 @@ use libfuzzer_sys::fuzz_target;
 use vassal_launch::config::{Overrides, VassalConfig};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = VassalConfig::parse(text, "fuzz.toml", &Overrides::default());
 });

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# The datapath and launch benchmarks, ours beside the peers in one run.
+# Writes docs/benchmarks.md (the "Datapath" section, between markers) and
+# docs/benchmarks.svg. As root:
+#
+#   bench/run.sh                 # RUNS=3 repetitions (medians), SECS=5 per iperf3 run
+#   RUNS=1 SECS=2 SCALE=100 bench/run.sh   # a quick look
+#
+# Traffic goes only to addresses inside namespaces this script creates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUNS=${RUNS:-3}
+SECS=${SECS:-5}
+SCALE=${SCALE:-1000}
+LAUNCHES=${LAUNCHES:-40}
+PEERS=${PEERS:-../shared/bench/peers.sh}
+
+[ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: run as root" >&2; exit 1; }
+need=(iperf3 iputils-ping iproute2 uwsgi-core slirp4netns passt bubblewrap python3 util-linux)
+missing=()
+for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo build --release --bins --quiet
+BIN=$ROOT/target/release
+WORK=$(mktemp -d /tmp/vassal-bench.XXXXXX)
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+PIDS=()
+DEV=vrbench0
+GW=10.251.3.1
+NET=10.251.3.0/24
+A=10.251.3.2
+B=10.251.3.3
+
+cleanup() {
+    set +e
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    pkill -f "vassal-launch run --name bench" 2>/dev/null
+    sleep 0.5
+    ip netns del vbench-veth 2>/dev/null
+    ip link del vbveth0 2>/dev/null
+    ip link del "$DEV" 2>/dev/null
+    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }   # peer metric value
+
+mbps() { python3 -c 'import json,sys;d=json.load(sys.stdin);print(round(d["end"]["sum_received"]["bits_per_second"]/1e6))' 2>/dev/null || echo fail; }
+udp_pps() { python3 -c 'import json,sys;d=json.load(sys.stdin)["end"]["sum"];print(round((d["packets"]-d["lost_packets"])/d["seconds"]))' 2>/dev/null || echo fail; }
+rtt_us() { awk -F/ '/^rtt/ {printf "%d", $5*1000}'; }
+
+# TCP request/response: 1-byte ping-pong on one connection for SECS seconds.
+cat >"$WORK/rr.py" <<'PY'
+import socket, sys, time
+mode, host, port, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+if mode == "server":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port)); s.listen(1); c, _ = s.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while (b := c.recv(1)):
+        c.sendall(b)
+else:
+    c = socket.create_connection((host, port)); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    n, end = 0, time.time() + secs
+    while time.time() < end:
+        c.sendall(b"x"); c.recv(1); n += 1
+    print(round(n / secs))
+PY
+
+# measure PEER SERVER_ADDR PREFIX...: every figure of one path, the client
+# side run under PREFIX (entering the client's namespace).
+measure() {
+    local peer=$1 srv=$2; shift 2
+    iperf3 -s -B "$srv" -1 >/dev/null 2>&1 & sleep 0.3
+    record "$peer" tcp_up_mbps "$("$@" iperf3 -c "$srv" -t "$SECS" -J 2>/dev/null | mbps)"
+    iperf3 -s -B "$srv" -1 >/dev/null 2>&1 & sleep 0.3
+    record "$peer" tcp_down_mbps "$("$@" iperf3 -c "$srv" -R -t "$SECS" -J 2>/dev/null | mbps)"
+    iperf3 -s -B "$srv" -1 >/dev/null 2>&1 & sleep 0.3
+    record "$peer" udp64_up_pps "$("$@" iperf3 -c "$srv" -u -l 64 -b 0 -t "$SECS" -J 2>/dev/null | udp_pps)"
+    record "$peer" rtt_us "$("$@" ping -q -c 200 -i 0.005 "$srv" 2>/dev/null | rtt_us)"
+    python3 "$WORK/rr.py" server "$srv" 5301 0 & local s=$!; sleep 0.3
+    record "$peer" tcp_rr_per_s "$("$@" python3 "$WORK/rr.py" client "$srv" 5301 "$SECS" 2>/dev/null || echo fail)"
+    kill $s 2>/dev/null || true; wait $s 2>/dev/null || true
+}
+
+# --- ours -------------------------------------------------------------------
+start_router() { # $1: rules file
+    cat >"$WORK/router.toml" <<TOML
+device = "$DEV"
+gateway = "$GW/24"
+control_socket = "$WORK/router.sock"
+metrics_listen = "127.0.0.1:19899"
+rules = "$1"
+[nat]
+masquerade = false
+TOML
+    "$BIN/vassal-router" run --config "$WORK/router.toml" 2>>"$WORK/router.log" &
+    ROUTER=$!
+    for _ in $(seq 100); do [ -S "$WORK/router.sock" ] && python3 -c "import socket;s=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET);s.connect('$WORK/router.sock')" 2>/dev/null && return; sleep 0.1; done
+    echo "router did not start: $(cat "$WORK/router.log")" >&2; exit 1
+}
+launch_vassal() { # $1 name $2 address -> prints the supervisor's pid
+    "$BIN/vassal-launch" run --name "$1" --uid 65534 --address "$2" --router "$WORK/router.sock" -- /bin/sleep 100000 \
+        >/dev/null 2>>"$WORK/launch.log" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        local pid
+        pid=$(python3 -c "import json;print(json.load(open('/run/vassal/launch/$1.json'))['pid'])" 2>/dev/null || echo 0)
+        [ "$pid" != 0 ] && { sleep 0.3; echo "$pid"; return; }
+        sleep 0.05
+    done
+    echo "vassal $1 did not start: $(cat "$WORK/launch.log")" >&2; exit 1
+}
+
+printf '[default]\nout = "allow"\nin = "allow"\nestablished = true\n' >"$WORK/open.toml"
+"$BIN/gen-rules" 10000 "$GW" "$NET" >"$WORK/rules10k.toml"
+
+ours() {
+    start_router "$WORK/open.toml"
+    local va vb
+    va=$(launch_vassal bencha "$A"); vb=$(launch_vassal benchb "$B")
+    measure vassal-router "$GW" nsenter -t "$va" -n
+    # vassal to vassal, switched inside the router
+    nsenter -t "$vb" -n iperf3 -s -B "$B" -1 >/dev/null 2>&1 & sleep 0.3
+    record vassal-router v2v_tcp_mbps "$(nsenter -t "$va" -n iperf3 -c "$B" -t "$SECS" -J 2>/dev/null | mbps)"
+    # the same with 10 000 rules: restart the router; the launchers re-attach
+    kill "$ROUTER"; wait "$ROUTER" 2>/dev/null || true
+    start_router "$WORK/rules10k.toml"
+    for _ in $(seq 100); do nsenter -t "$va" -n ping -q -c 1 -W 1 "$GW" >/dev/null 2>&1 && break; sleep 0.1; done
+    iperf3 -s -B "$GW" -1 >/dev/null 2>&1 & sleep 0.3
+    record vassal-router-10k tcp_up_mbps "$(nsenter -t "$va" -n iperf3 -c "$GW" -t "$SECS" -J 2>/dev/null | mbps)"
+    iperf3 -s -B "$GW" -1 >/dev/null 2>&1 & sleep 0.3
+    record vassal-router-10k tcp_down_mbps "$(nsenter -t "$va" -n iperf3 -c "$GW" -R -t "$SECS" -J 2>/dev/null | mbps)"
+    pkill -f "vassal-launch run --name bench" || true
+    sleep 0.5
+    kill "$ROUTER"; wait "$ROUTER" 2>/dev/null || true
+}
+
+# --- kernel veth, for the figures peers.sh does not take ----------------------
+veth() {
+    ip netns add vbench-veth
+    ip link add vbveth0 type veth peer name vbveth1 netns vbench-veth
+    ip addr add 10.251.9.1/24 dev vbveth0; ip link set vbveth0 up
+    ip netns exec vbench-veth ip addr add 10.251.9.2/24 dev vbveth1
+    ip netns exec vbench-veth ip link set vbveth1 up
+    ip netns exec vbench-veth ip link set lo up
+    measure veth 10.251.9.1 ip netns exec vbench-veth
+    ip netns del vbench-veth 2>/dev/null || true
+    ip link del vbveth0 2>/dev/null || true
+}
+
+peers() {
+    # One peer at a time, each bounded: pasta was seen to hang on this kind
+    # of machine; a hung peer costs its timeout and a "n/a", not the run.
+    for peer in ${PEER_LIST:-uwsgi slirp4netns pasta}; do
+        SECS=$SECS timeout $((SECS * 4 + 60)) bash "$PEERS" "$peer" 2>/dev/null | while read -r name rest; do
+            for kv in $rest; do record "$name" "$(echo "${kv%%=*}" | sed 's/up_mbps/tcp_up_mbps/;s/down_mbps/tcp_down_mbps/')" "${kv#*=}"; done
+        done || true
+        pkill -x pasta 2>/dev/null || true
+    done
+}
+
+launch_times() {
+    python3 - "$BIN/vassal-launch" "$LAUNCHES" >>"$RESULTS" <<'PY'
+import statistics, subprocess, sys, time
+launch, n = sys.argv[1], int(sys.argv[2])
+cmds = {
+    "vassal-launch": [launch, "run", "--name", "benchlaunch", "--uid", "65534", "--", "/bin/true"],
+    "unshare": ["unshare", "--mount", "--pid", "--ipc", "--uts", "--net", "--fork", "--mount-proc", "/bin/true"],
+    "bwrap": ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"],
+}
+for name, cmd in cmds.items():
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    print(f"{name}\tlaunch_ms_median\t{statistics.median(times):.1f}")
+    print(f"{name}\tlaunch_ms_p99\t{times[min(n - 1, int(n * 0.99))]:.1f}")
+PY
+}
+
+scale() {
+    cat >"$WORK/router.toml" <<TOML
+device = "$DEV"
+gateway = "10.252.0.1/16"
+control_socket = "$WORK/router.sock"
+metrics_listen = "127.0.0.1:19899"
+rules = "$WORK/open.toml"
+[nat]
+masquerade = false
+TOML
+    "$BIN/vassal-router" run --config "$WORK/router.toml" 2>>"$WORK/router.log" &
+    ROUTER=$!; sleep 1
+    python3 bench/attach_many.py "$SCALE" "$WORK/router.sock" "$ROUTER" 10.252.0.1 >"$WORK/scale.json"
+    kill "$ROUTER"; wait "$ROUTER" 2>/dev/null || true
+    python3 - "$WORK/scale.json" >>"$RESULTS" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in ("vassals", "attached", "pinged", "attach_ms_median", "attach_ms_p99", "router_kib_per_vassal"):
+    print(f"scale\t{k}\t{d[k]:.2f}" if isinstance(d[k], float) else f"scale\t{k}\t{d[k]}")
+PY
+}
+
+for run in $(seq "$RUNS"); do
+    echo "== run $run/$RUNS: vassal-router"; ours
+    echo "== run $run/$RUNS: veth"; veth
+    echo "== run $run/$RUNS: peers (uWSGI tuntap, slirp4netns, pasta)"; peers
+done
+echo "== launch time ($LAUNCHES each)"; launch_times
+echo "== scale: $SCALE vassals on one router"; scale
+python3 bench/report.py "$RESULTS" docs/benchmarks.md docs/benchmarks.svg "RUNS=$RUNS SECS=$SECS SCALE=$SCALE"
+echo "== written: docs/benchmarks.md (Datapath section), docs/benchmarks.svg"
