@@ -15,7 +15,7 @@ PEERS = ["veth", "vassal-router", "vassal-router-10k", "uwsgi-tuntap", "slirp4ne
 
 
 def load(path):
-    values = defaultdict(list)
+    values = defaultdict(list)  # a metric whose every run failed stays absent: "n/a"
     for line in open(path):
         parts = line.rstrip("\n").split("\t")
         if len(parts) != 3:
@@ -24,7 +24,7 @@ def load(path):
             values[(parts[0], parts[1])].append(float(parts[2]))
         except ValueError:
             pass  # "fail": a run that did not complete
-    return {k: statistics.median(v) for k, v in values.items()}
+    return {k: statistics.median(v) for k, v in values.items() if v}
 
 
 def fmt(v, unit=""):

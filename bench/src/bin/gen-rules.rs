@@ -13,7 +13,9 @@ fn main() {
     let gateway = args.next().unwrap_or_else(|| "10.251.0.1".into());
     let subnet = args.next().unwrap_or_else(|| "10.251.0.0/24".into());
     let generated = rulegen::rules_toml(n, 0x7661_7373_616c);
-    let body = generated.split_once("established = true\n").map_or(generated.as_str(), |(_, b)| b);
+    let body = generated
+        .split_once("established = true\n")
+        .map_or(generated.as_str(), |(_, b)| b);
     print!(
         "[default]\nout = \"allow\"\nin = \"allow\"\nestablished = true\n\n[[out]]\naction = \"allow\"\ndst = \"{gateway}/32\"\n\n[[in]]\naction = \"allow\"\nsrc = \"{gateway}/32\"\n\n[[out]]\naction = \"allow\"\nsrc = \"{subnet}\"\ndst = \"{subnet}\"\n\n[[in]]\naction = \"allow\"\nsrc = \"{subnet}\"\ndst = \"{subnet}\"\n{body}"
     );
