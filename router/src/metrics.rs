@@ -89,6 +89,14 @@ fn describe() {
         "Flows of the project in the stateful flow table."
     );
     describe_gauge!("vassal_flow_table_size", "Flows in the whole flow table.");
+    describe_counter!(
+        "vassal_events_total",
+        "Events emitted to the event sink, by event."
+    );
+    describe_counter!(
+        "vassal_events_lost_total",
+        "Events the unix datagram sink could not take."
+    );
 }
 
 /// Why a packet was dropped.
