@@ -5,6 +5,8 @@
 #
 #   bench/run.sh                 # RUNS=3 repetitions (medians), SECS=5 per iperf3 run
 #   RUNS=1 SECS=2 SCALE=100 bench/run.sh   # a quick look
+#   PARTS="ours veth" RUNS=1 bench/run.sh  # some parts only: prints the raw
+#                                          # figures, writes no docs
 #
 # Traffic goes only to addresses inside namespaces this script creates.
 set -euo pipefail
@@ -208,12 +210,20 @@ for k in ("vassals", "attached", "pinged", "attach_ms_median", "attach_ms_p99", 
 PY
 }
 
+ALL="ours veth peers launch scale"
+PARTS=${PARTS:-$ALL}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 for run in $(seq "$RUNS"); do
-    echo "== run $run/$RUNS: vassal-router"; ours
-    echo "== run $run/$RUNS: veth"; veth
-    echo "== run $run/$RUNS: peers (uWSGI tuntap, slirp4netns, pasta)"; peers
+    if part ours; then echo "== run $run/$RUNS: vassal-router"; ours; fi
+    if part veth; then echo "== run $run/$RUNS: veth"; veth; fi
+    if part peers; then echo "== run $run/$RUNS: peers (uWSGI tuntap, slirp4netns, pasta)"; peers; fi
 done
-echo "== launch time ($LAUNCHES each)"; launch_times
-echo "== scale: $SCALE vassals on one router"; scale
+if part launch; then echo "== launch time ($LAUNCHES each)"; launch_times; fi
+if part scale; then echo "== scale: $SCALE vassals on one router"; scale; fi
+if [ "$PARTS" != "$ALL" ]; then
+    echo "== raw figures (peer, metric, value); docs not written for a partial run"
+    cat "$RESULTS"
+    exit 0
+fi
 python3 bench/report.py "$RESULTS" docs/benchmarks.md docs/benchmarks.svg "RUNS=$RUNS SECS=$SECS SCALE=$SCALE"
 echo "== written: docs/benchmarks.md (Datapath section), docs/benchmarks.svg"

@@ -487,7 +487,7 @@ async fn serve_peer(
                         v.project.counters.compat_rule_blocks.add(1);
                         tracing::warn!(project = %v.project.name, "compat peer sent a rule block: ignored");
                     } else {
-                        router.from_vassal(v, snap, frame.payload);
+                        router.from_vassal(v, snap, crate::datapath::Frame::plain(frame.payload));
                     }
                     at += frame.consumed;
                 }

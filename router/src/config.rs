@@ -87,6 +87,9 @@ pub struct Limits {
     pub compat_buffer: usize,
     /// Queues (and reader tasks) of the host tun; 0 = one per worker thread.
     pub host_queues: usize,
+    /// TCP segmentation and checksum offload on the tun devices: packets of
+    /// up to 64 KiB cross the router whole (docs/design.md, "Offloads").
+    pub offload: bool,
 }
 
 /// `[events]`: where suspicious events go and when a flood is one.
@@ -183,6 +186,7 @@ struct RawLimits {
     mtu: Option<Spanned<usize>>,
     compat_buffer: Option<Spanned<usize>>,
     host_queues: Option<Spanned<usize>>,
+    offload: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -352,6 +356,7 @@ impl Config {
             mtu,
             compat_buffer,
             host_queues,
+            offload: rl.as_ref().and_then(|l| l.offload).unwrap_or(true),
         };
 
         let events = EventsConfig {

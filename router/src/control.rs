@@ -10,6 +10,7 @@
 use crate::config::{host6_in_subnet, host_in_subnet};
 use crate::datapath::{self, Router};
 use crate::metrics::{self, DropReason};
+use crate::offload;
 use crate::socket;
 use crate::tun;
 use crate::vassals::{Port, Vassal};
@@ -326,12 +327,27 @@ fn attach(
         ));
     }
     tun::set_nonblocking(fd.as_fd()).map_err(|e| (RefuseReason::BadDevice, e.to_string()))?;
+    if device.vnet {
+        // The router, not the launcher, decides what the kernel may hand
+        // over: only what the datapath can check and count.
+        let offloads = if config.limits.offload {
+            offload::TUN_OFFLOADS
+        } else {
+            0
+        };
+        tun::set_offloads(fd.as_fd(), &device.name, offloads)
+            .map_err(|e| (RefuseReason::BadDevice, e.to_string()))?;
+    }
     let project = router.registry.project(&hello.project);
     router.flows.ensure_slot(project.slot);
-    tracing::debug!(device, project = %hello.project, "tun device checked");
+    tracing::debug!(device = device.name, vnet = device.vnet, project = %hello.project, "tun device checked");
+    let port = Port::Tun {
+        fd,
+        vnet: device.vnet,
+    };
     router
         .registry
-        .attach(project, hello.ipv4, hello.ipv6, Port::Tun(fd))
+        .attach(project, hello.ipv4, hello.ipv6, port)
 }
 
 /// Per-project counters for `stats`.

@@ -1,23 +1,31 @@
 //! The packet path: per-vassal readers, the host tun reader, anti-spoofing,
 //! both firewall chains, the flow table and switching.
 //!
-//! Every reader is a tokio task owning one reused buffer; it drains its fd
-//! until EAGAIN (at most [`BATCH`] packets, then yields for fairness) and
-//! handles each packet synchronously: parse, check, look the destination
-//! up, and write it with one non-blocking `write(2)` straight into the
-//! destination's tun (or compat queue). A full destination drops the packet
-//! (`queue_full`) instead of blocking the reader, so one slow vassal never
-//! stalls another. Nothing here allocates per packet.
+//! Every reader is a tokio task; it drains its fd until EAGAIN (at most
+//! [`BATCH`] packets, then yields for fairness) into its worker thread's
+//! read buffer and handles each packet synchronously: parse, check the
+//! offload header, check, look the destination up, and write it with one
+//! non-blocking `write(2)` straight into the destination's tun (or compat
+//! queue). A full destination drops the packet (`queue_full`) instead of
+//! blocking the reader, so one slow vassal never stalls another. Buffers
+//! belong to worker threads, not to vassals, and nothing here allocates per
+//! packet.
+//!
+//! With offloads (`limits.offload`, docs/design.md) a packet may be a TCP
+//! super-packet of up to 64 KiB: it is checked once, moved whole, and
+//! counted as the segments it stands for (see [`crate::offload`]).
 
 use crate::config::{Config, MAX_MTU};
 use crate::firewall::{ActiveRules, Firewall};
 use crate::flows::FlowTable;
 use crate::host_tun::HostTun;
 use crate::metrics::{DropReason, HostCounters};
+use crate::offload::{self, Plan, VnetHdr, Wire, HDR_LEN};
 use crate::packet::{self, PacketInfo};
 use crate::tun::{self, Io};
 use crate::vassals::{Port, Registry, Vassal};
 use firewall_rules::{Action, Chain, PacketKey, ProjectId};
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +35,17 @@ use tokio::io::Interest;
 
 /// Packets handled per wake-up before a reader yields to the others.
 pub const BATCH: usize = 64;
+
+/// Room for the largest read: a header and a 64 KiB super-packet.
+const READ_BUFFER: usize = HDR_LEN + MAX_MTU + 1;
+
+thread_local! {
+    /// The read buffer of every reader running on this worker thread. A
+    /// reader borrows it for one synchronous batch, never across an await.
+    static READ: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER]);
+    /// Where segments are built for destinations without offloads.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MTU]);
+}
 
 /// State shared by every task of a running router.
 pub struct Router {
@@ -44,6 +63,26 @@ pub struct Router {
     pub host_tun: HostTun,
 }
 
+/// One packet as read: its offload header ([`VnetHdr::NONE`] when its
+/// source has none) and its IP bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// The `virtio_net_hdr` it came with.
+    pub hdr: VnetHdr,
+    /// The IP packet.
+    pub ip: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// A complete packet with no offload header.
+    pub fn plain(ip: &'a [u8]) -> Frame<'a> {
+        Frame {
+            hdr: VnetHdr::NONE,
+            ip,
+        }
+    }
+}
+
 /// What happened to a packet written toward a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -55,15 +94,86 @@ pub enum Delivery {
     Gone,
 }
 
-/// Writes `pkt` to `vassal`'s port.
-pub fn deliver(vassal: &Vassal, pkt: &[u8]) -> Delivery {
-    match &vassal.port {
-        Port::Tun(fd) => match tun::write(fd.as_fd(), pkt) {
+impl From<Io> for Delivery {
+    fn from(io: Io) -> Delivery {
+        match io {
             Io::Done(_) => Delivery::Sent,
             Io::WouldBlock => Delivery::Full,
             Io::Closed | Io::Failed(_) => Delivery::Gone,
-        },
-        Port::Compat(out) => out.push(pkt),
+        }
+    }
+}
+
+/// The outcome of a write and what of the packet went through (all of it
+/// but for a super-packet cut into segments and refused part way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// How it ended.
+    pub outcome: Delivery,
+    /// Packets and bytes written.
+    pub sent: Wire,
+}
+
+impl Delivered {
+    /// Segments of `plan` that did not go through.
+    fn unsent(&self, plan: &Plan) -> u64 {
+        plan.wire.packets.saturating_sub(self.sent.packets)
+    }
+}
+
+/// Writes `frame` into a tun: whole with its header when the tun takes
+/// one, else as plain packets cut and checksummed here.
+fn write_tun(fd: BorrowedFd<'_>, vnet: bool, frame: &Frame<'_>, plan: &Plan) -> Delivered {
+    if vnet || plan.is_plain() {
+        let io = if vnet {
+            tun::write_with_header(fd, &frame.hdr.bytes(), frame.ip)
+        } else {
+            tun::write(fd, frame.ip)
+        };
+        let outcome = Delivery::from(io);
+        let sent = if outcome == Delivery::Sent {
+            plan.wire
+        } else {
+            Wire::default()
+        };
+        return Delivered { outcome, sent };
+    }
+    cut(frame, plan, |segment| {
+        Delivery::from(tun::write(fd, segment))
+    })
+}
+
+/// Cuts `frame` into plain packets and writes each with `write` until one
+/// is refused.
+fn cut(frame: &Frame<'_>, plan: &Plan, mut write: impl FnMut(&[u8]) -> Delivery) -> Delivered {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut outcome = Delivery::Sent;
+        let sent = offload::segments(frame.ip, plan, scratch, |segment| {
+            outcome = write(segment);
+            outcome == Delivery::Sent
+        });
+        if sent.packets < plan.wire.packets && outcome == Delivery::Sent {
+            // Larger than the scratch buffer: only a forged header asks it.
+            outcome = Delivery::Gone;
+        }
+        Delivered { outcome, sent }
+    })
+}
+
+/// Writes `frame` to `vassal`'s port.
+pub fn deliver(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
+    match &vassal.port {
+        Port::Tun { fd, vnet } => write_tun(fd.as_fd(), *vnet, frame, plan),
+        Port::Compat(out) if plan.is_plain() => {
+            let outcome = out.push(frame.ip);
+            let sent = if outcome == Delivery::Sent {
+                plan.wire
+            } else {
+                Wire::default()
+            };
+            Delivered { outcome, sent }
+        }
+        Port::Compat(out) => cut(frame, plan, |segment| out.push(segment)),
     }
 }
 
@@ -90,6 +200,13 @@ impl Snapshot {
             *self = Snapshot::take(firewall, project);
         }
     }
+}
+
+/// Parses a frame and checks its offload header against it.
+fn inspect(frame: &Frame<'_>) -> Option<(PacketInfo, Plan)> {
+    let info = packet::parse(frame.ip).ok()?;
+    let plan = offload::plan(&frame.hdr, frame.ip, &info).ok()?;
+    Some((info, plan))
 }
 
 impl Router {
@@ -138,66 +255,87 @@ impl Router {
         }
     }
 
+    /// Counts a super-packet that crossed (or was cut) on its way.
+    fn count_offload(&self, plan: &Plan, d: &Delivered, cut: bool) {
+        if plan.is_segmented() && d.sent.packets > 0 {
+            if cut {
+                self.host.segmented.add(1);
+            } else {
+                self.host.offloaded.add(1);
+            }
+        }
+    }
+
     /// Handles one packet read from vassal `v`.
-    pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, pkt: &[u8]) {
+    pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, frame: Frame<'_>) {
         let counters = &v.project.counters;
-        let Ok(info) = packet::parse(pkt) else {
-            return counters.drop(DropReason::Malformed);
+        let Some((info, plan)) = inspect(&frame) else {
+            return counters.drop(DropReason::Malformed, 1);
         };
+        let n = plan.wire.packets;
         if !v.owns(info.src) {
-            return counters.drop(DropReason::Spoofed);
+            return counters.drop(DropReason::Spoofed, n);
         }
         let established = snap.rules.classifier.defaults().established;
         let reply = established && self.flows.is_reply(&info);
         if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project.name, &info) {
-            return counters.drop(DropReason::Firewall);
+            return counters.drop(DropReason::Firewall, n);
         }
         match self.registry.lookup(info.dst) {
             Some(w) => {
                 if !reply {
                     let theirs = snap.rules.classifier.project_id(&w.project.name);
                     if !self.allowed(snap, Chain::In, theirs, &w.project.name, &info) {
-                        return w.project.counters.drop(DropReason::Firewall);
+                        return w.project.counters.drop(DropReason::Firewall, n);
                     }
                     if established && self.flows.open(&info, v.project.slot).is_err() {
-                        return counters.drop(DropReason::FlowTableFull);
+                        return counters.drop(DropReason::FlowTableFull, n);
                     }
                 }
-                match deliver(&w, pkt) {
-                    Delivery::Sent => {
-                        counters.tx(pkt.len());
-                        w.project.counters.rx(pkt.len());
-                    }
-                    Delivery::Full => w.project.counters.drop(DropReason::QueueFull),
-                    Delivery::Gone => counters.drop(DropReason::NoRoute),
+                let d = deliver(&w, &frame, &plan);
+                self.count_offload(&plan, &d, !w.port_has_offloads());
+                counters.tx(d.sent);
+                w.project.counters.rx(d.sent);
+                match d.outcome {
+                    Delivery::Sent => {}
+                    Delivery::Full => w
+                        .project
+                        .counters
+                        .drop(DropReason::QueueFull, d.unsent(&plan)),
+                    Delivery::Gone => counters.drop(DropReason::NoRoute, d.unsent(&plan)),
                 }
             }
-            None if self.in_own_subnet(info.dst) => counters.drop(DropReason::NoRoute),
+            None if self.in_own_subnet(info.dst) => counters.drop(DropReason::NoRoute, n),
             None => {
                 if !reply && established && self.flows.open(&info, v.project.slot).is_err() {
-                    return counters.drop(DropReason::FlowTableFull);
+                    return counters.drop(DropReason::FlowTableFull, n);
                 }
-                match tun::write(self.host_tun.writer(), pkt) {
-                    Io::Done(_) => counters.tx(pkt.len()),
-                    Io::WouldBlock => counters.drop(DropReason::QueueFull),
-                    Io::Closed | Io::Failed(_) => counters.drop(DropReason::NoRoute),
+                let vnet = self.host_tun.vnet();
+                let d = write_tun(self.host_tun.writer(), vnet, &frame, &plan);
+                self.count_offload(&plan, &d, !vnet);
+                counters.tx(d.sent);
+                match d.outcome {
+                    Delivery::Sent => {}
+                    Delivery::Full => counters.drop(DropReason::QueueFull, d.unsent(&plan)),
+                    Delivery::Gone => counters.drop(DropReason::NoRoute, d.unsent(&plan)),
                 }
             }
         }
     }
 
     /// Handles one packet read from the host tun.
-    pub fn from_host(&self, snap: &Snapshot, pkt: &[u8]) {
-        let Ok(info) = packet::parse(pkt) else {
-            return self.host.drop(DropReason::Malformed);
+    pub fn from_host(&self, snap: &Snapshot, frame: Frame<'_>) {
+        let Some((info, plan)) = inspect(&frame) else {
+            return self.host.drop(DropReason::Malformed, 1);
         };
+        let n = plan.wire.packets;
         let Some(w) = self.registry.lookup(info.dst) else {
             // Checked first so that these drops never eat the budget of
             // the rule-match log lines when debug logging is off.
             if tracing::enabled!(tracing::Level::DEBUG) && log_budget() {
                 tracing::debug!(src = %info.src, dst = %info.dst, proto = info.proto, "host packet to no vassal dropped");
             }
-            return self.host.drop(DropReason::NoRoute);
+            return self.host.drop(DropReason::NoRoute, n);
         };
         let counters = &w.project.counters;
         let established = snap.rules.classifier.defaults().established;
@@ -205,16 +343,19 @@ impl Router {
         if !reply {
             let theirs = snap.rules.classifier.project_id(&w.project.name);
             if !self.allowed(snap, Chain::In, theirs, &w.project.name, &info) {
-                return counters.drop(DropReason::Firewall);
+                return counters.drop(DropReason::Firewall, n);
             }
             if established && self.flows.open(&info, w.project.slot).is_err() {
-                return counters.drop(DropReason::FlowTableFull);
+                return counters.drop(DropReason::FlowTableFull, n);
             }
         }
-        match deliver(&w, pkt) {
-            Delivery::Sent => counters.rx(pkt.len()),
-            Delivery::Full => counters.drop(DropReason::QueueFull),
-            Delivery::Gone => counters.drop(DropReason::NoRoute),
+        let d = deliver(&w, &frame, &plan);
+        self.count_offload(&plan, &d, !w.port_has_offloads());
+        counters.rx(d.sent);
+        match d.outcome {
+            Delivery::Sent => {}
+            Delivery::Full => counters.drop(DropReason::QueueFull, d.unsent(&plan)),
+            Delivery::Gone => counters.drop(DropReason::NoRoute, d.unsent(&plan)),
         }
     }
 }
@@ -232,13 +373,17 @@ impl AsRawFd for Watched {
 /// Reads a vassal's tun until it closes. The caller keeps `vassal` (and so
 /// the fd) alive for at least as long as this task.
 pub async fn vassal_reader(router: Arc<Router>, vassal: Arc<Vassal>) {
-    let Port::Tun(fd) = &vassal.port else {
+    let Port::Tun { fd, vnet } = &vassal.port else {
         return;
     };
     let name = vassal.project.name.as_str();
-    let end = read_loop(fd.as_fd(), &router.firewall, Some(name), |snap, pkt| {
-        router.from_vassal(&vassal, snap, pkt)
-    })
+    let end = read_loop(
+        fd.as_fd(),
+        *vnet,
+        &router.firewall,
+        Some(name),
+        |snap, frame| router.from_vassal(&vassal, snap, frame),
+    )
     .await;
     tracing::debug!(project = name, address = %vassal.ipv4, ?end, "vassal tun reader stopped");
 }
@@ -248,19 +393,34 @@ pub async fn host_reader(router: Arc<Router>, queue: usize) {
     let Some(fd) = router.host_tun.queues().nth(queue) else {
         return;
     };
-    let end = read_loop(fd, &router.firewall, None, |snap, pkt| {
-        router.from_host(snap, pkt)
+    let vnet = router.host_tun.vnet();
+    let end = read_loop(fd, vnet, &router.firewall, None, |snap, frame| {
+        router.from_host(snap, frame)
     })
     .await;
     tracing::error!(queue, ?end, "host tun reader stopped");
 }
 
+/// Splits what a read returned into its frame: a vnet header first when
+/// the tun carries one. `None` when too short to hold that header.
+fn frame_of(read: &[u8], vnet: bool) -> Option<Frame<'_>> {
+    if !vnet {
+        return Some(Frame::plain(read));
+    }
+    let (hdr, ip) = read.split_first_chunk::<HDR_LEN>()?;
+    Some(Frame {
+        hdr: VnetHdr::read(hdr),
+        ip,
+    })
+}
+
 /// The drain loop shared by every tun reader; returns why it stopped.
 async fn read_loop(
     fd: BorrowedFd<'_>,
+    vnet: bool,
     firewall: &Firewall,
     project: Option<&str>,
-    mut handle: impl FnMut(&Snapshot, &[u8]),
+    mut handle: impl FnMut(&Snapshot, Frame<'_>),
 ) -> Io {
     // SAFETY: `fd` is borrowed for this whole function, so it stays open
     // (and the same description) for the AsyncFd's lifetime.
@@ -270,7 +430,6 @@ async fn read_loop(
         Ok(afd) => afd,
         Err(e) => return Io::Failed(std::io::Error::from(e).raw_os_error().unwrap_or(0)),
     };
-    let mut buf = vec![0u8; MAX_MTU];
     let mut snap = Snapshot::take(firewall, project);
     loop {
         let mut guard = match afd.readable().await {
@@ -278,21 +437,31 @@ async fn read_loop(
             Err(e) => return Io::Failed(e.raw_os_error().unwrap_or(0)),
         };
         snap.refresh(firewall, project);
-        let mut drained = false;
-        for _ in 0..BATCH {
-            match tun::read(fd, &mut buf) {
-                Io::Done(n) => handle(&snap, &buf[..n]),
-                Io::WouldBlock => {
-                    guard.clear_ready();
-                    drained = true;
-                    break;
+        // The batch is synchronous: no await while the thread's buffer is
+        // borrowed.
+        let batch = READ.with_borrow_mut(|buf| {
+            for _ in 0..BATCH {
+                match tun::read(fd, buf) {
+                    Io::Done(n) => match frame_of(&buf[..n], vnet) {
+                        Some(frame) => handle(&snap, frame),
+                        None => continue,
+                    },
+                    Io::WouldBlock => return Ok(true),
+                    end => return Err(end),
                 }
-                end => return end,
             }
-        }
-        drop(guard);
-        if !drained {
-            tokio::task::yield_now().await;
+            Ok(false)
+        });
+        match batch {
+            Ok(true) => {
+                guard.clear_ready();
+                drop(guard);
+            }
+            Ok(false) => {
+                drop(guard);
+                tokio::task::yield_now().await;
+            }
+            Err(end) => return end,
         }
     }
 }
@@ -339,6 +508,10 @@ mod tests {
     }
 
     fn bench(rules: &str, extra_config: &str) -> Bench {
+        bench_with(rules, extra_config, false)
+    }
+
+    fn bench_with(rules: &str, extra_config: &str, host_vnet: bool) -> Bench {
         let config =
             Config::parse(&format!("gateway = \"10.9.0.1/24\"\n{extra_config}"), "t").unwrap();
         let set = RuleSet::parse(rules, Path::new("rules.toml")).unwrap();
@@ -349,7 +522,7 @@ mod tests {
                 flows: FlowTable::new(config.flows.clone()),
                 firewall: Firewall::with_rules(&set, None),
                 host: HostCounters::register(),
-                host_tun: HostTun::from_queues(host_tun, Vec::new()),
+                host_tun: HostTun::from_queues(host_tun, Vec::new(), host_vnet),
                 config,
             },
             host_peer,
@@ -360,25 +533,34 @@ mod tests {
         /// Attaches `project` at 10.9.0.`host`; returns it and the fd the
         /// test reads its deliveries from.
         fn vassal(&self, project: &str, host: u8) -> (Arc<Vassal>, OwnedFd) {
+            self.vassal_with(project, host, false)
+        }
+
+        fn vassal_with(&self, project: &str, host: u8, vnet: bool) -> (Arc<Vassal>, OwnedFd) {
             let (ours, theirs) = pair();
             let p = self.router.registry.project(project);
             self.router.flows.ensure_slot(p.slot);
             let v = self
                 .router
                 .registry
-                .attach(p, Ipv4Addr::new(10, 9, 0, host), None, Port::Tun(ours))
+                .attach(
+                    p,
+                    Ipv4Addr::new(10, 9, 0, host),
+                    None,
+                    Port::Tun { fd: ours, vnet },
+                )
                 .unwrap();
             (v, theirs)
         }
 
         fn send(&self, v: &Vassal, pkt: &[u8]) {
             let snap = Snapshot::take(&self.router.firewall, Some(&v.project.name));
-            self.router.from_vassal(v, &snap, pkt);
+            self.router.from_vassal(v, &snap, Frame::plain(pkt));
         }
 
         fn host_sends(&self, pkt: &[u8]) {
             let snap = Snapshot::take(&self.router.firewall, None);
-            self.router.from_host(&snap, pkt);
+            self.router.from_host(&snap, Frame::plain(pkt));
         }
     }
 
@@ -516,9 +698,82 @@ mod tests {
         std::fs::write(&file, "[default]\nout = \"deny\"\n").unwrap();
         b.router.firewall.reload().unwrap();
         snap.refresh(&b.router.firewall, Some("alice"));
-        b.router
-            .from_vassal(&v, &snap, &udp([10, 9, 0, 2], 1, [203, 0, 113, 1], 53));
+        b.router.from_vassal(
+            &v,
+            &snap,
+            Frame::plain(&udp([10, 9, 0, 2], 1, [203, 0, 113, 1], 53)),
+        );
         assert_eq!(v.project.counters.dropped(DropReason::Firewall), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A TCP super-packet of `segments` full 1000-byte segments (plus a
+    /// short one) from `src` to `dst`, with its vnet header.
+    fn super_packet(src: [u8; 4], dst: [u8; 4]) -> (VnetHdr, Vec<u8>) {
+        let data = 3 * 1000 + 10;
+        let total = 20 + 20 + data;
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[
+            0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 1, 0, 0, 0, 0, 0,
+        ]);
+        p.resize(total, 7);
+        let hdr = VnetHdr {
+            flags: 0,
+            gso_type: 1,
+            hdr_len: 40,
+            gso_size: 1000,
+            csum_start: 0,
+            csum_offset: 0,
+        };
+        (hdr, p)
+    }
+
+    #[test]
+    fn super_packets_cross_whole_and_count_as_their_segments() {
+        let b = bench_with(OPEN_OUT, "", true);
+        let (v, _) = b.vassal_with("alice", 2, true);
+        let (hdr, pkt) = super_packet([10, 9, 0, 2], [203, 0, 113, 1]);
+        let snap = Snapshot::take(&b.router.firewall, Some("alice"));
+        b.router.from_vassal(&v, &snap, Frame { hdr, ip: &pkt });
+        let mut expected = hdr.bytes().to_vec();
+        expected.extend_from_slice(&pkt);
+        let mut buf = vec![0u8; 70_000];
+        let got = match tun::read(b.host_peer.as_fd(), &mut buf) {
+            Io::Done(n) => &buf[..n],
+            other => panic!("nothing reached the host: {other:?}"),
+        };
+        assert_eq!(got, &expected[..], "header and packet, whole");
+        let c = &v.project.counters;
+        assert_eq!((c.tx_packets.get(), c.tx_bytes.get()), (4, 3 * 1040 + 50));
+        assert_eq!(b.router.host.offloaded.get(), 1);
+    }
+
+    #[test]
+    fn super_packets_are_cut_for_plain_destinations() {
+        let b = bench_with("[default]\nout = \"allow\"\nin = \"allow\"\n", "", true);
+        let (v, v_peer) = b.vassal("alice", 2);
+        let (hdr, pkt) = super_packet([203, 0, 113, 1], [10, 9, 0, 2]);
+        let snap = Snapshot::take(&b.router.firewall, None);
+        b.router.from_host(&snap, Frame { hdr, ip: &pkt });
+        let sizes: Vec<usize> = std::iter::from_fn(|| received(&v_peer).map(|p| p.len())).collect();
+        assert_eq!(sizes, vec![1040, 1040, 1040, 50]);
+        let c = &v.project.counters;
+        assert_eq!((c.rx_packets.get(), c.rx_bytes.get()), (4, 3 * 1040 + 50));
+        assert_eq!(b.router.host.segmented.get(), 1);
     }
 }

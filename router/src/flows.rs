@@ -265,6 +265,7 @@ mod tests {
             tcp_flags: 0,
             icmp_echo_request: false,
             quoted: None,
+            transport: 20,
         }
     }
 

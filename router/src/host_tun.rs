@@ -3,6 +3,7 @@
 //! once at start), removed by the kernel when the router's fd closes.
 
 use crate::config::Config;
+use crate::offload;
 use crate::tun::{self, TunError};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
@@ -34,12 +35,23 @@ pub const TXQUEUELEN: u32 = 5000;
 pub struct HostTun {
     first: OwnedFd,
     others: Vec<OwnedFd>,
+    vnet: bool,
 }
 
 impl HostTun {
-    /// Wraps already opened queues (the first one also takes the writes).
-    pub fn from_queues(first: OwnedFd, others: Vec<OwnedFd>) -> HostTun {
-        HostTun { first, others }
+    /// Wraps already opened queues (the first one also takes the writes);
+    /// `vnet` when they carry a `virtio_net_hdr`.
+    pub fn from_queues(first: OwnedFd, others: Vec<OwnedFd>, vnet: bool) -> HostTun {
+        HostTun {
+            first,
+            others,
+            vnet,
+        }
+    }
+
+    /// Whether packets on it carry a `virtio_net_hdr` (`limits.offload`).
+    pub fn vnet(&self) -> bool {
+        self.vnet
     }
 
     /// The fd packets toward the host are written to. Any queue would do:
@@ -64,14 +76,22 @@ impl HostTun {
     }
 }
 
-/// Creates the host tun with `queues` queues (one per worker thread), sets
-/// its MTU, queue length and addresses, and brings it up.
+/// Creates the host tun with `queues` queues (one per worker thread), with
+/// offloads when `limits.offload` is on, sets its MTU, queue length and
+/// addresses, and brings it up.
 pub fn create(config: &Config, queues: usize) -> Result<HostTun, HostTunError> {
     let multi = queues > 1;
-    let first = tun::create(&config.device, multi, true)?;
+    let vnet = config.limits.offload;
+    let first = tun::create(&config.device, multi, true, vnet)?;
     let others = (1..queues)
-        .map(|_| tun::create(&config.device, true, false))
+        .map(|_| tun::create(&config.device, true, false, vnet))
         .collect::<Result<Vec<_>, _>>()?;
+    if vnet {
+        // Device-wide, but the header size is per queue file: set on each.
+        for q in std::iter::once(&first).chain(&others) {
+            tun::set_offloads(q.as_fd(), &config.device, offload::TUN_OFFLOADS)?;
+        }
+    }
     let dev = config.device.as_str();
     let mtu = config.limits.mtu.to_string();
     let txq = TXQUEUELEN.to_string();
@@ -101,7 +121,11 @@ pub fn create(config: &Config, queues: usize) -> Result<HostTun, HostTunError> {
         }
     }
     ip(dev, &["link", "set", "dev", dev, "up"])?;
-    Ok(HostTun { first, others })
+    Ok(HostTun {
+        first,
+        others,
+        vnet,
+    })
 }
 
 fn ip(device: &str, args: &[&str]) -> Result<(), HostTunError> {

@@ -17,6 +17,7 @@ pub mod flows;
 pub mod host_tun;
 pub mod metrics;
 pub mod nat;
+pub mod offload;
 pub mod packet;
 pub mod socket;
 pub mod tun;

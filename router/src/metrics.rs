@@ -4,6 +4,7 @@
 //! does atomic adds. Each counter is mirrored in a plain atomic so that
 //! `vassal-router stats` can read it back without parsing the exposition.
 
+use crate::offload::Wire;
 use metrics::{counter, gauge, Counter, Gauge};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +90,14 @@ fn describe() {
         "Flows of the project in the stateful flow table."
     );
     describe_gauge!("vassal_flow_table_size", "Flows in the whole flow table.");
+    describe_counter!(
+        "vassal_offloaded_packets_total",
+        "TCP super-packets (TSO/GSO) moved whole between tun devices; the packet and byte counters count each as the segments it stands for."
+    );
+    describe_counter!(
+        "vassal_segmented_packets_total",
+        "TCP super-packets the router cut into segments itself, for a destination without offloads (a uWSGI compat peer)."
+    );
     describe_counter!(
         "vassal_events_total",
         "Events emitted to the event sink, by event."
@@ -207,9 +216,10 @@ impl ProjectCounters {
         }
     }
 
-    /// Counts one dropped packet.
-    pub fn drop(&self, reason: DropReason) {
-        self.dropped[reason.index()].add(1);
+    /// Counts `packets` dropped packets (a super-packet counts as its
+    /// segments).
+    pub fn drop(&self, reason: DropReason, packets: u64) {
+        self.dropped[reason.index()].add(packets);
     }
 
     /// Dropped packets of `reason` so far.
@@ -217,16 +227,20 @@ impl ProjectCounters {
         self.dropped[reason.index()].get()
     }
 
-    /// Counts one packet leaving the vassal.
-    pub fn tx(&self, bytes: usize) {
-        self.tx_bytes.add(bytes as u64);
-        self.tx_packets.add(1);
+    /// Counts packets leaving the vassal.
+    pub fn tx(&self, sent: Wire) {
+        if sent.packets > 0 {
+            self.tx_bytes.add(sent.bytes);
+            self.tx_packets.add(sent.packets);
+        }
     }
 
-    /// Counts one packet delivered to the vassal.
-    pub fn rx(&self, bytes: usize) {
-        self.rx_bytes.add(bytes as u64);
-        self.rx_packets.add(1);
+    /// Counts packets delivered to the vassal.
+    pub fn rx(&self, sent: Wire) {
+        if sent.packets > 0 {
+            self.rx_bytes.add(sent.bytes);
+            self.rx_packets.add(sent.packets);
+        }
     }
 }
 
@@ -239,6 +253,10 @@ pub struct HostCounters {
     pub reloads: Count,
     /// `vassal_flow_table_size`: flows of every project.
     pub flows_total: Gauge,
+    /// `vassal_offloaded_packets_total`: super-packets moved whole.
+    pub offloaded: Count,
+    /// `vassal_segmented_packets_total`: super-packets cut by the router.
+    pub segmented: Count,
 }
 
 impl HostCounters {
@@ -251,12 +269,14 @@ impl HostCounters {
             reload_failures: Count::new(counter!("vassal_rules_reload_failures_total")),
             reloads: Count::new(counter!("vassal_rules_reloads_total")),
             flows_total: gauge!("vassal_flow_table_size"),
+            offloaded: Count::new(counter!("vassal_offloaded_packets_total")),
+            segmented: Count::new(counter!("vassal_segmented_packets_total")),
         }
     }
 
-    /// Counts a packet dropped before a project was known.
-    pub fn drop(&self, reason: DropReason) {
-        self.dropped[reason.index()].add(1);
+    /// Counts `packets` dropped before a project was known.
+    pub fn drop(&self, reason: DropReason, packets: u64) {
+        self.dropped[reason.index()].add(packets);
     }
 
     /// Project-less drops of `reason` so far.

@@ -56,6 +56,9 @@ pub struct PacketInfo {
     /// problem): the flow of the packet it quotes, so that errors about an
     /// established flow (path MTU discovery) reach the vassal.
     pub quoted: Option<Quoted>,
+    /// Offset of the transport header (after IPv6 extension headers); for a
+    /// non-first fragment, where the transport header is elsewhere, 0.
+    pub transport: usize,
 }
 
 /// The header fields of the packet an ICMP error quotes.
@@ -113,6 +116,7 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         tcp_flags: 0,
         icmp_echo_request: false,
         quoted: None,
+        transport: if frag_offset == 0 { ihl } else { 0 },
     };
     transport_fields(&mut info, transport, frag_offset == 0)?;
     Ok(info)
@@ -165,6 +169,7 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         tcp_flags: 0,
         icmp_echo_request: false,
         quoted: None,
+        transport: if first_fragment { offset } else { 0 },
     };
     let transport = if first_fragment {
         &pkt[offset..]

@@ -30,14 +30,22 @@ pub enum TunError {
     #[error("the passed descriptor is not a tun device (TUNGETIFF: {0})")]
     NotTun(std::io::Error),
     /// The device is a tun but not in IFF_TUN|IFF_NO_PI mode.
-    #[error(
-        "tun device {device} has flags {flags:#x}, expected IFF_TUN|IFF_NO_PI without IFF_VNET_HDR"
-    )]
+    #[error("tun device {device} has flags {flags:#x}, expected IFF_TUN|IFF_NO_PI (IFF_VNET_HDR optional)")]
     WrongMode {
         /// The device name.
         device: String,
         /// Its flags.
         flags: i32,
+    },
+    /// `TUNSETVNETHDRSZ` or `TUNSETOFFLOAD` failed.
+    #[error("setting offloads {offloads:#x} on tun device {device}: {source}")]
+    Offload {
+        /// The device.
+        device: String,
+        /// The `TUN_F_*` bits asked for.
+        offloads: libc::c_uint,
+        /// The cause.
+        source: std::io::Error,
     },
     /// `fcntl` could not make the descriptor non-blocking.
     #[error("making the tun descriptor non-blocking: {0}")]
@@ -71,13 +79,19 @@ impl IfReq {
     }
 }
 
-/// Creates (or attaches to) the tun device `name`, IFF_TUN|IFF_NO_PI,
-/// non-blocking and close-on-exec. The device lives while the fd is open.
+/// Creates (or attaches to) the tun device `name`, IFF_TUN|IFF_NO_PI (and
+/// IFF_VNET_HDR with `vnet`), non-blocking and close-on-exec. The device
+/// lives while the fd is open.
 /// With `multi_queue`, each call on the same name adds one queue
 /// (IFF_MULTI_QUEUE): the kernel spreads received flows over the queues.
 /// With `exclusive` (IFF_TUN_EXCL) it fails with EBUSY when the device
 /// already exists: a router never joins another's device.
-pub fn create(name: &str, multi_queue: bool, exclusive: bool) -> Result<OwnedFd, TunError> {
+pub fn create(
+    name: &str,
+    multi_queue: bool,
+    exclusive: bool,
+    vnet: bool,
+) -> Result<OwnedFd, TunError> {
     // SAFETY: a constant NUL-terminated path and plain flags; the result is
     // checked before use.
     let raw = unsafe {
@@ -109,7 +123,8 @@ pub fn create(name: &str, multi_queue: bool, exclusive: bool) -> Result<OwnedFd,
         0
     };
     let excl = if exclusive { libc::IFF_TUN_EXCL } else { 0 };
-    req.flags = (libc::IFF_TUN | libc::IFF_NO_PI | mq | excl) as libc::c_short;
+    let vnet = if vnet { libc::IFF_VNET_HDR } else { 0 };
+    req.flags = (libc::IFF_TUN | libc::IFF_NO_PI | mq | excl | vnet) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req`
     // is (same layout and size), and lives across the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
@@ -122,9 +137,18 @@ pub fn create(name: &str, multi_queue: bool, exclusive: bool) -> Result<OwnedFd,
     Ok(fd)
 }
 
-/// Checks that `fd` is a tun device in IFF_TUN|IFF_NO_PI mode (no vnet
-/// header) and returns its interface name.
-pub fn check(fd: BorrowedFd<'_>) -> Result<String, TunError> {
+/// A tun device as [`check`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunInfo {
+    /// Its interface name.
+    pub name: String,
+    /// Whether packets on it carry a `virtio_net_hdr` (IFF_VNET_HDR).
+    pub vnet: bool,
+}
+
+/// Checks that `fd` is a tun device in IFF_TUN|IFF_NO_PI mode, with or
+/// without IFF_VNET_HDR.
+pub fn check(fd: BorrowedFd<'_>) -> Result<TunInfo, TunError> {
     let mut req = IfReq::zeroed();
     // SAFETY: TUNGETIFF writes one `struct ifreq` into `req`; on a non-tun
     // descriptor it fails with EBADFD/ENOTTY/EINVAL and writes nothing.
@@ -133,14 +157,58 @@ pub fn check(fd: BorrowedFd<'_>) -> Result<String, TunError> {
         return Err(TunError::NotTun(std::io::Error::last_os_error()));
     }
     let flags = i32::from(req.flags);
-    let mode = libc::IFF_TUN | libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    let mode = libc::IFF_TUN | libc::IFF_TAP | libc::IFF_NO_PI;
     if flags & mode != libc::IFF_TUN | libc::IFF_NO_PI {
         return Err(TunError::WrongMode {
             device: req.name(),
             flags,
         });
     }
-    Ok(req.name())
+    Ok(TunInfo {
+        name: req.name(),
+        vnet: flags & libc::IFF_VNET_HDR != 0,
+    })
+}
+
+/// On a tun opened with IFF_VNET_HDR: sets the header to the 10-byte
+/// `virtio_net_hdr` and lets the kernel hand over what `offloads`
+/// (`TUN_F_*`) names: 0 asks for plain, complete packets (the header then
+/// only ever says so). Device-wide: every queue and holder of it sees them.
+pub fn set_offloads(
+    fd: BorrowedFd<'_>,
+    device: &str,
+    offloads: libc::c_uint,
+) -> Result<(), TunError> {
+    let err = |source| TunError::Offload {
+        device: device.to_owned(),
+        offloads,
+        source,
+    };
+    let size: libc::c_int = crate::offload::HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
+    // points at `size`, alive across the call.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETVNETHDRSZ,
+            &size as *const libc::c_int,
+        )
+    } < 0
+    {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long).
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(offloads),
+        )
+    } < 0
+    {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Sets `O_NONBLOCK` on `fd`. A passed tun fd shares its file description
@@ -194,6 +262,41 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Io {
     }
 }
 
+/// One `writev(2)` of a vnet header and its packet.
+pub fn write_with_header(fd: BorrowedFd<'_>, header: &[u8], packet: &[u8]) -> Io {
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_ptr() as *mut libc::c_void,
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr() as *mut libc::c_void,
+            iov_len: packet.len(),
+        },
+    ];
+    loop {
+        // SAFETY: both iovecs describe live slices the kernel only reads.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n >= 0 {
+            return Io::Done(n as usize);
+        }
+        match write_error() {
+            Some(io) => return io,
+            None => continue,
+        }
+    }
+}
+
+/// What a failed write's errno means; `None` for EINTR (try again).
+fn write_error() -> Option<Io> {
+    match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+        libc::EINTR => None,
+        libc::EAGAIN | libc::ENOBUFS => Some(Io::WouldBlock),
+        libc::EBADFD | libc::EIO | libc::EBADF => Some(Io::Closed),
+        e => Some(Io::Failed(e)),
+    }
+}
+
 /// One `write(2)` of a whole packet.
 pub fn write(fd: BorrowedFd<'_>, packet: &[u8]) -> Io {
     loop {
@@ -202,11 +305,8 @@ pub fn write(fd: BorrowedFd<'_>, packet: &[u8]) -> Io {
         if n >= 0 {
             return Io::Done(n as usize);
         }
-        match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
-            libc::EINTR => continue,
-            libc::EAGAIN | libc::ENOBUFS => return Io::WouldBlock,
-            libc::EBADFD | libc::EIO | libc::EBADF => return Io::Closed,
-            e => return Io::Failed(e),
+        if let Some(io) = write_error() {
+            return io;
         }
     }
 }

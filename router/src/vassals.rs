@@ -32,7 +32,12 @@ impl Project {
 /// Where packets for a vassal are written.
 pub enum Port {
     /// The vassal's own tun device (attach protocol).
-    Tun(OwnedFd),
+    Tun {
+        /// The device's fd, shared with the launcher.
+        fd: OwnedFd,
+        /// Whether packets on it carry a `virtio_net_hdr` (IFF_VNET_HDR).
+        vnet: bool,
+    },
     /// A uWSGI tuntap compat peer's stream.
     Compat(Arc<CompatOut>),
 }
@@ -63,6 +68,11 @@ impl std::fmt::Debug for Vassal {
 }
 
 impl Vassal {
+    /// Whether its port takes super-packets whole (a tun with a vnet header).
+    pub fn port_has_offloads(&self) -> bool {
+        matches!(self.port, Port::Tun { vnet: true, .. })
+    }
+
     /// Whether `src` is this vassal's own address.
     pub fn owns(&self, src: IpAddr) -> bool {
         match src {
@@ -203,7 +213,7 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        Port::Tun(a)
+        Port::Tun { fd: a, vnet: false }
     }
 
     #[test]

@@ -259,8 +259,9 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Opens a tun device `name` (IFF_TUN|IFF_NO_PI, plus `extra_flags`) inside
-/// `ns`, from a short-lived thread that enters the namespace.
+/// Opens a tun device `name` (IFF_TUN|IFF_NO_PI, plus `extra_flags`;
+/// IFF_TAP in them makes it a tap instead) inside `ns`, from a short-lived
+/// thread that enters the namespace.
 pub fn create_tun_in(ns: &Netns, name: &str, extra_flags: i32) -> OwnedFd {
     let path = ns.path();
     let name = name.to_owned();
@@ -274,7 +275,11 @@ pub fn create_tun_in(ns: &Netns, name: &str, extra_flags: i32) -> OwnedFd {
             .unwrap();
         let mut req = IfReq {
             name: [0; 16],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI | extra_flags) as libc::c_short,
+            flags: (if extra_flags & libc::IFF_TAP != 0 {
+                libc::IFF_NO_PI | extra_flags
+            } else {
+                libc::IFF_TUN | libc::IFF_NO_PI | extra_flags
+            }) as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -309,10 +314,18 @@ pub struct TestVassal {
 }
 
 impl TestVassal {
-    /// Creates the namespace and tun, configures it, and attaches it; panics
-    /// unless the router accepts.
+    /// Creates the namespace and tun (with a vnet header, as vassal-launch
+    /// opens it), configures it, and attaches it; panics unless the router
+    /// accepts.
     pub fn attach(router: &TestRouter, project: &str, host: u8) -> TestVassal {
         let v = TestVassal::create(router, project, host, false);
+        v.attached(router)
+    }
+
+    /// Like [`TestVassal::attach`] with a plain tun, no vnet header (as
+    /// other or older launchers open it): no offloads on that side.
+    pub fn attach_plain(router: &TestRouter, project: &str, host: u8) -> TestVassal {
+        let v = TestVassal::create_with(router, project, host, false, false);
         v.attached(router)
     }
 
@@ -332,13 +345,24 @@ impl TestVassal {
 
     /// Creates and configures the namespace and tun without attaching.
     pub fn create(router: &TestRouter, project: &str, host: u8, ipv6: bool) -> TestVassal {
+        TestVassal::create_with(router, project, host, ipv6, true)
+    }
+
+    /// [`TestVassal::create`], with or without a vnet header on the tun.
+    pub fn create_with(
+        router: &TestRouter,
+        project: &str,
+        host: u8,
+        ipv6: bool,
+        vnet: bool,
+    ) -> TestVassal {
         let ns = Netns::new("vn");
         if !ipv6 {
             // No link-local chatter (router solicitations) in IPv4 tests.
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
         }
-        let tun = create_tun_in(&ns, "vt0", 0);
+        let tun = create_tun_in(&ns, "vt0", if vnet { libc::IFF_VNET_HDR } else { 0 });
         let addr = router.addr(host);
         ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "vt0"]);
         let addr6 = ipv6.then(|| router.addr6(host));

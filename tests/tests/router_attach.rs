@@ -180,9 +180,9 @@ fn router_malformed_hellos_and_non_tun_descriptors_are_refused() {
     let answer =
         transport::call(conn.as_fd(), &hello("bob", router.addr(5)), Some(r.as_fd())).unwrap();
     assert_eq!(refused(answer), RefuseReason::BadDevice);
-    // A tun with a virtio-net header would misparse every packet.
+    // A tap device carries ethernet frames: every packet would misparse.
     let ns = Netns::new("vn");
-    let tap = create_tun_in(&ns, "vt1", libc::IFF_VNET_HDR);
+    let tap = create_tun_in(&ns, "vt1", libc::IFF_TAP);
     let conn = transport::connect(&router.socket).unwrap();
     let answer = transport::call(
         conn.as_fd(),
