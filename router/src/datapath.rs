@@ -126,7 +126,7 @@ impl Delivered {
 fn write_tun(fd: BorrowedFd<'_>, vnet: bool, frame: &Frame<'_>, plan: &Plan) -> Delivered {
     if vnet || plan.is_plain() {
         let io = if vnet {
-            tun::write_with_header(fd, &frame.hdr.bytes(), frame.ip)
+            tun::write_with_header(fd, &plan.header().bytes(), frame.ip)
         } else {
             tun::write(fd, frame.ip)
         };
@@ -733,12 +733,12 @@ mod tests {
         ]);
         p.resize(total, 7);
         let hdr = VnetHdr {
-            flags: 0,
+            flags: 1,
             gso_type: 1,
             hdr_len: 40,
             gso_size: 1000,
-            csum_start: 0,
-            csum_offset: 0,
+            csum_start: 20,
+            csum_offset: 16,
         };
         (hdr, p)
     }

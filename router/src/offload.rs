@@ -13,7 +13,10 @@
 //! in a scratch buffer reused by every packet.
 //!
 //! The header comes from a kernel stack a customer drives, so every field
-//! is checked against the packet before anything trusts it.
+//! is checked against the packet before anything trusts it, and what the
+//! router writes on is a header it builds from the checked [`Plan`], never
+//! the one it read: a checksum is only ever finished in the TCP or UDP
+//! checksum field, never in the addresses the anti-spoofing check read.
 
 use crate::packet::{proto, PacketInfo};
 
@@ -118,9 +121,14 @@ pub enum OffloadError {
     /// `gso_size` below [`MIN_GSO_SIZE`].
     #[error("gso_size {0} below {MIN_GSO_SIZE}")]
     GsoSize(u16),
-    /// `csum_start`/`csum_offset` point outside the packet.
-    #[error("checksum position outside the packet")]
+    /// `csum_start`/`csum_offset` are not the TCP or UDP checksum field
+    /// of this packet.
+    #[error("partial checksum not at the packet's TCP or UDP checksum field")]
     Checksum,
+    /// A segmented packet without a partial checksum (the kernel always
+    /// sets one).
+    #[error("segmented packet without a partial checksum")]
+    NoChecksum,
 }
 
 /// Packets and IP bytes as a wire would carry them.
@@ -146,6 +154,8 @@ pub struct Plan {
     gso_size: usize,
     /// Partial checksum to finish: where the sum starts and where it goes.
     partial: Option<(usize, usize)>,
+    /// `gso_type` (ECN bit included), [`GSO_NONE`] without segmentation.
+    gso_type: u8,
 }
 
 impl Plan {
@@ -160,6 +170,24 @@ impl Plan {
             header_end: 0,
             gso_size: 0,
             partial: None,
+            gso_type: GSO_NONE,
+        }
+    }
+
+    /// The header to write with the packet to a tun that takes one: built
+    /// from what was checked, not copied from what was read.
+    pub fn header(&self) -> VnetHdr {
+        let (flags, csum_start, csum_offset) = match self.partial {
+            Some((start, at)) => (F_NEEDS_CSUM, start as u16, (at - start) as u16),
+            None => (0, 0, 0),
+        };
+        VnetHdr {
+            flags,
+            gso_type: self.gso_type,
+            hdr_len: self.header_end as u16,
+            gso_size: self.gso_size as u16,
+            csum_start,
+            csum_offset,
         }
     }
 
@@ -179,9 +207,20 @@ impl Plan {
 /// stands for.
 pub fn plan(hdr: &VnetHdr, pkt: &[u8], info: &PacketInfo) -> Result<Plan, OffloadError> {
     let partial = if hdr.flags & F_NEEDS_CSUM != 0 {
+        // Only where a kernel puts it: the transport header of an
+        // unfragmented TCP or UDP packet, at that protocol's checksum.
+        let field = match info.proto {
+            proto::TCP => 16,
+            proto::UDP => 6,
+            _ => return Err(OffloadError::Checksum),
+        };
         let start = usize::from(hdr.csum_start);
         let at = start + usize::from(hdr.csum_offset);
-        if at + 2 > pkt.len() {
+        if info.transport == 0
+            || start != info.transport
+            || at != start + field
+            || at + 2 > pkt.len()
+        {
             return Err(OffloadError::Checksum);
         }
         Some((start, at))
@@ -220,6 +259,9 @@ pub fn plan(hdr: &VnetHdr, pkt: &[u8], info: &PacketInfo) -> Result<Plan, Offloa
     if hdr.gso_size < MIN_GSO_SIZE {
         return Err(OffloadError::GsoSize(hdr.gso_size));
     }
+    if partial.is_none() {
+        return Err(OffloadError::NoChecksum);
+    }
     let gso_size = usize::from(hdr.gso_size);
     let payload = pkt.len() - header_end;
     let segments = payload.div_ceil(gso_size).max(1);
@@ -232,6 +274,7 @@ pub fn plan(hdr: &VnetHdr, pkt: &[u8], info: &PacketInfo) -> Result<Plan, Offloa
         header_end,
         gso_size,
         partial,
+        gso_type: hdr.gso_type,
     })
 }
 
@@ -469,7 +512,21 @@ mod tests {
             cwr: true,
         };
         let pkt = v4(0xfffe, all, &data);
-        let (plan, segs, wire) = cut_all(&pkt, &gso(GSO_TCPV4 | GSO_ECN, 1448));
+        let hdr = VnetHdr {
+            flags: 0x07,
+            hdr_len: 9999,
+            ..gso(GSO_TCPV4 | GSO_ECN, 1448)
+        };
+        let (plan, segs, wire) = cut_all(&pkt, &hdr);
+        // What goes on is rebuilt: unknown flags and the hint dropped.
+        assert_eq!(
+            plan.header(),
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                hdr_len: 52,
+                ..gso(GSO_TCPV4 | GSO_ECN, 1448)
+            }
+        );
         assert_eq!(segs.len(), 4);
         assert_eq!(wire, plan.wire, "the plan counts exactly what is emitted");
         assert_eq!(wire.bytes, segs.iter().map(|s| s.len() as u64).sum::<u64>());
@@ -497,7 +554,11 @@ mod tests {
             cwr: false,
         };
         let pkt = v6(all, &data);
-        let (_, segs, wire) = cut_all(&pkt, &gso(GSO_TCPV6, 1428));
+        let hdr = VnetHdr {
+            csum_start: 40,
+            ..gso(GSO_TCPV6, 1428)
+        };
+        let (_, segs, wire) = cut_all(&pkt, &hdr);
         assert_eq!(wire.packets, 3);
         for (i, seg) in segs.iter().enumerate() {
             let chunk = &data[i * 1428..((i + 1) * 1428).min(data.len())];
@@ -590,10 +651,11 @@ mod tests {
             check(gso(GSO_TCPV6, 1400), &tcp4),
             Err(OffloadError::NotTcp(GSO_TCPV6))
         );
-        assert_eq!(
-            check(gso(GSO_TCPV4, 1400), &tcp6),
-            Err(OffloadError::NotTcp(GSO_TCPV4))
-        );
+        let at_40 = VnetHdr {
+            csum_start: 40,
+            ..gso(GSO_TCPV4, 1400)
+        };
+        assert_eq!(check(at_40, &tcp6), Err(OffloadError::NotTcp(GSO_TCPV4)));
         assert_eq!(check(gso(3, 1400), &tcp4), Err(OffloadError::GsoType(3)));
         assert_eq!(
             check(gso(0x41, 1400), &tcp4),
@@ -608,6 +670,19 @@ mod tests {
             ..gso(GSO_NONE, 0)
         };
         assert_eq!(check(far, &tcp4), Err(OffloadError::Checksum));
+        // A checksum "finished" over the source address would spoof it
+        // after the anti-spoofing check: only the TCP/UDP field will do.
+        let into_source = VnetHdr {
+            csum_start: 0,
+            csum_offset: 12,
+            ..gso(GSO_NONE, 0)
+        };
+        assert_eq!(check(into_source, &tcp4), Err(OffloadError::Checksum));
+        let no_csum = VnetHdr {
+            flags: 0,
+            ..gso(GSO_TCPV4, 1400)
+        };
+        assert_eq!(check(no_csum, &tcp4), Err(OffloadError::NoChecksum));
         // A data offset past the end of a header-only packet.
         let mut short = v4(
             1,

@@ -104,8 +104,23 @@ fn tcp_snmp(ns: &Netns, name: &str) -> u64 {
 
 #[test]
 fn router_offloaded_tcp_counts_every_segment_exactly() {
-    // An "internet" namespace behind NAT: its kernel counts every segment
-    // it sends, as alice's does, and nothing else talks to alice.
+    // The exact byte count holds for a transfer without retransmissions;
+    // a loaded machine can drop a segment before the router sees it, so a
+    // transfer that needed one is tried again (three times at most).
+    for attempt in 1..=3 {
+        if counts_match_for_one_transfer() {
+            return;
+        }
+        eprintln!("attempt {attempt}: a retransmission happened; trying again");
+    }
+    panic!("every attempt needed retransmissions");
+}
+
+/// One transfer each way between alice and an "internet" namespace behind
+/// NAT, whose kernel counts every segment it sends, as alice's does (and
+/// nothing else talks to alice); asserts the counters, or returns false
+/// when a sender had to retransmit.
+fn counts_match_for_one_transfer() -> bool {
     let base = (std::process::id() % 60) as u8 * 4;
     let (host_addr, server) = (
         format!("203.0.113.{}", base + 1),
@@ -147,12 +162,11 @@ fn router_offloaded_tcp_counts_every_segment_exactly() {
 
     // Super-packets did cross whole.
     assert!(router.metric("vassal_offloaded_packets_total", "") > 0.0);
-    for ns in [&v.ns, &internet] {
-        assert_eq!(
-            tcp_snmp(ns, "RetransSegs"),
-            0,
-            "a retransmission would blur the byte count"
-        );
+    if [&v.ns, &internet]
+        .iter()
+        .any(|ns| tcp_snmp(ns, "RetransSegs") > 0)
+    {
+        return false;
     }
     // Packets: exactly the segments each sender's kernel counted.
     let m = router.scrape();
@@ -166,6 +180,7 @@ fn router_offloaded_tcp_counts_every_segment_exactly() {
     // have 8 more bytes of options.
     assert_eq!(tx_b, 52 * tx_p + 2 * 8 + UP as u64, "tx bytes");
     assert_eq!(rx_b, 52 * rx_p + 2 * 8 + DOWN as u64, "rx bytes");
+    true
 }
 
 #[test]
