@@ -37,6 +37,50 @@ pub enum Request {
     Stats,
     /// Re-read the rule file (what SIGHUP does).
     Reload,
+    /// Something the launcher saw happen inside its attached vassal, for the
+    /// router's event sink and `vassal_events_total`. Only valid on a
+    /// connection that attached a vassal (the event is that vassal's, never
+    /// a name in the message); the router does not answer.
+    Event(VassalEvent),
+}
+
+/// An event a launcher reports about its vassal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VassalEvent {
+    /// What happened.
+    pub event: VassalEventKind,
+    /// How many times since the last report (at least 1).
+    pub count: u64,
+}
+
+/// The kinds of [`VassalEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VassalEventKind {
+    /// The kernel killed a process of the vassal for its memory limit.
+    OomKill,
+    /// Forks refused by the vassal's pids limit.
+    PidsLimit,
+    /// The command was killed by the seccomp filter (a denied system call).
+    SeccompKill,
+    /// The command outlived its wall-clock limit and was stopped.
+    WallClockKill,
+    /// The command itself was killed for the memory limit.
+    MemoryKill,
+}
+
+impl VassalEventKind {
+    /// The name used in event lines and the `event` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VassalEventKind::OomKill => "oom_kill",
+            VassalEventKind::PidsLimit => "pids_limit",
+            VassalEventKind::SeccompKill => "seccomp_kill",
+            VassalEventKind::WallClockKill => "wall_clock_kill",
+            VassalEventKind::MemoryKill => "memory_kill",
+        }
+    }
 }
 
 /// The attach request. The tun fd is not in the JSON: it is the one
@@ -212,11 +256,19 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
     }
     let request: Request =
         serde_json::from_slice(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    if let Request::Hello(hello) = &request {
-        validate_project_name(&hello.project).map_err(|why| ProtocolError::BadProjectName {
-            name: hello.project.chars().take(MAX_PROJECT_NAME_LEN).collect(),
-            why,
-        })?;
+    match &request {
+        Request::Hello(hello) => {
+            validate_project_name(&hello.project).map_err(|why| ProtocolError::BadProjectName {
+                name: hello.project.chars().take(MAX_PROJECT_NAME_LEN).collect(),
+                why,
+            })?;
+        }
+        Request::Event(e) if e.count == 0 => {
+            return Err(ProtocolError::Malformed(
+                "event count must be at least 1".into(),
+            ));
+        }
+        _ => {}
     }
     Ok(request)
 }
@@ -300,6 +352,33 @@ mod tests {
             r#"{"type":"hello","version":1,"project":"alice","ipv4":"10.200.0.2"}"#
         );
         assert_eq!(decode_request(&bytes).unwrap(), hello("alice"));
+    }
+
+    #[test]
+    fn events_round_trip_and_are_checked() {
+        let e = Request::Event(VassalEvent {
+            event: VassalEventKind::OomKill,
+            count: 3,
+        });
+        let bytes = encode(&e);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"type":"event","event":"oom_kill","count":3}"#
+        );
+        assert_eq!(decode_request(&bytes).unwrap(), e);
+        for bad in [
+            r#"{"type":"event","event":"oom_kill","count":0}"#,
+            r#"{"type":"event","event":"reboot","count":1}"#,
+            r#"{"type":"event","event":"oom_kill","count":1,"project":"bob"}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode_request(bad.as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::cgroup::{self, Cgroup, CgroupError, Usage};
 use crate::config::{IdRange, VassalConfig};
+use crate::events::{self, Events};
 use crate::network::{self, Attachment, NetworkError};
 use crate::report::Report;
 use crate::state::{State, StateError};
@@ -148,7 +149,9 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     };
     sync::send(outer_end.as_fd(), &Message::Start)?;
 
-    // 7. Supervise from outside: forward signals, keep the attachment.
+    // 7. Supervise from outside: forward signals, keep the attachment,
+    //    report events as they happen.
+    let mut events = Events::new(&config.name);
     let (code, sig, wall_clock) = watch(
         config,
         child,
@@ -156,14 +159,15 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         &sigfd,
         tun.as_ref(),
         &mut attachment,
+        (&cg, &mut events),
     );
     guard.0 = None;
-    drop(attachment);
 
-    // 8. Account, then remove everything.
+    // 8. Account and report the end, then detach and remove everything.
     let usage: Usage = cg.usage();
     let report = Report::new(config, code, sig, wall_clock, started.elapsed(), usage);
-    report.log_events();
+    events.finish(&report, attachment.as_ref());
+    drop(attachment);
     if let Some(path) = report_path {
         report.write(path).map_err(|source| LaunchError::Report {
             path: path.to_owned(),
@@ -235,8 +239,9 @@ fn write_id_maps(child: Pid, uid_map: &[IdRange], gid_map: &[IdRange]) -> Result
     Ok(())
 }
 
-/// Waits for the vassal to end while forwarding signals and keeping it
-/// attached. Returns (exit code, signal, stopped for wall clock).
+/// Waits for the vassal to end while forwarding signals, keeping it
+/// attached and reporting its cgroup's events every second. Returns (exit
+/// code, signal, stopped for wall clock).
 fn watch(
     config: &VassalConfig,
     child: Pid,
@@ -244,11 +249,17 @@ fn watch(
     sigfd: &SignalFd,
     tun: Option<&OwnedFd>,
     attachment: &mut Option<Attachment>,
+    (cg, events): (&Cgroup, &mut Events),
 ) -> (Option<i32>, Option<i32>, bool) {
     let mut ended: Option<(Option<i32>, Option<i32>, bool)> = None;
     let mut backoff = Duration::from_millis(100);
     let mut retry_at: Option<Instant> = None;
+    let mut check_at = Instant::now() + events::CHECK_EVERY;
     loop {
+        if Instant::now() >= check_at {
+            events.check(&cg.usage(), attachment.as_ref());
+            check_at = Instant::now() + events::CHECK_EVERY;
+        }
         let mut fds = vec![
             PollFd::new(sync_fd.as_fd(), PollFlags::POLLIN),
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
@@ -256,10 +267,9 @@ fn watch(
         if let Some(a) = attachment.as_ref() {
             fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = retry_at.map_or(PollTimeout::NONE, |t| {
-            PollTimeout::try_from(t.saturating_duration_since(Instant::now()))
-                .unwrap_or(PollTimeout::MAX)
-        });
+        let wake = retry_at.map_or(check_at, |t| t.min(check_at));
+        let timeout = PollTimeout::try_from(wake.saturating_duration_since(Instant::now()))
+            .unwrap_or(PollTimeout::MAX);
         let _ = poll(&mut fds, timeout);
         let ready = |i: usize| {
             fds.get(i)

@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod enter;
+pub mod events;
 pub mod launch;
 pub mod netlink;
 pub mod network;

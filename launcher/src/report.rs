@@ -1,6 +1,5 @@
-//! What `--report FILE` writes when a vassal ends, and the events the
-//! operator must hear about (OOM kills, limit hits, seccomp and wall-clock
-//! kills) as JSON lines on stderr.
+//! What `--report FILE` writes when a vassal ends (the events it implies
+//! are reported by [`crate::events`]).
 
 use crate::cgroup::Usage;
 use crate::config::VassalConfig;
@@ -78,22 +77,5 @@ impl Report {
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
         std::fs::write(path, text + "\n")
-    }
-
-    /// Prints one JSON event line on stderr per suspicious fact.
-    pub fn log_events(&self) {
-        let mut events = Vec::new();
-        if let Some(k) = self.killed_by {
-            events.push(serde_json::json!({"event": format!("{k}_kill"), "vassal": self.name}));
-        }
-        if self.oom_kills > 0 && self.killed_by != Some("memory") {
-            events.push(serde_json::json!({"event": "oom_kill", "vassal": self.name, "count": self.oom_kills}));
-        }
-        if self.pids_limit_hits > 0 {
-            events.push(serde_json::json!({"event": "pids_limit", "vassal": self.name, "count": self.pids_limit_hits}));
-        }
-        for e in events {
-            eprintln!("{e}");
-        }
     }
 }

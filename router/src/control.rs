@@ -9,6 +9,7 @@
 
 use crate::config::{host6_in_subnet, host_in_subnet};
 use crate::datapath::{self, Router};
+use crate::events;
 use crate::metrics::{self, DropReason};
 use crate::offload;
 use crate::socket;
@@ -237,6 +238,30 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                 if !ok {
                     break;
                 }
+            }
+            Request::Event(event) => {
+                // The vassal is the one this connection attached, whatever
+                // the message might claim; a connection without one has no
+                // business reporting.
+                let Some((vassal, _)) = &attached else {
+                    refuse(
+                        &afd,
+                        uid,
+                        RefuseReason::Malformed,
+                        "events come on the connection that attached their vassal".into(),
+                    )
+                    .await;
+                    break;
+                };
+                events::emit(
+                    event.event.as_str(),
+                    serde_json::json!({
+                        "project": vassal.project.name,
+                        "address": vassal.ipv4,
+                        "count": event.count,
+                        "source": "vassal-launch",
+                    }),
+                );
             }
             Request::Reload => {
                 let answer = match reload(&router) {

@@ -268,3 +268,65 @@ fn launcher_refusals_by_the_router_are_clear_and_leave_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn launcher_events_reach_the_router_promptly_as_counters() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(OPEN_RULES.into()),
+        ..Default::default()
+    });
+    let dir = vassal_tests::launcher_harness::TempDir::new();
+    let n = name("le");
+    // A worker killed for memory while the vassal goes on, forks refused by
+    // the pids limit, then (after a pause that outlasts the once-a-second
+    // check) the command itself killed by seccomp.
+    let script = "/usr/bin/python3 -c 'bytearray(512 << 20)'; \
+                  (for i in $(seq 20); do sleep 30 & done) 2>/dev/null; \
+                  sleep 6; \
+                  exec /usr/bin/python3 -c 'import ctypes; ctypes.CDLL(None).syscall(250, 0, 0, 0, 0, 0)'";
+    let file = dir.write(
+        "v.toml",
+        &format!(
+            "name = \"{n}\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\nuid = 47001\n\
+             [network]\nrouter = \"{}\"\naddress = \"{}\"\n[limits]\nmemory = \"64M\"\npids = 10\n",
+            router.socket.display(),
+            router.addr(2)
+        ),
+    );
+    let mut vassal = Command::new(binary("vassal-launch"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let counted = |event: &str| router.metric("vassal_events_total", &format!("event=\"{event}\""));
+    // Promptly: while the vassal still runs.
+    assert!(
+        wait_until(Duration::from_secs(5), || counted("oom_kill") >= 1.0
+            && counted("pids_limit") >= 1.0),
+        "{}",
+        router.log_text()
+    );
+    assert!(
+        vassal.try_wait().unwrap().is_none(),
+        "reported only at the end"
+    );
+    let out = vassal.wait_with_output().unwrap();
+    assert_eq!(code(&out), 128 + libc::SIGSYS, "{}", stderr(&out));
+    assert!(wait_until(Duration::from_secs(3), || counted(
+        "seccomp_kill"
+    ) >= 1.0));
+    // The router's sink names the project; the launcher's stderr has them too.
+    let log = router.log_text();
+    for event in ["oom_kill", "pids_limit", "seccomp_kill"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("\"event\":\"{event}\""))
+                    && l.contains(&format!("\"project\":\"{n}\""))
+                    && l.contains("\"source\":\"vassal-launch\"")),
+            "{event} missing from the router's sink:\n{log}"
+        );
+        assert!(stderr(&out).contains(&format!("\"event\":\"{event}\"")));
+    }
+}
