@@ -100,6 +100,9 @@ pub struct EventsConfig {
     /// Firewall drops per second of one project above which a
     /// `denied_flood` event is emitted.
     pub denied_per_second: u64,
+    /// Distinct destination ports per second (of new flows and denied
+    /// packets of one project) above which a `port_scan` event is emitted.
+    pub distinct_ports_per_second: u64,
 }
 
 /// The whole configuration, defaults applied.
@@ -157,6 +160,7 @@ struct RawConfig {
 struct RawEvents {
     sink: Option<Spanned<String>>,
     denied_per_second: Option<u64>,
+    distinct_ports_per_second: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +373,11 @@ impl Config {
                 .events
                 .as_ref()
                 .and_then(|e| e.denied_per_second)
+                .unwrap_or(100),
+            distinct_ports_per_second: raw
+                .events
+                .as_ref()
+                .and_then(|e| e.distinct_ports_per_second)
                 .unwrap_or(100),
         };
 

@@ -151,7 +151,10 @@ async fn serve(
 async fn sweeper(router: Arc<Router>) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut watch = crate::events::Watch::new(router.config.events.denied_per_second);
+    let mut watch = crate::events::Watch::new(
+        router.config.events.denied_per_second,
+        router.config.events.distinct_ports_per_second,
+    );
     loop {
         tick.tick().await;
         router.flows.tick(start.elapsed().as_secs() as u32);

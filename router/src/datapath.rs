@@ -16,6 +16,7 @@
 //! counted as the segments it stands for (see [`crate::offload`]).
 
 use crate::config::{Config, MAX_MTU};
+use crate::events::Logged;
 use crate::firewall::{ActiveRules, Firewall};
 use crate::flows::FlowTable;
 use crate::host_tun::HostTun;
@@ -23,7 +24,7 @@ use crate::metrics::{DropReason, HostCounters};
 use crate::offload::{self, Plan, VnetHdr, Wire, HDR_LEN};
 use crate::packet::{self, PacketInfo};
 use crate::tun::{self, Io};
-use crate::vassals::{Port, Registry, Vassal};
+use crate::vassals::{Port, Project, Registry, Vassal};
 use firewall_rules::{Action, Chain, PacketKey, ProjectId};
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -210,17 +211,20 @@ fn inspect(frame: &Frame<'_>) -> Option<(PacketInfo, Plan)> {
 }
 
 impl Router {
+    /// Classifies `p` on `chain` for the project `project` (`id` in the
+    /// snapshot); a denial by a rule with `log = true` is left as evidence
+    /// for the event watch.
     fn allowed(
         &self,
         snap: &Snapshot,
         chain: Chain,
-        project: ProjectId,
-        name: &str,
+        id: ProjectId,
+        project: &Project,
         p: &PacketInfo,
     ) -> bool {
         let ports = p.proto == packet::proto::TCP || p.proto == packet::proto::UDP;
         let key = PacketKey {
-            project,
+            project: id,
             src: p.src,
             dst: p.dst,
             proto: p.proto,
@@ -228,9 +232,19 @@ impl Router {
             dst_port: if ports { p.dst_port } else { 0 },
         };
         let verdict = snap.rules.classifier.classify(chain, &key);
+        if verdict.log && verdict.action == Action::Deny {
+            project.evidence.logged(Logged {
+                chain: chain.as_str(),
+                rule_line: snap.rules.line(chain, verdict.rule),
+                src: p.src,
+                dst: p.dst,
+                proto: p.proto,
+                dst_port: key.dst_port,
+            });
+        }
         if verdict.log && log_budget() {
             tracing::info!(
-                project = name,
+                project = project.name.as_str(),
                 chain = chain.as_str(),
                 rule_line = ?snap.rules.line(chain, verdict.rule),
                 action = verdict.action.as_str(),
@@ -278,14 +292,16 @@ impl Router {
         }
         let established = snap.rules.classifier.defaults().established;
         let reply = established && self.flows.is_reply(&info);
-        if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project.name, &info) {
+        if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
+            note_port(&v.project, &info);
             return counters.drop(DropReason::Firewall, n);
         }
         match self.registry.lookup(info.dst) {
             Some(w) => {
                 if !reply {
+                    note_port(&v.project, &info);
                     let theirs = snap.rules.classifier.project_id(&w.project.name);
-                    if !self.allowed(snap, Chain::In, theirs, &w.project.name, &info) {
+                    if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
                         return w.project.counters.drop(DropReason::Firewall, n);
                     }
                     if established && self.flows.open(&info, v.project.slot).is_err() {
@@ -307,8 +323,11 @@ impl Router {
             }
             None if self.in_own_subnet(info.dst) => counters.drop(DropReason::NoRoute, n),
             None => {
-                if !reply && established && self.flows.open(&info, v.project.slot).is_err() {
-                    return counters.drop(DropReason::FlowTableFull, n);
+                if !reply {
+                    note_port(&v.project, &info);
+                    if established && self.flows.open(&info, v.project.slot).is_err() {
+                        return counters.drop(DropReason::FlowTableFull, n);
+                    }
                 }
                 let vnet = self.host_tun.vnet();
                 let d = write_tun(self.host_tun.writer(), vnet, &frame, &plan);
@@ -342,7 +361,7 @@ impl Router {
         let reply = established && self.flows.is_reply(&info);
         if !reply {
             let theirs = snap.rules.classifier.project_id(&w.project.name);
-            if !self.allowed(snap, Chain::In, theirs, &w.project.name, &info) {
+            if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
                 return counters.drop(DropReason::Firewall, n);
             }
             if established && self.flows.open(&info, w.project.slot).is_err() {
@@ -357,6 +376,14 @@ impl Router {
             Delivery::Full => counters.drop(DropReason::QueueFull, d.unsent(&plan)),
             Delivery::Gone => counters.drop(DropReason::NoRoute, d.unsent(&plan)),
         }
+    }
+}
+
+/// Notes the destination port of a packet that opens a flow or is denied:
+/// the watch reports a project reaching for many ports at once (a scan).
+fn note_port(project: &Project, info: &PacketInfo) {
+    if info.proto == packet::proto::TCP || info.proto == packet::proto::UDP {
+        project.evidence.port(info.dst_port);
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Project {
     pub slot: u32,
     /// Its counters.
     pub counters: ProjectCounters,
+    /// What the datapath notes for the event watch.
+    pub evidence: crate::events::Evidence,
     attached: AtomicI64,
 }
 
@@ -111,6 +113,7 @@ impl Registry {
             name: name.to_owned(),
             slot: projects.len() as u32,
             counters: ProjectCounters::register(name),
+            evidence: crate::events::Evidence::default(),
             attached: AtomicI64::new(0),
         });
         projects.push(Arc::clone(&p));
