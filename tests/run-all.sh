@@ -16,7 +16,7 @@ fi
 
 # System tools the tests drive. Installed only when missing, so a second
 # run starts at once and needs no network.
-packages=(iproute2 nftables iperf3 iputils-ping uwsgi-core tmux python3 procps psmisc util-linux prometheus)
+packages=(iproute2 nftables iperf3 iputils-ping uwsgi-core tmux python3 procps psmisc util-linux prometheus systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
