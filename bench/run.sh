@@ -165,11 +165,25 @@ veth() {
 peers() {
     # One peer at a time, each bounded: pasta was seen to hang on this kind
     # of machine; a hung peer costs its timeout and a "n/a", not the run.
+    # peers.sh leaves processes behind (uWSGI's `exec-as-root = sleep`, the
+    # namespaces' `sleep 600`): they are found by a marker in their
+    # environment and killed, and its output goes to a file, not a pipe a
+    # leftover could hold open forever.
     for peer in ${PEER_LIST:-uwsgi slirp4netns pasta}; do
-        SECS=$SECS timeout $((SECS * 4 + 60)) bash "$PEERS" "$peer" 2>/dev/null | while read -r name rest; do
+        local marker="VASSAL_BENCH_PEER=$$-$peer" out="$WORK/peer-$peer.out"
+        env "$marker" SECS="$SECS" timeout -k 5 $((SECS * 4 + 60)) bash "$PEERS" "$peer" >"$out" 2>/dev/null || true
+        while read -r name rest; do
             for kv in $rest; do record "$name" "$(echo "${kv%%=*}" | sed 's/up_mbps/tcp_up_mbps/;s/down_mbps/tcp_down_mbps/')" "${kv#*=}"; done
-        done || true
-        pkill -x pasta 2>/dev/null || true
+        done <"$out"
+        kill_marked "$marker"
+    done
+}
+
+# Kills every process whose environment holds $1 (NAME=VALUE).
+kill_marked() {
+    local p
+    for p in $(grep -lsxF "$1" --null-data /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
+        kill -9 "$p" 2>/dev/null || true
     done
 }
 
