@@ -106,6 +106,17 @@ def section(m, params):
     out.append(goal("(no goal) aggregate of 100 vassals vs veth", ratio(g("vassal-router", "aggregate_mbps"), g("veth", "aggregate_mbps")), lambda v: True, pct))
     out.append(goal("router memory ≤ 64 KiB per vassal", g("scale", "router_kib_per_vassal"), lambda v: v <= 64, lambda v: f"{v:.1f} KiB"))
     out.append(goal("launch median ≤ 20 ms", g("vassal-launch", "launch_ms_median"), lambda v: v <= 20, lambda v: f"{v:.1f} ms"))
+    share = lambda v: f"{v:,.0f} Mbit/s ({100 * v / g('veth', 'tcp_up_mbps'):.0f}% of veth)" if g("veth", "tcp_up_mbps") else "n/a"
+    uw, sl = g("uwsgi-tuntap", "tcp_up_mbps"), g("slirp4netns", "tcp_up_mbps")
+    if uw and sl:
+        out += ["", "What the unmet ratios would take on this machine: TCP up at 10x uWSGI's tuntap router "
+                f"is {share(10 * uw)}, at 2x slirp4netns {share(2 * sl)}. A userspace hop costs two copies "
+                "of each 64 KiB super-packet (into and out of the router) and a third busy thread beside "
+                "sender and receiver on two vCPUs, which veth does not pay; the profile (docs/design.md, "
+                "\"Offloads\") shows the router's own code under 2% of its time, the rest being those "
+                "copies and the host's TCP work done in its writes. A round trip through any userspace "
+                "hop is several system calls and a thread hand-off against veth's one call: 2x veth "
+                "(a few microseconds) is out of reach of every forwarder measured here."]
     out += ["", "![TCP throughput by peer](benchmarks.svg)", "", END]
     return "\n".join(out)
 
