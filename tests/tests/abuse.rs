@@ -187,3 +187,51 @@ fn abuse_a_flooding_vassal_does_not_starve_its_neighbour() {
     // The flood did reach the router: it is not the neighbour's luck.
     assert!(router.metric("vassal_tx_packets_total", "project=\"flood\"") > 10_000.0);
 }
+
+#[test]
+fn abuse_two_vassals_streaming_at_full_speed_share_the_router() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some("[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n".into()),
+        ..Default::default()
+    });
+    let a = TestVassal::attach(&router, "greedy", 2);
+    let b = TestVassal::attach(&router, "other", 3);
+    let gw = router.gateway().to_string();
+    let _servers: Vec<KillOnDrop> = ["5297", "5298"]
+        .iter()
+        .map(|port| {
+            KillOnDrop::spawn(
+                Command::new("iperf3")
+                    .args(["-s", "-B", &gw, "-p", port])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Both send TCP as fast as they can, at the same time, for 4 s.
+    let clients: Vec<KillOnDrop> = [(&a, "5297"), (&b, "5298")]
+        .iter()
+        .map(|(v, port)| {
+            KillOnDrop::spawn(
+                v.ns.command("iperf3")
+                    .args(["-c", &gw, "-p", port, "-t", "4"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+        })
+        .collect();
+    for mut c in clients {
+        assert!(c.0.wait().unwrap().success(), "an iperf3 client failed");
+    }
+    let sent = |p: &str| router.metric("vassal_tx_bytes_total", &format!("project=\"{p}\""));
+    let (x, y) = (sent("greedy"), sent("other"));
+    assert!(x > 10e6 && y > 10e6, "both moved data: {x} and {y} bytes");
+    let share = x.min(y) / (x + y);
+    eprintln!("fair share: {x} and {y} bytes ({:.0}%)", 100.0 * share);
+    assert!(
+        share >= 0.25,
+        "one vassal took {:.0}% of the router",
+        100.0 * (1.0 - share)
+    );
+}
