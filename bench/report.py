@@ -52,7 +52,10 @@ def section(m, params):
         ("ping round trip, flood, µs", "rtt_busy_us"),
         ("TCP 1-byte request/response per s", "tcp_rr_per_s"),
     ]
-    out = [BEGIN, "## Datapath", ""]
+    out = [BEGIN, "## Datapath", "",
+           "Reproduce, as root, in about 20 minutes: `bench/run.sh` (writes this section, "
+           "`docs/benchmarks.svg` and the raw figures `docs/benchmarks.tsv`); a quick look without "
+           "writing docs: `PARTS=\"ours veth\" RUNS=1 bench/run.sh`.", ""]
     out.append(f"Measured {datetime.date.today()} with `bench/run.sh` ({params}) on the development VM "
                "(2 vCPUs, shared); medians over the runs. Every peer gives one network namespace "
                "a path to an address on the host; `vassal-router` is a vassal started by "
