@@ -170,6 +170,22 @@ fn router_malformed_hellos_and_non_tun_descriptors_are_refused() {
         refused(transport::recv_response(conn.as_fd()).unwrap()),
         RefuseReason::Malformed
     );
+    // An event on a connection that attached no vassal: nobody to charge.
+    let conn = transport::connect(&router.socket).unwrap();
+    transport::send_datagram(
+        conn.as_fd(),
+        br#"{"type":"event","event":"oom_kill","count":1}"#,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        refused(transport::recv_response(conn.as_fd()).unwrap()),
+        RefuseReason::Malformed
+    );
+    assert_eq!(
+        router.metric("vassal_events_total", "event=\"oom_kill\""),
+        0.0
+    );
     // No fd.
     let conn = transport::connect(&router.socket).unwrap();
     let answer = transport::call(conn.as_fd(), &hello("bob", router.addr(5)), None).unwrap();
