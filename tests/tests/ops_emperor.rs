@@ -356,7 +356,13 @@ fn ops_uwsgi_emperor_switches_over_to_vassal_router() {
         &router,
         &["stats", "--socket", router.socket.to_str().unwrap()],
     );
-    assert!(stats.contains("app1"), "{stats}");
+    // `stats`: app1's row says attached.
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["app1", "yes"])),
+        "{stats}"
+    );
 
     // Rollback, the same steps in reverse: stop the Emperor, stop
     // vassal-router (it removes its device and NAT table), the old
