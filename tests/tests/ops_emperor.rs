@@ -10,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use vassal_tests::launcher_harness::in_netns_of;
 use vassal_tests::router_harness::{echo_server, RouterSpec, TestRouter, PYTHON};
 use vassal_tests::{unique, wait_until, KillOnDrop, Netns, Veth};
 
@@ -130,17 +131,6 @@ impl Drop for Emperor {
     }
 }
 
-/// Runs `argv` in the network namespace of `pid`.
-fn in_vassal(pid: u32, argv: &[&str]) -> bool {
-    Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "--"])
-        .args(argv)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
 fn ops_uwsgi_emperor_switches_over_to_vassal_router() {
     // The "internet" the vassal reaches after the switch, through NAT.
@@ -180,7 +170,7 @@ fn ops_uwsgi_emperor_switches_over_to_vassal_router() {
     assert!(
         wait_until(Duration::from_secs(15), || before.vassal_pid().is_some_and(
             |p| {
-                in_vassal(
+                in_netns_of(
                     p,
                     &["ping", "-n", "-q", "-c", "1", "-W", "1", &place.gateway],
                 )
@@ -230,14 +220,14 @@ fn ops_uwsgi_emperor_switches_over_to_vassal_router() {
          s.sendall(b'switched'); assert s.recv(8) == b'switched'\n"
     );
     assert!(
-        in_vassal(pid, &[PYTHON, "-c", &script]),
+        in_netns_of(pid, &[PYTHON, "-c", &script]),
         "{}",
         router.log_text()
     );
     assert!(std::fs::read_to_string(&log)
         .unwrap()
         .contains(&format!("tcp {host_addr}")));
-    assert!(!in_vassal(
+    assert!(!in_netns_of(
         pid,
         &["ping", "-n", "-q", "-c", "1", "-W", "1", &place.gateway]
     ));
