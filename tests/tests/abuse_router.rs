@@ -156,6 +156,52 @@ fn log_lines(log: &Path) -> usize {
     std::fs::read_to_string(log).unwrap().lines().count()
 }
 
+/// A test-built "internet": a namespace holding a /30 of TEST-NET-3
+/// (203.0.113.0/24, one per test process and call) behind a veth, with an
+/// echo server on port 8080 that logs its peers.
+struct Internet {
+    /// The host's end of the link (the NAT egress interface).
+    veth: Veth,
+    /// The host's address on it: what NAT rewrites vassals' sources to.
+    host_addr: String,
+    /// The server's address.
+    server: String,
+    /// The echo server's log (`tcp PEER` lines).
+    log: std::path::PathBuf,
+    _server: KillOnDrop,
+    _ns: Netns,
+}
+
+impl Internet {
+    fn new(dir: &Path) -> Internet {
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2;
+        let base = ((std::process::id() % 30) as u8 * 2 + n) * 4;
+        let (host_addr, server) = (
+            format!("203.0.113.{}", base + 1),
+            format!("203.0.113.{}", base + 2),
+        );
+        let ns = Netns::new("in");
+        let veth = Veth::new(&ns, &format!("{host_addr}/30"), &format!("{server}/30"));
+        let log = dir.join(format!("internet-{}.log", veth.host));
+        let server_proc = echo_server(&ns, "0.0.0.0", 8080, &log);
+        Internet {
+            veth,
+            host_addr,
+            server,
+            log,
+            _server: server_proc,
+            _ns: ns,
+        }
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
 /// Issue #6: the router killed with SIGKILL and restarted re-attaches every
 /// running vassal, with no stale nftables state.
 ///
@@ -170,25 +216,13 @@ fn log_lines(log: &Path) -> usize {
 #[test]
 fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
     const VASSALS: u8 = 10;
-    // A /30 of TEST-NET-3 per test process: the host's end and the server.
-    let base = (std::process::id() % 60) as u8 * 4;
-    let (host_addr, server) = (
-        format!("203.0.113.{}", base + 1),
-        format!("203.0.113.{}", base + 2),
-    );
-    let internet = Netns::new("in");
-    let veth = Veth::new(
-        &internet,
-        &format!("{host_addr}/30"),
-        &format!("{server}/30"),
-    );
+    let internet = Internet::new(&std::env::temp_dir());
+    let (host_addr, server, log) = (&internet.host_addr, &internet.server, &internet.log);
     // The embedded rules: the internet allowed out, replies established.
     let mut router = TestRouter::start(&RouterSpec {
-        nat: Some(Some(veth.host.clone())),
+        nat: Some(Some(internet.veth.host.clone())),
         ..Default::default()
     });
-    let log = router.dir.join("internet.log");
-    let _server = echo_server(&internet, "0.0.0.0", 8080, &log);
 
     let names: Vec<String> = (0..VASSALS).map(|i| name(&format!("rk{i}"))).collect();
     let mut vassals: Vec<Launched> = names
@@ -217,16 +251,16 @@ fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
         .collect();
     let launcher_pids: Vec<u32> = vassals.iter().map(Launched::pid).collect();
     for (v, pid) in vassals.iter().zip(&pids) {
-        if let Err(e) = echo_from(*pid, &server, 8080, 100_000, 3.0) {
+        if let Err(e) = echo_from(*pid, server, 8080, 100_000, 3.0) {
             panic!("{} cannot reach the internet before the kill: {e}", v.name);
         }
     }
     // Through NAT: the server saw the host's address only.
-    let peers = peers_since(&log, 0);
+    let peers = peers_since(log, 0);
     assert_eq!(peers.len(), VASSALS as usize, "{peers:?}");
-    assert!(peers.iter().all(|p| *p == host_addr), "{peers:?}");
+    assert!(peers.iter().all(|p| p == host_addr), "{peers:?}");
 
-    let expected = expected_nat_table(&router, &veth.host);
+    let expected = expected_nat_table(&router, &internet.veth.host);
     assert_eq!(nat_table(&router).as_ref(), Some(&expected));
     assert_eq!(
         tables_of(&router),
@@ -278,11 +312,11 @@ fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
         "a launcher did not notice the router's death"
     );
     // Traffic stops: nothing forwards it.
-    assert!(echo_from(pids[0], &server, 8080, 1000, 1.0).is_err());
+    assert!(echo_from(pids[0], server, 8080, 1000, 1.0).is_err());
     // Dead for a while: the launchers back off to their 2 s ceiling.
     std::thread::sleep(Duration::from_millis(2500));
 
-    let lines_before_restart = log_lines(&log);
+    let lines_before_restart = log_lines(log);
     router.spawn();
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -320,16 +354,16 @@ fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
 
     // Traffic flows again for every one, still through NAT.
     for (v, pid) in vassals.iter().zip(&pids) {
-        if let Err(e) = echo_from(*pid, &server, 8080, 100_000, 3.0) {
+        if let Err(e) = echo_from(*pid, server, 8080, 100_000, 3.0) {
             panic!(
                 "{} cannot reach the internet after the restart: {e}",
                 v.name
             );
         }
     }
-    let peers = peers_since(&log, lines_before_restart);
+    let peers = peers_since(log, lines_before_restart);
     assert_eq!(peers.len(), VASSALS as usize, "{peers:?}");
-    assert!(peers.iter().all(|p| *p == host_addr), "{peers:?}");
+    assert!(peers.iter().all(|p| p == host_addr), "{peers:?}");
     let s = stats(&router);
     for v in &vassals {
         let p = &s[&v.name];
@@ -864,4 +898,82 @@ fn abuse_router_restart_without_nat_removes_the_stale_table() {
         "the dead router's NAT table outlived a restart without NAT (while running, after a \
          clean stop)"
     );
+}
+
+/// A crash loop: the router SIGKILLed six times in a row, half of the
+/// restarts killed again as soon as they are ready (before the vassals are
+/// back), the others once every vassal has re-attached. In the end every
+/// vassal is attached once, the same processes as before, reaches the
+/// internet through NAT, and there is exactly one NAT table with exactly
+/// the expected rules.
+#[test]
+fn abuse_router_crash_loop_leaves_one_table_and_every_vassal_attached() {
+    const VASSALS: u8 = 4;
+    let internet = Internet::new(&std::env::temp_dir());
+    let mut router = TestRouter::start(&RouterSpec {
+        nat: Some(Some(internet.veth.host.clone())),
+        ..Default::default()
+    });
+    let names: Vec<String> = (0..VASSALS).map(|i| name(&format!("rc{i}"))).collect();
+    let _vassals: Vec<Launched> = names
+        .iter()
+        .zip(20..)
+        .map(|(n, host)| {
+            let mut args = network_run_args(n, &router.socket, router.addr(host));
+            args.extend(["--".into(), "/bin/sleep".into(), "600".into()]);
+            Launched::spawn(n, &args, router.dir.join(format!("{n}.stderr")))
+        })
+        .collect();
+    let all_attached = |router: &TestRouter| {
+        let s = stats(router);
+        s.len() == names.len()
+            && names
+                .iter()
+                .all(|n| s.get(n).is_some_and(|p| p["attached"] == true))
+    };
+    assert!(wait_until(Duration::from_secs(20), || all_attached(
+        &router
+    )));
+    let pids: Vec<u32> = names.iter().map(|n| supervisor_pid(n).unwrap()).collect();
+    let expected = expected_nat_table(&router, &internet.veth.host);
+
+    for round in 0..6 {
+        router.stop(Signal::SIGKILL);
+        router.spawn();
+        if round % 2 == 1 {
+            assert!(
+                wait_until(Duration::from_secs(15), || all_attached(&router)),
+                "round {round}: not every vassal re-attached: {:?}",
+                stats(&router)
+            );
+        }
+        assert_eq!(
+            nat_table(&router).as_ref(),
+            Some(&expected),
+            "round {round}"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || all_attached(&router)),
+        "not every vassal re-attached after the crash loop: {:?}\n{}",
+        stats(&router),
+        router.log_text()
+    );
+    for (n, pid) in names.iter().zip(&pids) {
+        assert_eq!(supervisor_pid(n), Some(*pid), "{n} restarted");
+        if let Err(e) = echo_from(*pid, &internet.server, 8080, 50_000, 3.0) {
+            panic!("{n} cannot reach the internet after the crash loop: {e}");
+        }
+    }
+    let peers = peers_since(&internet.log, 0);
+    assert_eq!(peers.len(), VASSALS as usize, "{peers:?}");
+    assert!(peers.iter().all(|p| *p == internet.host_addr), "{peers:?}");
+    assert_eq!(
+        tables_of(&router),
+        [format!("table inet vassal_{}", router.device)]
+    );
+    assert_eq!(nat_table(&router).as_ref(), Some(&expected));
+    assert_eq!(ruleset_mentions(&router), (2, 1));
+    assert!(router.stop(Signal::SIGTERM), "{}", router.log_text());
+    assert_eq!(tables_of(&router), Vec::<String>::new());
 }
