@@ -248,7 +248,7 @@ fn launcher_check_names_line_column_and_field() {
 #[test]
 fn launcher_refuses_a_second_vassal_of_the_same_name() {
     let n = name("ld");
-    let (_first, line, _) = spawn_until_line(&[
+    let (mut first, line, _) = spawn_until_line(&[
         "run",
         "--name",
         &n,
@@ -263,4 +263,12 @@ fn launcher_refuses_a_second_vassal_of_the_same_name() {
     let out = launch(&["run", "--name", &n, "--uid", "47001", "--", "/bin/true"]);
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    // Stopped as an operator would, the first leaves nothing behind.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    first.0.wait().unwrap();
+    assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
 }

@@ -5,7 +5,8 @@ use nix::sys::signal::Signal;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_tests::launcher_harness::{
-    code, name, network_run_args, network_table, stderr, stdout, vassal_file, TempDir,
+    code, name, network_run_args, network_table, stderr, stdout, supervisor_pid, vassal_file,
+    Launched, TempDir,
 };
 use vassal_tests::router_harness::{RouterSpec, TestRouter, PYTHON};
 use vassal_tests::{binary, wait_until, KillOnDrop};
@@ -119,24 +120,24 @@ fn launcher_vassal_survives_a_router_restart() {
 #[test]
 fn launcher_enter_gives_a_shell_on_a_pty_inside_the_vassal() {
     let n = name("lx");
-    let _vassal = KillOnDrop::spawn(
-        Command::new(binary("vassal-launch"))
-            .args([
-                "run",
-                "--name",
-                &n,
-                "--uid",
-                "47001",
-                "--",
-                "/bin/sleep",
-                "60",
-            ])
-            .stdin(Stdio::null()),
+    let dir = TempDir::new();
+    // Stopped with SIGTERM on drop: it cleans up its cgroup and state file.
+    let _vassal = Launched::spawn(
+        &n,
+        &[
+            "run",
+            "--name",
+            &n,
+            "--uid",
+            "47001",
+            "--",
+            "/bin/sleep",
+            "60",
+        ]
+        .map(String::from),
+        dir.0.join("stderr"),
     );
-    let state = std::path::PathBuf::from(format!("/run/vassal/launch/{n}.json"));
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(&state).is_ok_and(|s| !s.contains("\"pid\":0"))
-    }));
+    assert!(wait_until(Duration::from_secs(5), || supervisor_pid(&n).is_some()));
 
     // Without a terminal: a command, its output relayed.
     let out = Command::new(binary("vassal-launch"))
