@@ -132,3 +132,160 @@ pub fn spawn_until_line(
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     (child, line, stdout)
 }
+
+/// Writes the vassal file `v.toml` in `dir`: `name`, `command` (each
+/// argument a TOML string), `uid = PROJECT_UID`, then `rest` verbatim
+/// (tables such as `[limits]`, `[network]`, `[[mount]]`); returns its path.
+pub fn vassal_file(dir: &TempDir, name: &str, command: &[&str], rest: &str) -> PathBuf {
+    let command: Vec<String> = command.iter().map(|a| toml_string(a)).collect();
+    dir.write(
+        "v.toml",
+        &format!(
+            "name = \"{name}\"\ncommand = [{}]\nuid = {PROJECT_UID}\n{rest}",
+            command.join(", ")
+        ),
+    )
+}
+
+/// `s` as a TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The `[network]` table of a vassal at `address` attached to the router
+/// listening on `socket`.
+pub fn network_table(socket: &std::path::Path, address: std::net::Ipv4Addr) -> String {
+    format!(
+        "[network]\nrouter = {}\naddress = \"{address}\"\n",
+        toml_string(&socket.display().to_string())
+    )
+}
+
+/// `run --name NAME --uid PROJECT_UID --address ADDRESS --router SOCKET`:
+/// the arguments of a networked `vassal-launch run`, before `--` and the
+/// command.
+pub fn network_run_args(
+    name: &str,
+    socket: &std::path::Path,
+    address: std::net::Ipv4Addr,
+) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--name".into(),
+        name.into(),
+        "--uid".into(),
+        PROJECT_UID.to_string(),
+        "--address".into(),
+        address.to_string(),
+        "--router".into(),
+        socket.display().to_string(),
+    ]
+}
+
+/// The host pid of a running vassal's supervisor (pid 1 inside), from its
+/// state file; `None` until the launcher has recorded it.
+pub fn supervisor_pid(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/run/vassal/launch/{name}.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+    state["pid"].as_u64().filter(|&p| p > 0).map(|p| p as u32)
+}
+
+/// Runs `argv` in the network namespace of process `pid` (`nsenter -n`);
+/// whether it succeeded.
+pub fn in_netns_of(pid: u32, argv: &[&str]) -> bool {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "--"])
+        .args(argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A `vassal-launch` running in the background, its stderr in a file.
+/// Dropping it stops it as an operator would (SIGTERM, which the launcher
+/// forwards and then cleans up after), and kills it if it has not ended
+/// within 5 s, so a failing test leaves no vassal behind.
+pub struct Launched {
+    /// The vassal's name.
+    pub name: String,
+    /// The outer launcher; `None` once stopped.
+    pub child: Option<std::process::Child>,
+    /// Where its stderr goes.
+    pub stderr_path: PathBuf,
+}
+
+impl Launched {
+    /// Spawns `vassal-launch ARGS...` (stdin and stdout closed, stderr into
+    /// `stderr_path`) for the vassal `name`.
+    pub fn spawn(name: &str, args: &[String], stderr_path: PathBuf) -> Launched {
+        crate::require_root();
+        let err = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(binary("vassal-launch"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawning vassal-launch");
+        Launched {
+            name: name.to_owned(),
+            child: Some(child),
+            stderr_path,
+        }
+    }
+
+    /// The outer launcher's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the outer launcher is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`, then SIGKILL) for the
+    /// launcher to end; its exit status, `None` when it had to be killed.
+    pub fn stop(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        self.stop(std::time::Duration::from_secs(5));
+    }
+}

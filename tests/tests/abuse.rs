@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_attach::{RefuseReason, Response};
 use vassal_tests::launcher_harness::{
-    code, launch, leftovers, name, report, stderr, stdout, TempDir, PROJECT_UID,
+    code, launch, leftovers, name, report, stderr, stdout, vassal_file, TempDir,
 };
 use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal, PYTHON};
 use vassal_tests::KillOnDrop;
@@ -75,11 +75,11 @@ fn abuse_ten_thousand_attach_detach_cycles_leak_nothing() {
 fn abuse_fork_bomb_stays_inside_its_vassal() {
     let dir = TempDir::new();
     let bomb = name("ab");
-    let file = dir.write(
-        "bomb.toml",
-        &format!(
-            "name = \"{bomb}\"\ncommand = [\"/bin/sh\", \"-c\", \"b() {{ b | b & }}; b; sleep 10\"]\nuid = {PROJECT_UID}\n[limits]\npids = 64\nwall_clock = \"3s\"\n"
-        ),
+    let file = vassal_file(
+        &dir,
+        &bomb,
+        &["/bin/sh", "-c", "b() { b | b & }; b; sleep 10"],
+        "[limits]\npids = 64\nwall_clock = \"3s\"\n",
     );
     let rep = dir.0.join("bomb.json");
     let bombing = KillOnDrop::spawn(
@@ -121,12 +121,15 @@ fn abuse_fork_bomb_stays_inside_its_vassal() {
 #[test]
 fn abuse_fd_exhaustion_stops_at_the_vassals_own_limit() {
     let dir = TempDir::new();
-    let file = dir.write(
-        "v.toml",
-        &format!(
-            "name = \"{}\"\ncommand = [\"{PYTHON}\", \"-c\", \"import os\\nfds = []\\ntry:\\n    while True: fds.append(os.open('/dev/null', 0))\\nexcept OSError as e: print(len(fds), e.errno)\"]\nuid = {PROJECT_UID}\n[limits]\nnofile = 64\n",
-            name("af")
-        ),
+    let file = vassal_file(
+        &dir,
+        &name("af"),
+        &[
+            PYTHON,
+            "-c",
+            "import os\nfds = []\ntry:\n    while True: fds.append(os.open('/dev/null', 0))\nexcept OSError as e: print(len(fds), e.errno)",
+        ],
+        "[limits]\nnofile = 64\n",
     );
     let out = launch(&["run", "--config", file.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

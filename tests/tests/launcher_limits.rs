@@ -2,13 +2,16 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use vassal_tests::launcher_harness::{
-    code, launch, leftovers, name, report, spawn_until_line, stderr, stdout, TempDir, PROJECT_UID,
+    code, launch, leftovers, name, report, spawn_until_line, stderr, stdout, vassal_file, TempDir,
 };
 
+/// A vassal file running `sh -c command` under `[limits]` `limits`.
 fn vassal(dir: &TempDir, name: &str, command: &str, limits: &str) -> std::path::PathBuf {
-    dir.write(
-        "v.toml",
-        &format!("name = \"{name}\"\ncommand = [\"/bin/sh\", \"-c\", {command:?}]\nuid = {PROJECT_UID}\n[limits]\n{limits}\n"),
+    vassal_file(
+        dir,
+        name,
+        &["/bin/sh", "-c", command],
+        &format!("[limits]\n{limits}\n"),
     )
 }
 
@@ -140,7 +143,12 @@ fn launcher_seccomp_kills_a_denied_call() {
         stderr(&out)
     );
     // With the profile off the same call is merely refused by the kernel.
-    let file = dir.write("v.toml", &format!("name = \"{n}\"\ncommand = [\"/usr/bin/unshare\", \"-U\", \"true\"]\nuid = 47001\n[seccomp]\nprofile = \"none\"\n"));
+    let file = vassal_file(
+        &dir,
+        &n,
+        &["/usr/bin/unshare", "-U", "true"],
+        "[seccomp]\nprofile = \"none\"\n",
+    );
     let out = launch(&["run", "--config", file.to_str().unwrap()]);
     assert_ne!(code(&out), 128 + libc::SIGSYS);
 }
@@ -167,9 +175,11 @@ fn launcher_tmp_is_limited_to_its_size() {
 fn launcher_failure_before_exec_names_the_step_and_leaves_nothing() {
     let dir = TempDir::new();
     let n = name("lf");
-    let file = dir.write(
-        "v.toml",
-        &format!("name = \"{n}\"\ncommand = [\"/bin/true\"]\nuid = {PROJECT_UID}\n[limits]\nmemory = \"64M\"\n[[mount]]\nsource = \"/no/such/dir\"\ntarget = \"/mnt\"\n"),
+    let file = vassal_file(
+        &dir,
+        &n,
+        &["/bin/true"],
+        "[limits]\nmemory = \"64M\"\n[[mount]]\nsource = \"/no/such/dir\"\ntarget = \"/mnt\"\n",
     );
     let out = launch(&["run", "--config", file.to_str().unwrap()]);
     assert_eq!(code(&out), 125);
@@ -238,7 +248,7 @@ fn launcher_check_names_line_column_and_field() {
 #[test]
 fn launcher_refuses_a_second_vassal_of_the_same_name() {
     let n = name("ld");
-    let (_first, line, _) = spawn_until_line(&[
+    let (mut first, line, _) = spawn_until_line(&[
         "run",
         "--name",
         &n,
@@ -253,4 +263,12 @@ fn launcher_refuses_a_second_vassal_of_the_same_name() {
     let out = launch(&["run", "--name", &n, "--uid", "47001", "--", "/bin/true"]);
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    // Stopped as an operator would, the first leaves nothing behind.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    first.0.wait().unwrap();
+    assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
 }

@@ -4,7 +4,10 @@
 use nix::sys::signal::Signal;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vassal_tests::launcher_harness::{code, name, stderr, stdout};
+use vassal_tests::launcher_harness::{
+    code, name, network_run_args, network_table, stderr, stdout, supervisor_pid, vassal_file,
+    Launched, TempDir,
+};
 use vassal_tests::router_harness::{RouterSpec, TestRouter, PYTHON};
 use vassal_tests::{binary, wait_until, KillOnDrop};
 
@@ -25,17 +28,7 @@ fn host_server(router: &TestRouter, port: u16) -> KillOnDrop {
 }
 
 fn launch_args(router: &TestRouter, n: &str, host: u8) -> Vec<String> {
-    vec![
-        "run".into(),
-        "--name".into(),
-        n.into(),
-        "--uid".into(),
-        "47001".into(),
-        "--address".into(),
-        router.addr(host).to_string(),
-        "--router".into(),
-        router.socket.display().to_string(),
-    ]
+    network_run_args(n, &router.socket, router.addr(host))
 }
 
 #[test]
@@ -127,24 +120,24 @@ fn launcher_vassal_survives_a_router_restart() {
 #[test]
 fn launcher_enter_gives_a_shell_on_a_pty_inside_the_vassal() {
     let n = name("lx");
-    let _vassal = KillOnDrop::spawn(
-        Command::new(binary("vassal-launch"))
-            .args([
-                "run",
-                "--name",
-                &n,
-                "--uid",
-                "47001",
-                "--",
-                "/bin/sleep",
-                "60",
-            ])
-            .stdin(Stdio::null()),
+    let dir = TempDir::new();
+    // Stopped with SIGTERM on drop: it cleans up its cgroup and state file.
+    let _vassal = Launched::spawn(
+        &n,
+        &[
+            "run",
+            "--name",
+            &n,
+            "--uid",
+            "47001",
+            "--",
+            "/bin/sleep",
+            "60",
+        ]
+        .map(String::from),
+        dir.0.join("stderr"),
     );
-    let state = std::path::PathBuf::from(format!("/run/vassal/launch/{n}.json"));
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(&state).is_ok_and(|s| !s.contains("\"pid\":0"))
-    }));
+    assert!(wait_until(Duration::from_secs(5), || supervisor_pid(&n).is_some()));
 
     // Without a terminal: a command, its output relayed.
     let out = Command::new(binary("vassal-launch"))
@@ -219,19 +212,10 @@ fn launcher_refusals_by_the_router_are_clear_and_leave_nothing() {
     });
     // Outside the router's subnet.
     let n = name("lr");
+    let mut args = network_run_args(&n, &router.socket, "192.0.2.7".parse().unwrap());
+    args.extend(["--".into(), "/bin/true".into()]);
     let out = Command::new(binary("vassal-launch"))
-        .args([
-            "run",
-            "--name",
-            &n,
-            "--uid",
-            "47001",
-            "--address",
-            "192.0.2.7",
-            "--router",
-        ])
-        .arg(&router.socket)
-        .args(["--", "/bin/true"])
+        .args(&args)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -243,13 +227,14 @@ fn launcher_refusals_by_the_router_are_clear_and_leave_nothing() {
     );
     assert!(vassal_tests::launcher_harness::leftovers(&n).is_empty());
     // A vassal file naming another gateway: the wrong router.
-    let dir = vassal_tests::launcher_harness::TempDir::new();
-    let file = dir.write(
-        "v.toml",
+    let dir = TempDir::new();
+    let file = vassal_file(
+        &dir,
+        &n,
+        &["/bin/true"],
         &format!(
-            "name = \"{n}\"\ncommand = [\"/bin/true\"]\nuid = 47001\n[network]\nrouter = \"{}\"\naddress = \"{}\"\ngateway = \"192.0.2.1\"\n",
-            router.socket.display(),
-            router.addr(9)
+            "{}gateway = \"192.0.2.1\"\n",
+            network_table(&router.socket, router.addr(9))
         ),
     );
     let out = Command::new(binary("vassal-launch"))
@@ -275,7 +260,7 @@ fn launcher_events_reach_the_router_promptly_as_counters() {
         rules: Some(OPEN_RULES.into()),
         ..Default::default()
     });
-    let dir = vassal_tests::launcher_harness::TempDir::new();
+    let dir = TempDir::new();
     let n = name("le");
     // A worker killed for memory while the vassal goes on, forks refused by
     // the pids limit, then (after a pause that outlasts the once-a-second
@@ -284,13 +269,13 @@ fn launcher_events_reach_the_router_promptly_as_counters() {
                   (for i in $(seq 20); do sleep 30 & done) 2>/dev/null; \
                   sleep 6; \
                   exec /usr/bin/python3 -c 'import ctypes; ctypes.CDLL(None).syscall(250, 0, 0, 0, 0, 0)'";
-    let file = dir.write(
-        "v.toml",
+    let file = vassal_file(
+        &dir,
+        &n,
+        &["/bin/sh", "-c", script],
         &format!(
-            "name = \"{n}\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\nuid = 47001\n\
-             [network]\nrouter = \"{}\"\naddress = \"{}\"\n[limits]\nmemory = \"64M\"\npids = 10\n",
-            router.socket.display(),
-            router.addr(2)
+            "{}[limits]\nmemory = \"64M\"\npids = 10\n",
+            network_table(&router.socket, router.addr(2))
         ),
     );
     let mut vassal = Command::new(binary("vassal-launch"))
