@@ -81,6 +81,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let nat = if config.nat.masquerade {
         Some(Nat::install(&config)?)
     } else {
+        // Without nft there can be no stale table: a failure only warns.
+        if let Err(e) = Nat::remove_stale(&config) {
+            tracing::warn!("NAT off: {e}");
+        }
         None
     };
     let router = Arc::new(Router {

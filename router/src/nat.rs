@@ -91,6 +91,19 @@ impl Nat {
         Ok(Nat { table })
     }
 
+    /// With NAT off: deletes the table a router of this device left when it
+    /// was killed with NAT on (in one transaction that creates it first, so
+    /// it works whether or not one is there). Safe: the device is this
+    /// router's alone (IFF_TUN_EXCL), so the table can be no one else's.
+    pub fn remove_stale(config: &Config) -> Result<(), NatError> {
+        let table = table_name(&config.device);
+        nft(
+            "remove stale",
+            &table,
+            &format!("add table inet {table}\ndelete table inet {table}\n"),
+        )
+    }
+
     /// Deletes exactly the table this router installed. Forwarding stays
     /// enabled: other services of the host may rely on it.
     pub fn remove(self) -> Result<(), NatError> {

@@ -870,11 +870,9 @@ fn abuse_router_restart_keeps_connections_where_the_remote_side_speaks_next() {
 /// keeps the dead process's `inet vassal_<device>` table: it installs and
 /// replaces the table only when NAT is on, and removes only a table it
 /// installed itself, so the masquerade of the vassal subnet stays in the
-/// kernel for as long as the host runs, through clean stops too. Remove
-/// the `ignore` when a start without NAT deletes a stale table of its
-/// device.
+/// kernel for as long as the host runs, through clean stops too. Fixed: a
+/// start without NAT deletes a stale table of its device.
 #[test]
-#[ignore = "BUG: a stale NAT table survives a restart with nat.masquerade = false, and its clean stop"]
 fn abuse_router_restart_without_nat_removes_the_stale_table() {
     let mut router = TestRouter::start(&RouterSpec {
         nat: Some(None),
