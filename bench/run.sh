@@ -208,7 +208,8 @@ for name, cmd in cmds.items():
 PY
 }
 
-scale() {
+# A router on a /16 (room for SCALE vassals), open rules, at nice -10.
+start_wide_router() {
     cat >"$WORK/router.toml" <<TOML
 device = "$DEV"
 gateway = "10.252.0.1/16"
@@ -220,6 +221,10 @@ masquerade = false
 TOML
     nice -n -10 "$BIN/vassal-router" run --config "$WORK/router.toml" 2>>"$WORK/router.log" &
     ROUTER=$!; sleep 1
+}
+
+scale() {
+    start_wide_router
     python3 bench/attach_many.py "$SCALE" "$WORK/router.sock" "$ROUTER" 10.252.0.1 >"$WORK/scale.json"
     kill "$ROUTER"; wait "$ROUTER" 2>/dev/null || true
     python3 - "$WORK/scale.json" >>"$RESULTS" <<'PY'
@@ -236,17 +241,7 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 # N vassals sending to the host at once, ours and over veth pairs.
 AGGREGATE=${AGGREGATE:-100}
 aggregate() {
-    cat >"$WORK/router.toml" <<TOML
-device = "$DEV"
-gateway = "10.252.0.1/16"
-control_socket = "$WORK/router.sock"
-metrics_listen = "127.0.0.1:19899"
-rules = "$WORK/open.toml"
-[nat]
-masquerade = false
-TOML
-    nice -n -10 "$BIN/vassal-router" run --config "$WORK/router.toml" 2>>"$WORK/router.log" &
-    ROUTER=$!; sleep 1
+    start_wide_router
     record aggregate vassals "$AGGREGATE"
     timeout $((SECS * 4 + 300)) python3 bench/attach_many.py "$AGGREGATE" "$WORK/router.sock" "$ROUTER" 10.252.0.1 --iperf "$SECS" >"$WORK/agg.json" || true
     kill "$ROUTER"; wait "$ROUTER" 2>/dev/null || true

@@ -18,6 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use vassal_tests::launcher_harness::in_netns_of;
 use vassal_tests::router_harness::{echo_server, RouterSpec, TestRouter, PYTHON};
 use vassal_tests::{unique, wait_until, KillOnDrop, Netns, Veth};
 
@@ -176,19 +177,8 @@ impl Drop for Emperor {
     }
 }
 
-/// Runs `argv` in the network namespace of `pid`.
-fn in_vassal(pid: u32, argv: &[&str]) -> bool {
-    Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "--"])
-        .args(argv)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn ping(pid: u32, dst: &str) -> bool {
-    in_vassal(pid, &["ping", "-n", "-q", "-c", "1", "-W", "1", dst])
+    in_netns_of(pid, &["ping", "-n", "-q", "-c", "1", "-W", "1", dst])
 }
 
 fn device_exists(name: &str) -> bool {
@@ -332,7 +322,7 @@ fn ops_uwsgi_emperor_switches_over_to_vassal_router() {
          s.sendall(b'switched'); assert s.recv(8) == b'switched'\n"
     );
     assert!(
-        in_vassal(pid, &[PYTHON, "-c", &script]),
+        in_netns_of(pid, &[PYTHON, "-c", &script]),
         "{}",
         router.log_text()
     );
