@@ -9,7 +9,7 @@
 # host by a veth pair and holding 203.0.113.1 (a documentation address):
 # no traffic leaves the machine.
 #
-#   sudo tests/demo.sh
+#   tests/demo.sh          (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -4,8 +4,8 @@
 # uWSGI peers and vassals). Installs what the tests use on a fresh Debian
 # machine first. Must run as root.
 #
-#   sudo tests/run-all.sh            # everything
-#   sudo tests/run-all.sh router_    # only tests whose name matches
+#   tests/run-all.sh            # everything (as root)
+#   tests/run-all.sh router_    # only tests whose name matches
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

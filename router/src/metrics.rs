@@ -83,7 +83,7 @@ fn describe() {
     );
     describe_gauge!(
         "vassal_attached",
-        "1 while a vassal of the project is attached."
+        "Number of the project's vassals attached now."
     );
     describe_gauge!(
         "vassal_flows",
