@@ -236,12 +236,10 @@ struct Root {
 impl Root {
     /// The existing `path` (inside the new root), opened safely.
     fn open(&self, step: &'static str, path: &Path) -> Result<(OwnedFd, bool), RootfsError> {
-        open_beneath(step, self.fd.as_fd(), &self.path, path)?.ok_or_else(|| {
-            RootfsError::Missing {
-                step,
-                path: path.to_owned(),
-                hint: " in the vassal's root filesystem",
-            }
+        open_beneath(step, self.fd.as_fd(), &self.path, path)?.ok_or_else(|| RootfsError::Missing {
+            step,
+            path: path.to_owned(),
+            hint: " in the vassal's root filesystem",
         })
     }
 
@@ -404,7 +402,14 @@ pub fn build(config: &VassalConfig) -> Result<(), RootfsError> {
         fd: staging_fd,
         new_api: mountapi::available(),
     };
-    root.bind(step, &rootfs, Path::new("/"), recursive, Access::ReadOnly, 0)?;
+    root.bind(
+        step,
+        &rootfs,
+        Path::new("/"),
+        recursive,
+        Access::ReadOnly,
+        0,
+    )?;
     drop(rootfs);
     // From here on, the fd of the mounted root, not of the directory below.
     let root = Root {
@@ -565,7 +570,14 @@ fn bind(root: &Root, m: &Mount) -> Result<(), RootfsError> {
             hint: "",
         });
     };
-    if open_beneath(step, root.fd.as_fd(), &root.path, &m.target)?.is_none() {
+    if open_beneath(
+        "binding a [[mount]] target",
+        root.fd.as_fd(),
+        &root.path,
+        &m.target,
+    )?
+    .is_none()
+    {
         return Err(RootfsError::Missing {
             step: "binding a [[mount]] target",
             path: m.target.clone(),

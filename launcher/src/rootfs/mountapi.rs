@@ -113,15 +113,35 @@ pub fn attach(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()> {
     .map(drop)
 }
 
-/// The mount points at or below `top` in a `/proc/self/mountinfo` text, in
-/// the table's order (a parent before its children).
+/// The mount points of the mount tree on `top` in a `/proc/self/mountinfo`
+/// text: the mount on it last (the one visible there) and its descendants,
+/// in the table's order (a parent before its children). Mounts at paths
+/// below `top` that it covers (older mounts of the parent) are not in it.
 pub fn mount_points_below(mountinfo: &str, top: &Path) -> Vec<PathBuf> {
-    mountinfo
+    let entries: Vec<(&str, &str, PathBuf)> = mountinfo
         .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
-        .filter(|point| point.starts_with(top))
-        .collect()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let id = f.next()?;
+            let parent = f.next()?;
+            let point = f.nth(2)?;
+            Some((id, parent, PathBuf::from(unescape(point))))
+        })
+        .collect();
+    let Some(top_id) = entries.iter().rev().find(|e| e.2 == top).map(|e| e.0) else {
+        return Vec::new();
+    };
+    let mut tree = vec![top_id];
+    let mut points = Vec::new();
+    for (id, parent, point) in &entries {
+        if *id == top_id || tree.contains(parent) {
+            if *id != top_id {
+                tree.push(id);
+            }
+            points.push(point.clone());
+        }
+    }
+    points
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for `\`).
@@ -161,13 +181,27 @@ mod tests {
 66 65 0:26 / /run/vassal/.root/media/a\\040b/deep rw,relatime - tmpfs tmpfs rw
 67 42 0:27 / /run/vassal/.rootfs rw,relatime - tmpfs tmpfs rw
 68 42 0:28 / /run rw,relatime - tmpfs tmpfs rw
+69 64 0:29 / /run/vassal/.root/mnt/covered rw,relatime - tmpfs tmpfs rw
+70 64 0:30 / /run/vassal/.root/mnt rw,relatime - ext4 /dev/vda rw
+71 70 0:31 / /run/vassal/.root/mnt/sub rw,relatime - tmpfs tmpfs rw
 ";
         assert_eq!(
-            mount_points_below(table, Path::new("/run/vassal/.root")),
+            mount_points_below(table, Path::new("/run/vassal/.root/media")),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            mount_points_below(table, Path::new("/run/vassal/.root/media/a b")),
             [
-                PathBuf::from("/run/vassal/.root"),
                 PathBuf::from("/run/vassal/.root/media/a b"),
                 PathBuf::from("/run/vassal/.root/media/a b/deep"),
+            ]
+        );
+        // The bind on /mnt covers an older mount below it: not its tree.
+        assert_eq!(
+            mount_points_below(table, Path::new("/run/vassal/.root/mnt")),
+            [
+                PathBuf::from("/run/vassal/.root/mnt"),
+                PathBuf::from("/run/vassal/.root/mnt/sub"),
             ]
         );
         assert_eq!(unescape("a\\134b\\011"), "a\\b\t");
