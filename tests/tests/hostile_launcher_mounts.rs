@@ -40,12 +40,14 @@ impl HostMount {
         HostMount(path.to_owned())
     }
 
-    /// `path` bound onto itself and made shared: mounts below it propagate
-    /// to every copy of it that stays in its peer group.
-    fn shared(path: &Path) -> HostMount {
+    /// `source` bound (alone) on `path` and made shared, as systemd makes
+    /// every mount: mounts below it propagate to every copy of it that
+    /// stays in its peer group, and from them.
+    fn shared(source: &Path, path: &Path) -> HostMount {
         require_root();
+        std::fs::create_dir_all(path).unwrap();
         mount(
-            Some(path),
+            Some(source),
             path,
             None::<&str>,
             MsFlags::MS_BIND,
@@ -259,20 +261,23 @@ fn mounts_a_host_tmpfs_below_the_root_is_read_only_inside() {
     let _ = std::fs::remove_dir(&place);
 }
 
-/// Nothing crosses either way, even through a bind whose host source is a
-/// shared mount: a mount the launcher makes below the bind (a second
-/// [[mount]] nested in it) does not appear on the host, and a mount the host
-/// makes below the source after the vassal started does not appear inside.
+/// Nothing crosses either way, though the vassal's root filesystem and a
+/// bind's source are shared mounts on the host: none of the mounts the
+/// launcher makes in the vassal (its /proc, /tmp, /dev, a [[mount]] nested
+/// in another) appears on the host, and a mount the host makes below the
+/// source after the vassal started does not appear inside.
 #[test]
 fn mounts_do_not_propagate_between_host_and_vassal() {
     let dir = TempDir::new();
+    let root = dir.0.join("root");
+    let _root = HostMount::shared(Path::new("/"), &root);
     let src = dir.0.join("shared");
     std::fs::create_dir_all(src.join("inner")).unwrap();
     std::fs::create_dir_all(src.join("late")).unwrap();
     let other = dir.0.join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("marker"), "other").unwrap();
-    let _shared = HostMount::shared(&src);
+    let _shared = HostMount::shared(&src, &src);
     let go = src.join("go");
     nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let n = name("hp");
@@ -280,7 +285,8 @@ fn mounts_do_not_propagate_between_host_and_vassal() {
         &dir,
         &n,
         &format!(
-            "{}{}{}",
+            "rootfs = {}\n{}{}{}",
+            toml_string(&root.display().to_string()),
             sh_command(
                 "echo up; read x </mnt/go; echo \"late: $(ls -A /mnt/late)\"; grep -c ' /mnt/late ' /proc/self/mountinfo || true",
                 false
@@ -292,13 +298,20 @@ fn mounts_do_not_propagate_between_host_and_vassal() {
     let (mut child, line, mut rest) =
         spawn_until_line(&["run", "--config", file.to_str().unwrap()]);
     assert_eq!(line, "up\n");
-    // Inside to host: the nested bind is the vassal's alone.
+    // Inside to host: the host has no mount below the vassal's root or
+    // the bind's source but the two the test made.
     let host_table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let inner = src.join("inner").display().to_string();
-    assert!(
-        !host_table.contains(&format!(" {inner} ")),
-        "the vassal's mount appeared on the host:\n{host_table}"
-    );
+    let ours: Vec<String> = [&root, &src]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    for line in host_table.lines() {
+        let point = line.split(' ').nth(4).unwrap();
+        assert!(
+            !ours.iter().any(|o| point.starts_with(&format!("{o}/"))),
+            "the vassal's mount appeared on the host: {line}"
+        );
+    }
     assert!(!src.join("inner/marker").exists());
     // Host to inside: a tmpfs mounted below the source now.
     let _late = HostMount::tmpfs(&src.join("late"));
