@@ -309,7 +309,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Why `path` cannot be masked in the root filesystem `rootfs`: it must be
-/// absolute, without `..`, exist, and be reached without a symlink (the
+/// absolute, without `..`, outside the vassal's own scratch filesystems,
+/// exist (under /proc: in ours), and be reached without a symlink (the
 /// launcher does not follow them where it mounts; see rootfs.rs).
 fn mask_problem(rootfs: &Path, path: &Path) -> Result<(), String> {
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
@@ -318,7 +319,22 @@ fn mask_problem(rootfs: &Path, path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
-    let mut at = rootfs.to_path_buf();
+    if let Some(own) = ["/tmp", "/run", "/dev"]
+        .iter()
+        .find(|own| path.starts_with(own))
+    {
+        return Err(format!(
+            "{} is in the vassal's own {own}, which holds nothing of the host to hide",
+            path.display()
+        ));
+    }
+    // /proc is the vassal's own too, but of the same kernel: look at ours.
+    let base = if path.starts_with("/proc") {
+        Path::new("/")
+    } else {
+        rootfs
+    };
+    let mut at = base.to_path_buf();
     for part in path.components() {
         let Component::Normal(name) = part else {
             continue;
@@ -1080,7 +1096,7 @@ profile = "default"
 
     #[test]
     fn masks_must_exist_in_the_root_filesystem_without_symlinks() {
-        let e = errors("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\nmask = [\"/etc/passwd\", \"/no/such/path\",\n  \"rel\", \"/proc/self\"]\n");
+        let e = errors("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\nmask = [\"/etc/passwd\", \"/no/such/path\",\n  \"rel\", \"/proc/self\", \"/tmp/x\", \"/proc/sys\"]\n");
         assert!(
             e.contains(
                 "v.toml:4:24: mask[1]: /no/such/path does not exist in the root filesystem /"
@@ -1095,7 +1111,11 @@ profile = "default"
             e.contains("v.toml:5:10: mask[3]: /proc/self passes through the symlink /proc/self"),
             "{e}"
         );
-        assert_eq!(e.lines().count(), 3, "{e}");
+        assert!(
+            e.contains("mask[4]: /tmp/x is in the vassal's own /tmp"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 4, "{e}");
         let c = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\nrootfs = \"/proc\"\n")
             .unwrap();
         assert!(

@@ -476,8 +476,8 @@ fn deny_new_mount_api() -> std::io::Result<()> {
         jf,
         k: k as u32,
     };
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     let filter = [
         stmt(load, 4), // arch
         jeq(AUDIT_ARCH_X86_64.into(), 0, 5),

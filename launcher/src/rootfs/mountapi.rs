@@ -70,6 +70,8 @@ pub fn clone_tree(source: BorrowedFd<'_>, recursive: bool) -> nix::Result<OwnedF
 /// kernel applies all or nothing. Flags the kernel locked (a user
 /// namespace's inherited ro, nosuid, nodev) can be added, not cleared.
 pub fn set_attrs(fd: BorrowedFd<'_>, recursive: bool, set: u64, clear: u64) -> nix::Result<()> {
+    // MS_PRIVATE is a c_ulong: 32 bits wide on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
     let attr = libc::mount_attr {
         attr_set: set,
         attr_clr: clear,
