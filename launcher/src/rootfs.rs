@@ -1,7 +1,6 @@
 //! The vassal's filesystem view, built inside its new mount namespace and
 //! entered with pivot_root. The order is the one in docs/design.md
-//! ("Launch order", step 2); [`build`] follows it line by line.
-
+//! ("Launch order", supervisor step 3); [`build`] follows it line by line.
 //!
 //! Every mount meant read-only is read-only, nosuid and nodev all the way
 //! down: trees are cloned detached (`open_tree`), given their flags
