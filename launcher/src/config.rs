@@ -350,11 +350,15 @@ fn mask_problem(rootfs: &Path, path: &Path) -> Result<(), String> {
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!(
-                    "{} does not exist in the root filesystem {}",
-                    path.display(),
-                    rootfs.display()
-                ))
+                return Err(if base == rootfs {
+                    format!(
+                        "{} does not exist in the root filesystem {}",
+                        path.display(),
+                        rootfs.display()
+                    )
+                } else {
+                    format!("{} does not exist in this kernel's /proc", path.display())
+                })
             }
             Err(e) => return Err(format!("{}: {e}", at.display())),
         }
