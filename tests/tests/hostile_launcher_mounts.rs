@@ -21,13 +21,15 @@ const USERNS: &str =
     "[user_namespace]\nuid_map = \"0:100000:65536\"\ngid_map = \"0:100000:65536\"\n";
 
 /// A mount made by the test on the host, detached on drop (before the
-/// directories holding it are removed).
-struct HostMount(PathBuf);
+/// directories holding it are removed); its mount point too when the test
+/// created it.
+struct HostMount(PathBuf, bool);
 
 impl HostMount {
     /// A tmpfs anyone may write, on `path` (created).
     fn tmpfs(path: &Path) -> HostMount {
         require_root();
+        let created = !path.exists();
         std::fs::create_dir_all(path).unwrap();
         mount(
             Some("tmpfs"),
@@ -37,7 +39,7 @@ impl HostMount {
             Some("size=1m,mode=1777"),
         )
         .unwrap_or_else(|e| panic!("mounting a tmpfs on {}: {e}", path.display()));
-        HostMount(path.to_owned())
+        HostMount(path.to_owned(), created)
     }
 
     /// `source` bound (alone) on `path` and made shared, as systemd makes
@@ -62,13 +64,16 @@ impl HostMount {
             None::<&str>,
         )
         .unwrap();
-        HostMount(path.to_owned())
+        HostMount(path.to_owned(), false)
     }
 }
 
 impl Drop for HostMount {
     fn drop(&mut self) {
         let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        if self.1 {
+            let _ = std::fs::remove_dir(&self.0);
+        }
     }
 }
 
@@ -258,7 +263,6 @@ fn mounts_a_host_tmpfs_below_the_root_is_read_only_inside() {
         assert!(std::fs::read_dir(&place).unwrap().next().is_none());
         assert_locked_down(mountinfo, &[], false);
     }
-    let _ = std::fs::remove_dir(&place);
 }
 
 /// Nothing crosses either way, though the vassal's root filesystem and a
@@ -552,6 +556,4 @@ fn mounts_are_locked_down_without_mount_setattr_too() {
     // same path (its two /dev/shm) cannot be reached to remount; it stays
     // hidden under the top one, which the vassal cannot unmount.
     assert_locked_down(mountinfo, &[], true);
-    drop(_tmpfs);
-    let _ = std::fs::remove_dir(&place);
 }
