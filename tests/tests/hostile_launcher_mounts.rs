@@ -44,27 +44,21 @@ impl HostMount {
 
     /// `source` bound (alone) on `path` and made shared, as systemd makes
     /// every mount: mounts below it propagate to every copy of it that
-    /// stays in its peer group, and from them.
-    fn shared(source: &Path, path: &Path) -> HostMount {
+    /// stays in its peer group, and from them. With `read_only`, nothing
+    /// can be written through it.
+    fn shared(source: &Path, path: &Path, read_only: bool) -> HostMount {
         require_root();
+        let created = !path.exists();
         std::fs::create_dir_all(path).unwrap();
-        mount(
-            Some(source),
-            path,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
-        mount(
-            None::<&str>,
-            path,
-            None::<&str>,
-            MsFlags::MS_SHARED,
-            None::<&str>,
-        )
-        .unwrap();
-        HostMount(path.to_owned(), false)
+        let none = None::<&str>;
+        mount(Some(source), path, none, MsFlags::MS_BIND, none).unwrap();
+        let guard = HostMount(path.to_owned(), created);
+        if read_only {
+            let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+            mount(none, path, none, ro, none).unwrap();
+        }
+        mount(none, path, none, MsFlags::MS_SHARED, none).unwrap();
+        guard
     }
 }
 
@@ -273,15 +267,16 @@ fn mounts_a_host_tmpfs_below_the_root_is_read_only_inside() {
 #[test]
 fn mounts_do_not_propagate_between_host_and_vassal() {
     let dir = TempDir::new();
-    let root = dir.0.join("root");
-    let _root = HostMount::shared(Path::new("/"), &root);
+    // Not in `dir`: its recursive removal must never meet a bind of `/`.
+    let root = PathBuf::from(format!("/run/vassal-test-root-{}", unique("pr")));
+    let _root = HostMount::shared(Path::new("/"), &root, true);
     let src = dir.0.join("shared");
     std::fs::create_dir_all(src.join("inner")).unwrap();
     std::fs::create_dir_all(src.join("late")).unwrap();
     let other = dir.0.join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("marker"), "other").unwrap();
-    let _shared = HostMount::shared(&src, &src);
+    let _shared = HostMount::shared(&src, &src, false);
     let go = src.join("go");
     nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let n = name("hp");
