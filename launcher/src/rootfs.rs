@@ -675,3 +675,36 @@ fn build_dev(dev: &Path) -> Result<(), RootfsError> {
         Some("size=64k,mode=0755"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_beneath_refuses_symlinks_anywhere_and_reports_missing_paths() {
+        let base = std::env::temp_dir().join(format!("vassal-rootfs-test-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        std::fs::write(base.join("a/b/file"), "").unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("a/link")).unwrap();
+        std::os::unix::fs::symlink("b", base.join("a/rel")).unwrap();
+        let fd = open(&base, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let step = "test";
+        let open = |p: &str| open_beneath(step, fd.as_fd(), &base, Path::new(p));
+        assert!(matches!(open("/a/b"), Ok(Some((_, true)))));
+        assert!(matches!(open("/a/b/file"), Ok(Some((_, false)))));
+        assert!(matches!(open("/"), Ok(Some((_, true)))));
+        assert!(matches!(open("/a/missing/x"), Ok(None)));
+        for (path, link) in [
+            ("/a/link", "a/link"),
+            ("/a/link/passwd", "a/link"),
+            ("/a/rel/file", "a/rel"),
+        ] {
+            match open(path) {
+                Err(RootfsError::Symlink { link: l, .. }) => assert_eq!(l, base.join(link)),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(matches!(open("/a/../a"), Err(RootfsError::Open { .. })));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
