@@ -7,7 +7,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -215,7 +215,7 @@ struct RawFile {
     network: Option<RawNetwork>,
     #[serde(default)]
     mount: Vec<RawMount>,
-    mask: Option<Spanned<Vec<PathBuf>>>,
+    mask: Option<Vec<Spanned<PathBuf>>>,
     #[serde(default)]
     limits: RawLimits,
     user_namespace: Option<RawUserNs>,
@@ -306,6 +306,64 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// Why `path` cannot be masked in the root filesystem `rootfs`: it must be
+/// absolute, without `..`, outside the vassal's own scratch filesystems,
+/// exist (under /proc: in ours), and be reached without a symlink (the
+/// launcher does not follow them where it mounts; see rootfs.rs).
+fn mask_problem(rootfs: &Path, path: &Path) -> Result<(), String> {
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!(
+            "{} must be an absolute path without '..'",
+            path.display()
+        ));
+    }
+    if let Some(own) = ["/tmp", "/run", "/dev"]
+        .iter()
+        .find(|own| path.starts_with(own))
+    {
+        return Err(format!(
+            "{} is in the vassal's own {own}, which holds nothing of the host to hide",
+            path.display()
+        ));
+    }
+    // /proc is the vassal's own too, but of the same kernel: look at ours.
+    let base = if path.starts_with("/proc") {
+        Path::new("/")
+    } else {
+        rootfs
+    };
+    let mut at = base.to_path_buf();
+    for part in path.components() {
+        let Component::Normal(name) = part else {
+            continue;
+        };
+        at.push(name);
+        match at.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{} passes through the symlink {}; name the real path",
+                    path.display(),
+                    at.display()
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(if base == rootfs {
+                    format!(
+                        "{} does not exist in the root filesystem {}",
+                        path.display(),
+                        rootfs.display()
+                    )
+                } else {
+                    format!("{} does not exist in this kernel's /proc", path.display())
+                })
+            }
+            Err(e) => return Err(format!("{}: {e}", at.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Parses a size: an integer of bytes or a number with a K, M, G or T
@@ -642,13 +700,20 @@ fn validate(raw: RawFile, o: &Overrides, p: &mut Problems<'_>) -> Option<VassalC
     }
 
     let mask = match &raw.mask {
-        Some(m) => {
-            if m.get_ref().iter().any(|x| !x.is_absolute()) {
-                p.at(m.span(), "mask", "every path must be absolute");
+        Some(list) => {
+            for (i, m) in list.iter().enumerate() {
+                if let Err(why) = mask_problem(&rootfs, m.get_ref()) {
+                    p.at(m.span(), &format!("mask[{i}]"), why);
+                }
             }
-            m.get_ref().clone()
+            list.iter().map(|m| m.get_ref().clone()).collect()
         }
-        None => vec![PathBuf::from("/root")],
+        // The default hides the host's /root, when the root filesystem has one.
+        None => ["/root"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|m| mask_problem(&rootfs, m).is_ok())
+            .collect(),
     };
 
     let limits = limits(&raw.limits, p);
@@ -1031,6 +1096,37 @@ profile = "default"
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("1y").is_err());
+    }
+
+    #[test]
+    fn masks_must_exist_in_the_root_filesystem_without_symlinks() {
+        let e = errors("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\nmask = [\"/etc/passwd\", \"/no/such/path\",\n  \"rel\", \"/proc/self\", \"/tmp/x\", \"/proc/sys\"]\n");
+        assert!(
+            e.contains(
+                "v.toml:4:24: mask[1]: /no/such/path does not exist in the root filesystem /"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("v.toml:5:3: mask[2]: rel must be an absolute path"),
+            "{e}"
+        );
+        assert!(
+            e.contains("v.toml:5:10: mask[3]: /proc/self passes through the symlink /proc/self"),
+            "{e}"
+        );
+        assert!(
+            e.contains("mask[4]: /tmp/x is in the vassal's own /tmp"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 4, "{e}");
+        let c = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\nrootfs = \"/proc\"\n")
+            .unwrap();
+        assert!(
+            c.mask.is_empty(),
+            "no /root in this root filesystem: {:?}",
+            c.mask
+        );
     }
 
     #[test]
