@@ -170,8 +170,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         &sigfd,
         tun.as_ref(),
         &mut attachment,
-        (&cg, &mut events),
-        relay.as_mut().map(|r| (r, stdio)),
+        (&cg, &mut events, relay.as_mut()),
     );
     guard.0 = None;
     if let Some(r) = relay.as_mut() {
@@ -257,8 +256,7 @@ fn watch(
     sigfd: &SignalFd,
     tun: Option<&OwnedFd>,
     attachment: &mut Option<Attachment>,
-    (cg, events): (&Cgroup, &mut Events),
-    mut relay: Option<(&mut Relay, Stdio)>,
+    (cg, events, mut relay): (&Cgroup, &mut Events, Option<&mut Relay>),
 ) -> (Option<i32>, Option<i32>, bool) {
     let mut ended: Option<(Option<i32>, Option<i32>, bool)> = None;
     let mut backoff = Duration::from_millis(100);
@@ -281,7 +279,7 @@ fn watch(
         );
         let stdin = std::io::stdin();
         let (master_at, stdin_at) = match relay.as_ref() {
-            Some((r, _)) => (
+            Some(r) => (
                 slot(&mut fds, r.master_interest()),
                 slot(
                     &mut fds,
@@ -304,7 +302,7 @@ fn watch(
         let router_ready = !revents(router_at).is_empty();
         let (master_events, stdin_events) = (revents(master_at), revents(stdin_at));
         drop(fds);
-        if let Some((r, _)) = relay.as_mut() {
+        if let Some(r) = relay.as_mut() {
             r.service(master_events, stdin_events);
         }
 
@@ -335,8 +333,8 @@ fn watch(
                         }
                     }
                     Ok(Signal::SIGWINCH) => {
-                        if let Some((r, stdio)) = relay.as_ref() {
-                            r.resize(*stdio);
+                        if let Some(r) = relay.as_ref() {
+                            r.resize();
                         }
                     }
                     Ok(s) => {

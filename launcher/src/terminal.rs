@@ -161,6 +161,7 @@ pub struct Relay {
     /// Input the pty did not take yet (a command that does not read).
     pending: Vec<u8>,
     saved: Option<Termios>,
+    stdio: Stdio,
 }
 
 /// At most this much of the operator's typing waits for a command that
@@ -185,8 +186,9 @@ impl Relay {
             output,
             pending: Vec::new(),
             saved: None,
+            stdio,
         };
-        relay.resize(stdio);
+        relay.resize();
         if foreground {
             if let Ok(saved) = termios::tcgetattr(stdin.as_fd()) {
                 let mut raw = saved.clone();
@@ -201,8 +203,8 @@ impl Relay {
 
     /// Copies the operator's window size to the vassal's pty (at start and
     /// on SIGWINCH); the kernel then signals the command's foreground.
-    pub fn resize(&self, stdio: Stdio) {
-        let Some(fd) = stdio.0.iter().position(|t| *t) else {
+    pub fn resize(&self) {
+        let Some(fd) = self.stdio.0.iter().position(|t| *t) else {
             return;
         };
         let mut ws = libc::winsize {

@@ -6,6 +6,7 @@
 //! longer the vassal's, and what `/proc` and `/sys` show. Every attack runs
 //! from inside a vassal started by `vassal-launch run`, most with
 //! `seccomp = "none"` so that the defence under test holds on its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use nix::pty::openpty;
 use nix::sys::termios::{self, SetArg};
@@ -86,10 +87,8 @@ impl OperatorTty {
     fn pending_input(&self) -> Vec<u8> {
         let mut n: libc::c_int = 0;
         // SAFETY: FIONREAD writes an int we own.
-        assert_eq!(
-            unsafe { libc::ioctl(self.slave.as_raw_fd(), libc::FIONREAD, &mut n) },
-            0
-        );
+        let rc = unsafe { libc::ioctl(self.slave.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0);
         let mut buf = vec![0u8; n as usize];
         if n > 0 {
             let got = nix::unistd::read(&self.slave, &mut buf).unwrap();
