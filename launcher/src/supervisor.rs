@@ -202,22 +202,10 @@ pub const TITLE: &[u8] = b"vassal-launch: supervisor";
 /// that the kernel reads it as a title and stops at the first NUL (showing
 /// neither the old length nor the environment); the environment becomes NULs.
 fn hide_host_argv() {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return;
-    };
-    // Fields 48-51 (arg_start, arg_end, env_start, env_end); the name in
-    // parentheses may hold spaces, so count after its closing parenthesis,
-    // where field 3 starts.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return;
-    };
-    let fields: Vec<usize> = rest
-        .split_whitespace()
-        .skip(45)
-        .take(4)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let [arg_start, arg_end, env_start, env_end] = fields[..] else {
+    let Some([arg_start, arg_end, env_start, env_end]) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| argv_and_env_bounds(&stat))
+    else {
         return;
     };
     let sane = |start: usize, end: usize| start > 0 && start < end && end - start < (1 << 20);
@@ -227,7 +215,8 @@ fn hide_host_argv() {
         // SAFETY: [arg_start, arg_end) is this process's argv area on its
         // initial stack, mapped and writable; the process is single-
         // threaded and nothing reads argv while we write. The strings
-        // argv[] points into stay NUL-terminated.
+        // argv[] points into stay NUL-terminated (past the last byte, made
+        // non-NUL, come the environment strings, which end in a NUL).
         unsafe {
             let p = arg_start as *mut u8;
             std::ptr::write_bytes(p, 0, len);
@@ -242,6 +231,20 @@ fn hide_host_argv() {
         // only empty entries.
         unsafe { std::ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start) };
     }
+}
+
+/// Fields 48-51 of a `/proc/PID/stat` line: arg_start, arg_end, env_start,
+/// env_end. The name in parentheses may hold spaces and parentheses, so
+/// fields are counted after the last `)`, where field 3 starts.
+fn argv_and_env_bounds(stat: &str) -> Option<[usize; 4]> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(45).map(|f| f.parse().ok());
+    Some([
+        fields.next()??,
+        fields.next()??,
+        fields.next()??,
+        fields.next()??,
+    ])
 }
 
 fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
@@ -379,4 +382,18 @@ fn exec_command(config: &VassalConfig, exec: &Exec, tty: Option<&(OwnedFd, Stdio
     );
     // SAFETY: as above.
     unsafe { libc::_exit(if e == nix::Error::ENOENT { 127 } else { 126 }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_bounds_are_counted_after_the_name() {
+        let fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        let stat = format!("7 (a) b (c) {}\n", fields.join(" "));
+        assert_eq!(argv_and_env_bounds(&stat), Some([48, 49, 50, 51]));
+        assert_eq!(argv_and_env_bounds("7 (short) S 1 2"), None);
+        assert_eq!(argv_and_env_bounds("no name"), None);
+    }
 }

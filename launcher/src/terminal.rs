@@ -156,7 +156,8 @@ pub struct Relay {
     /// fd 0 is relayed: a terminal whose foreground the launcher is (in
     /// the background, reading it would stop the launcher).
     input: bool,
-    /// Where the pty's output goes: fd 1 if a terminal, else fd 2.
+    /// Where the pty's output goes: fd 1 if a terminal, else fd 2 if one,
+    /// else nowhere (only fd 0 is a terminal: the output is its echo).
     output: Option<RawFd>,
     /// Input the pty did not take yet (a command that does not read).
     pending: Vec<u8>,
