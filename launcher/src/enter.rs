@@ -8,7 +8,9 @@ use crate::launch::MOUNTINFO;
 use crate::privileges;
 use crate::seccomp;
 use crate::state;
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::stat::Mode;
 use nix::sys::termios;
 use nix::sys::wait::{waitpid, WaitStatus};
 use std::ffi::CString;
@@ -23,6 +25,17 @@ pub enum EnterError {
     /// The vassal is not running.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// The state file's pid is no longer the vassal's supervisor (its
+    /// launcher was killed and the pid went to another process).
+    #[error("pid {pid} of the state file is not the supervisor of launcher {launcher} (parent {parent}): the vassal is gone")]
+    NotSupervisor {
+        /// The recorded supervisor pid.
+        pid: i32,
+        /// The recorded launcher pid.
+        launcher: i32,
+        /// That process's actual parent.
+        parent: i32,
+    },
     /// A step failed.
     #[error("{step}: {source}")]
     Step {
@@ -41,6 +54,7 @@ fn step(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnterError {
 /// Enters vassal `name` and runs `command`; returns its exit status.
 pub fn enter(name: &str, command: &[String]) -> Result<i32, EnterError> {
     let record = state::lookup(name)?;
+    let supervisor = supervisor_dir(&record)?;
     // Join the cgroup while the host's cgroupfs is still visible.
     if let Ok(h) = cgroup::detect(Path::new(MOUNTINFO)) {
         for dir in cgroup::existing_dirs(&h, name) {
@@ -68,9 +82,19 @@ pub fn enter(name: &str, command: &[String]) -> Result<i32, EnterError> {
     let mut handles = Vec::new();
     for (kind, flag) in kinds {
         let path = format!("/proc/{}/ns/{kind}", record.pid);
-        let f = File::open(&path).map_err(step(format!("opening {path}")))?;
-        handles.push((path, f, flag));
+        let f = nix::fcntl::openat(
+            &supervisor,
+            format!("ns/{kind}").as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| EnterError::Step {
+            step: format!("opening {path}"),
+            source: e.into(),
+        })?;
+        handles.push((path, File::from(f), flag));
     }
+    drop(supervisor);
     for (path, f, flag) in &handles {
         nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::from_bits_truncate(*flag)).map_err(
             |e| EnterError::Step {
@@ -180,6 +204,47 @@ pub fn enter(name: &str, command: &[String]) -> Result<i32, EnterError> {
             })
         }
     }
+}
+
+/// Opens `/proc/<pid>` of the recorded supervisor and checks that its
+/// parent is the recorded launcher: a state file left by a killed launcher
+/// names a pid the kernel may since have given to any process (a
+/// customer's, in namespaces it made). The namespaces are then opened
+/// through this directory, which stays bound to the process it was opened
+/// for: if that pid is reused in between, the opens fail.
+fn supervisor_dir(record: &state::Record) -> Result<OwnedFd, EnterError> {
+    let path = format!("/proc/{}", record.pid);
+    let dir = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| EnterError::Step {
+        step: format!("opening {path}"),
+        source: e.into(),
+    })?;
+    let status = nix::fcntl::openat(
+        &dir,
+        "status",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|fd| std::io::read_to_string(File::from(fd)))
+    .map_err(step(format!("reading {path}/status")))?;
+    let parent = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    if parent != record.launcher_pid {
+        return Err(EnterError::NotSupervisor {
+            pid: record.pid,
+            launcher: record.launcher_pid,
+            parent,
+        });
+    }
+    Ok(dir)
 }
 
 struct Exec {

@@ -9,12 +9,13 @@ use crate::report::Report;
 use crate::state::{State, StateError};
 use crate::supervisor;
 use crate::sync::{self, Message, SyncError};
+use crate::terminal::{Relay, Stdio};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGCHLD,
+        Signal::SIGWINCH,
     ] {
         signals.add(s);
     }
@@ -129,7 +131,15 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         None => None,
     };
     sync::send(outer_end.as_fd(), &Message::Go)?;
-    expect(&outer_end, |m| matches!(m, Message::Ready))?;
+    // With the operator's terminal on fds 0-2, *ready* brings the master of
+    // the vassal's pty (terminal.rs); the relay restores the terminal when
+    // dropped, on every path out.
+    let stdio = Stdio::detect();
+    let master = match sync::recv_with_fd(outer_end.as_fd())? {
+        (Message::Ready, master) => master,
+        (Message::Failed { error }, _) => return Err(LaunchError::Inside(error)),
+        (other, _) => return Err(LaunchError::Inside(format!("unexpected message {other:?}"))),
+    };
 
     // 6. Attach the tun device to the router; then the command may start.
     let mut attachment = match (&config.network, &tun) {
@@ -148,6 +158,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         _ => None,
     };
     sync::send(outer_end.as_fd(), &Message::Start)?;
+    let mut relay = master.map(|m| Relay::new(m, stdio));
 
     // 7. Supervise from outside: forward signals, keep the attachment,
     //    report events as they happen.
@@ -159,9 +170,13 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         &sigfd,
         tun.as_ref(),
         &mut attachment,
-        (&cg, &mut events),
+        (&cg, &mut events, relay.as_mut()),
     );
     guard.0 = None;
+    if let Some(r) = relay.as_mut() {
+        r.drain();
+    }
+    drop(relay);
 
     // 8. Account and report the end, then detach and remove everything.
     let usage: Usage = cg.usage();
@@ -180,14 +195,6 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         status: report.status(),
         report,
     })
-}
-
-fn expect(fd: &OwnedFd, want: impl Fn(&Message) -> bool) -> Result<(), LaunchError> {
-    match sync::recv(fd.as_fd())? {
-        Message::Failed { error } => Err(LaunchError::Inside(error)),
-        m if want(&m) => Ok(()),
-        other => Err(LaunchError::Inside(format!("unexpected message {other:?}"))),
-    }
 }
 
 fn clone_supervisor(config: &VassalConfig, sync_fd: OwnedFd) -> Result<Pid, LaunchError> {
@@ -249,7 +256,7 @@ fn watch(
     sigfd: &SignalFd,
     tun: Option<&OwnedFd>,
     attachment: &mut Option<Attachment>,
-    (cg, events): (&Cgroup, &mut Events),
+    (cg, events, mut relay): (&Cgroup, &mut Events, Option<&mut Relay>),
 ) -> (Option<i32>, Option<i32>, bool) {
     let mut ended: Option<(Option<i32>, Option<i32>, bool)> = None;
     let mut backoff = Duration::from_millis(100);
@@ -264,20 +271,40 @@ fn watch(
             PollFd::new(sync_fd.as_fd(), PollFlags::POLLIN),
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
         ];
-        if let Some(a) = attachment.as_ref() {
-            fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
-        }
+        let router_at = slot(
+            &mut fds,
+            attachment
+                .as_ref()
+                .map(|a| (a.socket.as_fd(), PollFlags::POLLIN)),
+        );
+        let stdin = std::io::stdin();
+        let (master_at, stdin_at) = match relay.as_ref() {
+            Some(r) => (
+                slot(&mut fds, r.master_interest()),
+                slot(
+                    &mut fds,
+                    r.wants_input().then(|| (stdin.as_fd(), PollFlags::POLLIN)),
+                ),
+            ),
+            None => (None, None),
+        };
         let wake = retry_at.map_or(check_at, |t| t.min(check_at));
         let timeout = PollTimeout::try_from(wake.saturating_duration_since(Instant::now()))
             .unwrap_or(PollTimeout::MAX);
         let _ = poll(&mut fds, timeout);
-        let ready = |i: usize| {
-            fds.get(i)
+        let revents = |i: Option<usize>| {
+            i.and_then(|i| fds.get(i))
                 .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty())
+                .unwrap_or(PollFlags::empty())
         };
-        let (sync_ready, sig_ready, router_ready) = (ready(0), ready(1), ready(2));
+        let ready = |i: usize| !revents(Some(i)).is_empty();
+        let (sync_ready, sig_ready) = (ready(0), ready(1));
+        let router_ready = !revents(router_at).is_empty();
+        let (master_events, stdin_events) = (revents(master_at), revents(stdin_at));
         drop(fds);
+        if let Some(r) = relay.as_mut() {
+            r.service(master_events, stdin_events);
+        }
 
         if sync_ready {
             match sync::recv(sync_fd.as_fd()) {
@@ -303,6 +330,11 @@ fn watch(
                             if !matches!(status, WaitStatus::StillAlive) {
                                 return finish(status, ended);
                             }
+                        }
+                    }
+                    Ok(Signal::SIGWINCH) => {
+                        if let Some(r) = relay.as_ref() {
+                            r.resize();
                         }
                     }
                     Ok(s) => {
@@ -341,6 +373,14 @@ fn watch(
             }
         }
     }
+}
+
+/// Adds `fd` to the poll set; returns its index.
+fn slot<'a>(fds: &mut Vec<PollFd<'a>>, fd: Option<(BorrowedFd<'a>, PollFlags)>) -> Option<usize> {
+    fd.map(|(fd, flags)| {
+        fds.push(PollFd::new(fd, flags));
+        fds.len() - 1
+    })
 }
 
 fn reap(

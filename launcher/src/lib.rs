@@ -21,3 +21,4 @@ pub mod seccomp;
 pub mod state;
 pub mod supervisor;
 pub mod sync;
+pub mod terminal;

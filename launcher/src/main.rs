@@ -33,7 +33,9 @@ docs/design.md; run as root.";
 #[derive(Subcommand)]
 enum Command {
     /// Run a vassal until its command ends; exits with the command's status
-    /// (or 128 + the signal that killed it).
+    /// (or 128 + the signal that killed it). The command gets fds 0-2, in a
+    /// session of its own; those that are a terminal are replaced by a pty
+    /// of the vassal's own, relayed to the operator's terminal.
     Run {
         /// Vassal file (TOML). Flags below override its values.
         #[arg(long, short)]

@@ -5,6 +5,7 @@
 
 use crate::config::{SeccompProfile, VassalConfig};
 use crate::sync::{self, Message};
+use crate::terminal::{self, Stdio};
 use crate::{network, privileges, rootfs, seccomp};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -34,8 +35,9 @@ fn handled_set() -> SigSet {
 /// status. Any failure before the command starts is sent to the outer
 /// launcher as [`Message::Failed`] naming the step.
 pub fn run(config: &VassalConfig, sync_fd: OwnedFd) -> ! {
+    hide_host_argv();
     let code = match setup(config, &sync_fd) {
-        Ok(()) => supervise(config, &sync_fd),
+        Ok(pty) => supervise(config, &sync_fd, pty),
         Err(error) => {
             let _ = sync::send(sync_fd.as_fd(), &Message::Failed { error });
             1
@@ -46,11 +48,17 @@ pub fn run(config: &VassalConfig, sync_fd: OwnedFd) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn setup(config: &VassalConfig, sync_fd: &OwnedFd) -> Result<(), String> {
+/// The slave of the vassal's pty, and which of fds 0-2 it replaces in the
+/// command (see `terminal.rs`); `None` when none of them is a terminal.
+type CommandTty = Option<(OwnedFd, Stdio)>;
+
+fn setup(config: &VassalConfig, sync_fd: &OwnedFd) -> Result<CommandTty, String> {
     // A vassal never outlives its launcher: without it nobody supervises,
     // accounts or cleans up. Killing pid 1 ends the whole pid namespace.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // Leave the operator's session: pid 1 has no controlling terminal.
+    nix::unistd::setsid().map_err(|e| format!("leaving the operator's session (setsid): {e}"))?;
     match sync::recv(sync_fd.as_fd()).map_err(|e| e.to_string())? {
         Message::Go => {}
         Message::Failed { error } => return Err(error),
@@ -74,15 +82,29 @@ fn setup(config: &VassalConfig, sync_fd: &OwnedFd) -> Result<(), String> {
     // Customers' processes may not read or trace pid 1.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    sync::send(sync_fd.as_fd(), &Message::Ready).map_err(|e| e.to_string())?;
+    // The operator's terminal stays out of the vassal: the command gets a
+    // pty of the vassal's devpts, whose master the launcher relays.
+    let stdio = Stdio::detect();
+    let pty = if stdio.any() {
+        Some(terminal::open_pty(config.uid, config.gid).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    sync::send_with_fd(
+        sync_fd.as_fd(),
+        &Message::Ready,
+        pty.as_ref().map(|p| p.master.as_fd()),
+    )
+    .map_err(|e| e.to_string())?;
+    let tty = pty.map(|p| (p.slave, stdio));
     match sync::recv(sync_fd.as_fd()).map_err(|e| e.to_string())? {
-        Message::Start => Ok(()),
+        Message::Start => Ok(tty),
         Message::Failed { error } => Err(error),
         other => Err(format!("expected start from the launcher, got {other:?}")),
     }
 }
 
-fn supervise(config: &VassalConfig, sync_fd: &OwnedFd) -> i32 {
+fn supervise(config: &VassalConfig, sync_fd: &OwnedFd, tty: CommandTty) -> i32 {
     let handled = handled_set();
     let action = SigAction::new(
         SigHandler::Handler(ignore),
@@ -106,8 +128,13 @@ fn supervise(config: &VassalConfig, sync_fd: &OwnedFd) -> i32 {
     // SAFETY: the supervisor is single-threaded; the child only calls
     // async-signal-safe functions and exec (see `exec_command`).
     let child = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => exec_command(config, &command),
-        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        Ok(nix::unistd::ForkResult::Child) => exec_command(config, &command, tty.as_ref()),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            // Only the command holds the slave: the launcher's master sees
+            // the pty close when the vassal's processes are gone.
+            drop(tty);
+            child
+        }
         Err(e) => {
             eprintln!("vassal-launch: starting the command (fork): {e}");
             return report(sync_fd, Some(126), None, false);
@@ -161,6 +188,63 @@ fn supervise(config: &VassalConfig, sync_fd: &OwnedFd) -> i32 {
             }
         }
     }
+}
+
+/// What `/proc/1/cmdline` shows inside the vassal.
+pub const TITLE: &[u8] = b"vassal-launch: supervisor";
+
+/// The supervisor is a clone of the launcher, never exec'd: the memory
+/// `/proc/1/cmdline` and `/proc/1/environ` are read from still holds the
+/// launcher's host argv (the vassal file's host path) and the operator's
+/// environment. Overwrite both in place (`PR_SET_MM_ARG_START` would need
+/// CAP_SYS_RESOURCE of the host, which a supervisor in a user namespace
+/// lacks): argv becomes [`TITLE`] then NULs, with its last byte non-NUL so
+/// that the kernel reads it as a title and stops at the first NUL (showing
+/// neither the old length nor the environment); the environment becomes NULs.
+fn hide_host_argv() {
+    let Some([arg_start, arg_end, env_start, env_end]) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| argv_and_env_bounds(&stat))
+    else {
+        return;
+    };
+    let sane = |start: usize, end: usize| start > 0 && start < end && end - start < (1 << 20);
+    if sane(arg_start, arg_end) {
+        let len = arg_end - arg_start;
+        let title = &TITLE[..TITLE.len().min(len - 1)];
+        // SAFETY: [arg_start, arg_end) is this process's argv area on its
+        // initial stack, mapped and writable; the process is single-
+        // threaded and nothing reads argv while we write. The strings
+        // argv[] points into stay NUL-terminated (past the last byte, made
+        // non-NUL, come the environment strings, which end in a NUL).
+        unsafe {
+            let p = arg_start as *mut u8;
+            std::ptr::write_bytes(p, 0, len);
+            std::ptr::copy_nonoverlapping(title.as_ptr(), p, title.len());
+            if len > title.len() + 1 {
+                *p.add(len - 1) = b' ';
+            }
+        }
+    }
+    if sane(env_start, env_end) {
+        // SAFETY: as above, for the environment strings; getenv then finds
+        // only empty entries.
+        unsafe { std::ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start) };
+    }
+}
+
+/// Fields 48-51 of a `/proc/PID/stat` line: arg_start, arg_end, env_start,
+/// env_end. The name in parentheses may hold spaces and parentheses, so
+/// fields are counted after the last `)`, where field 3 starts.
+fn argv_and_env_bounds(stat: &str) -> Option<[usize; 4]> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(45).map(|f| f.parse().ok());
+    Some([
+        fields.next()??,
+        fields.next()??,
+        fields.next()??,
+        fields.next()??,
+    ])
 }
 
 fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
@@ -253,7 +337,7 @@ fn prepare_exec(config: &VassalConfig) -> Result<Exec, String> {
 }
 
 /// In the forked child: drop everything, install seccomp, exec. Never returns.
-fn exec_command(config: &VassalConfig, exec: &Exec) -> ! {
+fn exec_command(config: &VassalConfig, exec: &Exec, tty: Option<&(OwnedFd, Stdio)>) -> ! {
     let fail = |step: &str, e: &dyn std::fmt::Display| -> ! {
         eprintln!("vassal-launch: {step}: {e}");
         // SAFETY: leaving the forked child without running shared atexit state.
@@ -264,6 +348,12 @@ fn exec_command(config: &VassalConfig, exec: &Exec) -> ! {
     for s in handled_set().iter() {
         // SAFETY: restoring default dispositions.
         let _ = unsafe { signal::signal(s, SigHandler::SigDfl) };
+    }
+    // A session of its own: no terminal of the operator's to push
+    // keystrokes into (TIOCSTI), its pty's slave on the fds that were one.
+    let (slave, stdio) = tty.map_or((None, Stdio::default()), |(s, io)| (Some(s.as_fd()), *io));
+    if let Err((step, e)) = terminal::take_session(slave, stdio) {
+        fail(step, &e);
     }
     if let Err(e) = privileges::drop_to(
         config.uid,
@@ -292,4 +382,18 @@ fn exec_command(config: &VassalConfig, exec: &Exec) -> ! {
     );
     // SAFETY: as above.
     unsafe { libc::_exit(if e == nix::Error::ENOENT { 127 } else { 126 }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_bounds_are_counted_after_the_name() {
+        let fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        let stat = format!("7 (a) b (c) {}\n", fields.join(" "));
+        assert_eq!(argv_and_env_bounds(&stat), Some([48, 49, 50, 51]));
+        assert_eq!(argv_and_env_bounds("7 (short) S 1 2"), None);
+        assert_eq!(argv_and_env_bounds("no name"), None);
+    }
 }

@@ -4,7 +4,8 @@
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// What travels on the sync socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,9 +82,31 @@ fn kind(m: &Message) -> &'static str {
 
 /// Sends one message.
 pub fn send(fd: BorrowedFd<'_>, message: &Message) -> Result<(), SyncError> {
+    send_with_fd(fd, message, None)
+}
+
+/// Sends one message, and `passed` with it (`SCM_RIGHTS`): the supervisor
+/// hands the master of the vassal's pty to the outer launcher this way.
+pub fn send_with_fd(
+    fd: BorrowedFd<'_>,
+    message: &Message,
+    passed: Option<BorrowedFd<'_>>,
+) -> Result<(), SyncError> {
     let bytes = serde_json::to_vec(message).unwrap_or_default();
+    let raw: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<socket::ControlMessage<'_>> = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![socket::ControlMessage::ScmRights(&raw)]
+    };
     loop {
-        match socket::send(fd.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
+        match socket::sendmsg::<()>(
+            fd.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
             Ok(_) => return Ok(()),
             Err(nix::Error::EINTR) => continue,
             Err(nix::Error::EPIPE | nix::Error::ECONNRESET) => return Err(SyncError::Closed),
@@ -99,10 +122,36 @@ pub fn send(fd: BorrowedFd<'_>, message: &Message) -> Result<(), SyncError> {
 
 /// Receives one message, blocking.
 pub fn recv(fd: BorrowedFd<'_>) -> Result<Message, SyncError> {
+    recv_with_fd(fd).map(|(m, _)| m)
+}
+
+/// Receives one message and the descriptor sent with it, if any (close on
+/// exec, like every descriptor of the launcher).
+pub fn recv_with_fd(fd: BorrowedFd<'_>) -> Result<(Message, Option<OwnedFd>), SyncError> {
     let mut buf = [0u8; 8192];
-    let n = loop {
-        match socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(n) => break n,
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let (n, passed) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match socket::recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut passed = None;
+                for c in msg.cmsgs().map_err(SyncError::Receive)? {
+                    if let socket::ControlMessageOwned::ScmRights(fds) = c {
+                        for raw in fds {
+                            // SAFETY: the kernel just installed this
+                            // descriptor in our table; nothing else owns it.
+                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                            passed.get_or_insert(owned);
+                        }
+                    }
+                }
+                break (msg.bytes, passed);
+            }
             Err(nix::Error::EINTR) => continue,
             Err(nix::Error::ECONNRESET) => return Err(SyncError::Closed),
             Err(e) => return Err(SyncError::Receive(e)),
@@ -111,7 +160,9 @@ pub fn recv(fd: BorrowedFd<'_>) -> Result<Message, SyncError> {
     if n == 0 {
         return Err(SyncError::Closed);
     }
-    serde_json::from_slice(&buf[..n]).map_err(|e| SyncError::Garbled(e.to_string()))
+    let message =
+        serde_json::from_slice(&buf[..n]).map_err(|e| SyncError::Garbled(e.to_string()))?;
+    Ok((message, passed))
 }
 
 #[cfg(test)]
@@ -137,6 +188,13 @@ mod tests {
         .unwrap();
         assert_eq!(recv(b.as_fd()).unwrap(), ended);
         assert!(matches!(recv(b.as_fd()).unwrap(), Message::Failed { .. }));
+        let (x, _y) = pair().unwrap();
+        send_with_fd(a.as_fd(), &Message::Ready, Some(x.as_fd())).unwrap();
+        let (m, passed) = recv_with_fd(b.as_fd()).unwrap();
+        assert_eq!(m, Message::Ready);
+        let passed = passed.expect("the descriptor travels with the message");
+        let flags = nix::fcntl::fcntl(&passed, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
         drop(a);
         assert!(matches!(recv(b.as_fd()), Err(SyncError::Closed)));
     }

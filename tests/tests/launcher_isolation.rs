@@ -19,7 +19,7 @@ fn launcher_pid_1_is_the_supervisor_and_only_own_processes_are_visible() {
     let text = stdout(&out);
     let mut lines = text.lines();
     assert!(
-        lines.next().unwrap().contains("vassal-launch run"),
+        lines.next().unwrap().contains("vassal-launch: supervisor"),
         "{text}"
     );
     let pids: Vec<u32> = lines
