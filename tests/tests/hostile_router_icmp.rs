@@ -44,8 +44,9 @@ def quote(src, dst, sport, dport):
                         socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
     return h + udp
 
-def inject(to, kind, mtu, qsrc, qdst, sport, dport):
-    # kind: 'unreach' (port unreachable) or 'toobig' (frag needed / PTB)
+def inject(to, kind, mtu, qsrc, qdst, sport, dport, src=None):
+    # kind: 'unreach' (port unreachable) or 'toobig' (frag needed / PTB);
+    # from `src` (an address the sender added to its device) when given
     q = quote(qsrc, qdst, sport, dport)
     if fam(to) == socket.AF_INET:
         t, c = (3, 3) if kind == 'unreach' else (3, 4)
@@ -56,6 +57,8 @@ def inject(to, kind, mtu, qsrc, qdst, sport, dport):
         t, c = (1, 4) if kind == 'unreach' else (2, 0)
         m = struct.pack('!BBHI', t, c, 0, mtu if kind == 'toobig' else 0) + q
         s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    if src:
+        s.bind((src, 0))
     s.sendto(m, (to, 0))
 
 def client(dst, port):
@@ -175,7 +178,7 @@ def listen(bind, port):
 
 cmd = sys.argv[1]
 if cmd == 'inject':
-    inject(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7]), int(sys.argv[8]))
+    inject(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7]), int(sys.argv[8]), *sys.argv[9:])
 elif cmd == 'client':
     client(sys.argv[2], int(sys.argv[3]))
 elif cmd == 'server':
@@ -314,6 +317,23 @@ fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v4() {
         "a forged error arrived"
     );
     assert_eq!(router.dropped("victim", "firewall"), 0.0);
+    // Nor can B pose as the flow's other end: a forged outer source is
+    // spoofing.
+    b.ns.exec(&["ip", "addr", "add", &format!("{srv}/32"), "dev", "vt0"]);
+    tool(
+        &b.ns,
+        &[
+            "inject", &va, "unreach", "0", &va, &srv, &port, "8080", &srv,
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(3), || router
+        .dropped("mallory", "spoofed")
+        == 1.0));
+    assert_eq!(
+        client.ask("state"),
+        "state 0 1500",
+        "a spoofed error arrived"
+    );
 
     // The path really says the same: the internet's errors pass.
     assert_eq!(server.ask("toobig 576"), "sent");
@@ -562,5 +582,38 @@ fn hostile_router_icmp_idle_ipv6_vassal_is_not_spoofing() {
     assert_eq!(router.dropped(&n, "spoofed"), 0.0);
     let spoofed = wait_event(&sink, Duration::from_secs(2), |e| e["event"] == "spoofed");
     assert!(spoofed.is_none(), "{spoofed:?}");
+
+    // A forged global source is still spoofing.
+    let forged = router.addr6(99);
+    assert!(in_netns_of(
+        pid,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{forged}/128"),
+            "dev",
+            "vx0",
+            "nodad"
+        ]
+    ));
+    in_netns_of(
+        pid,
+        &[
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            &forged,
+            &router.gateway6(),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(3), || router
+        .dropped(&n, "spoofed")
+        == 1.0));
     vassal.stop(Duration::from_secs(5));
 }
