@@ -209,7 +209,7 @@ fn deliver_hop(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
     }
     HOP.with_borrow_mut(|buf| {
         if buf.len() < frame.ip.len() {
-            buf.resize(READ_BUFFER, 0);
+            buf.resize(frame.ip.len().max(READ_BUFFER), 0);
         }
         let copy = &mut buf[..frame.ip.len()];
         copy.copy_from_slice(frame.ip);
