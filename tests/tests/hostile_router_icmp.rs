@@ -241,16 +241,19 @@ fn tool(ns: &Netns, args: &[&str]) -> String {
 }
 
 /// The test's "internet": a namespace behind a veth holding a /30 of
-/// 203.0.113.0/24 (one per test process and call).
+/// 203.0.113.0/24 (one per test process and call) and, when asked, a /64
+/// of 2001:db8:ffff::/48.
 struct Internet {
     veth: Veth,
     host_addr: String,
     server: String,
+    /// The host's and the server's IPv6 addresses, when asked for.
+    v6: Option<(String, String)>,
     ns: Netns,
 }
 
 impl Internet {
-    fn new() -> Internet {
+    fn new(v6: bool) -> Internet {
         static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 3;
         // Other test files take 203.0.113.0-239 by pid; keep clear above.
@@ -260,54 +263,110 @@ impl Internet {
             format!("203.0.113.{}", base + 2),
         );
         let ns = Netns::new("in");
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        if !v6 {
+            ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        }
         let veth = Veth::new(&ns, &format!("{host_addr}/30"), &format!("{server}/30"));
+        let v6 = v6.then(|| {
+            let net = format!("2001:db8:ffff:{:x}{n:x}::", std::process::id() % 0xfff);
+            let (host6, server6) = (format!("{net}1"), format!("{net}2"));
+            vassal_tests::ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{host6}/64"),
+                "dev",
+                &veth.host,
+                "nodad",
+            ]);
+            let links = String::from_utf8(
+                ns.exec(&["ip", "-o", "link", "show", "type", "veth"])
+                    .stdout,
+            )
+            .unwrap();
+            let peer = links
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .split('@')
+                .next()
+                .unwrap()
+                .to_owned();
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{server6}/64"),
+                "dev",
+                &peer,
+                "nodad",
+            ]);
+            (host6, server6)
+        });
         Internet {
             veth,
             host_addr,
             server,
+            v6,
             ns,
         }
     }
 }
 
-/// Issue 11, item 2 (IPv4, through NAT to the internet): vassal B forges a
-/// port unreachable and a fragmentation needed (MTU 576) quoting vassal A's
-/// real UDP flow. Neither reaches A (no ECONNREFUSED, path MTU unchanged)
-/// and B's drops are counted; the same errors really sent from the
+/// Issue 11, item 2, through NAT to the internet: vassal B forges a port
+/// unreachable and a fragmentation needed (MTU 576) or packet too big (MTU
+/// 1280) quoting vassal A's real UDP flow. Neither reaches A (no
+/// ECONNREFUSED, path MTU unchanged) and the drops are counted; B posing
+/// as the server is spoofing; the same errors really sent from the
 /// internet side still reach A.
-#[test]
-fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v4() {
-    let internet = Internet::new();
+fn forged_errors_on_a_flow_to_the_internet(v6: bool) {
+    let internet = Internet::new(v6);
     let router = TestRouter::start(&RouterSpec {
         nat: Some(Some(internet.veth.host.clone())),
+        ipv6: v6,
         ..Default::default()
     });
-    let a = TestVassal::attach(&router, "victim", 2);
-    let b = TestVassal::attach(&router, "mallory", 3);
-    let mut server = Tool::start(&internet.ns, &["server", &internet.server, "8080"]);
+    let attach = if v6 {
+        TestVassal::attach6
+    } else {
+        TestVassal::attach
+    };
+    let a = attach(&router, "victim", 2);
+    let b = attach(&router, "mallory", 3);
+    let (va, srv, host, small) = match &internet.v6 {
+        Some((host6, server6)) => (
+            a.addr6.clone().unwrap(),
+            server6.clone(),
+            host6.clone(),
+            "1280",
+        ),
+        None => (
+            a.addr.to_string(),
+            internet.server.clone(),
+            internet.host_addr.clone(),
+            "576",
+        ),
+    };
+    let mut server = Tool::start(&internet.ns, &["server", &srv, "8080"]);
     assert_eq!(server.line(), "ready");
-    let mut client = Tool::start(&a.ns, &["client", &internet.server, "8080"]);
+    let mut client = Tool::start(&a.ns, &["client", &srv, "8080"]);
     let port = client.line();
     let port = port.strip_prefix("port ").unwrap().to_owned();
     assert_eq!(client.ask("send 3"), "echo", "{}", router.log_text());
     let peer = server.line();
-    assert!(
-        peer.starts_with(&format!("peer {} ", internet.host_addr)),
-        "{peer}"
-    );
+    assert!(peer.starts_with(&format!("peer {host} ")), "{peer}");
     assert_eq!(client.ask("state"), "state 0 1500");
 
-    let (va, srv) = (a.addr.to_string(), internet.server.clone());
-    for (kind, mtu) in [("unreach", "0"), ("toobig", "576")] {
+    for (kind, mtu) in [("unreach", "0"), ("toobig", small)] {
         tool(&b.ns, &["inject", &va, kind, mtu, &va, &srv, &port, "8080"]);
     }
-    // Both forged errors counted as B's firewall drops (the default rules
-    // deny vassal to vassal): then A's socket is untouched.
+    // Both forged errors denied by the rules (the default rules deny
+    // vassal to vassal) and counted: then A's socket is untouched.
+    let denied = || router.dropped("mallory", "firewall") + router.dropped("victim", "firewall");
     assert!(
-        wait_until(Duration::from_secs(3), || router
-            .dropped("mallory", "firewall")
-            >= 2.0),
+        wait_until(Duration::from_secs(3), || denied() >= 2.0),
         "{}",
         router.scrape()
     );
@@ -316,10 +375,18 @@ fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v4() {
         "state 0 1500",
         "a forged error arrived"
     );
-    assert_eq!(router.dropped("victim", "firewall"), 0.0);
     // Nor can B pose as the flow's other end: a forged outer source is
     // spoofing.
-    b.ns.exec(&["ip", "addr", "add", &format!("{srv}/32"), "dev", "vt0"]);
+    let prefix = if v6 { "128" } else { "32" };
+    b.ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{srv}/{prefix}"),
+        "dev",
+        "vt0",
+        "nodad",
+    ]);
     tool(
         &b.ns,
         &[
@@ -336,10 +403,10 @@ fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v4() {
     );
 
     // The path really says the same: the internet's errors pass.
-    assert_eq!(server.ask("toobig 576"), "sent");
+    assert_eq!(server.ask(&format!("toobig {small}")), "sent");
     assert!(
         wait_until(Duration::from_secs(3), || client.ask("state")
-            == "state 0 576"),
+            == format!("state 0 {small}")),
         "path MTU discovery broken"
     );
     assert_eq!(server.ask("unreach 0"), "sent");
@@ -351,12 +418,22 @@ fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v4() {
     );
 }
 
+#[test]
+fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v4() {
+    forged_errors_on_a_flow_to_the_internet(false);
+}
+
+#[test]
+fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v6() {
+    forged_errors_on_a_flow_to_the_internet(true);
+}
+
 /// Issue 11, item 2 (IPv6, a flow between two vassals allowed to talk):
 /// mallory forges a port unreachable and a packet too big quoting the
 /// victim's flow to a peer vassal; neither arrives and the victim's in
 /// chain counts both. The peer's own errors about the flow still arrive.
 #[test]
-fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v6() {
+fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_between_vassals_v6() {
     let router = TestRouter::start(&RouterSpec {
         ipv6: true,
         rules: Some(
@@ -414,7 +491,7 @@ fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_v6() {
 #[test]
 fn hostile_router_icmp_echo_with_identifier_zero_gets_its_reply() {
     for nat in [true, false] {
-        let internet = Internet::new();
+        let internet = Internet::new(false);
         let router = TestRouter::start(&RouterSpec {
             nat: nat.then(|| Some(internet.veth.host.clone())),
             ..Default::default()
