@@ -339,7 +339,7 @@ impl Router {
                 None => return,
             },
         };
-        if !icmp::time_exceeded_budget() {
+        if !icmp::TIME_EXCEEDED.take() {
             return;
         }
         let mut out = [0u8; icmp::ERROR_MAX];

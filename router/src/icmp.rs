@@ -178,23 +178,42 @@ pub fn time_exceeded(
     }
 }
 
+/// A per-second budget of messages the router builds itself.
+pub struct Budget {
+    per_second: u32,
+    second: AtomicU32,
+    used: AtomicU32,
+}
+
+impl Budget {
+    /// A budget of `per_second` messages each second.
+    pub const fn new(per_second: u32) -> Budget {
+        Budget {
+            per_second,
+            second: AtomicU32::new(0),
+            used: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes one message from this second's budget; false when spent.
+    pub fn take(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        self.used.fetch_add(1, Ordering::Relaxed) < self.per_second
+    }
+}
+
 /// Time exceeded messages the router sends per second, all vassals
 /// together: a vassal sending TTL-1 packets in a loop makes the router
 /// build at most this many, then only drop.
 pub const TIME_EXCEEDED_PER_SECOND: u32 = 100;
 
-/// Takes one time exceeded message from this second's budget.
-pub fn time_exceeded_budget() -> bool {
-    static SECOND: AtomicU32 = AtomicU32::new(0);
-    static USED: AtomicU32 = AtomicU32::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as u32);
-    if SECOND.swap(now, Ordering::Relaxed) != now {
-        USED.store(0, Ordering::Relaxed);
-    }
-    USED.fetch_add(1, Ordering::Relaxed) < TIME_EXCEEDED_PER_SECOND
-}
+/// The router's budget of time exceeded messages.
+pub static TIME_EXCEEDED: Budget = Budget::new(TIME_EXCEEDED_PER_SECOND);
 
 /// One's complement sum of `b` (16-bit big-endian words) onto `acc`.
 fn sum(b: &[u8], mut acc: u32) -> u32 {
@@ -303,6 +322,16 @@ mod tests {
             !may_relate(&err, true, true),
             "the host about a flow between vassals"
         );
+    }
+
+    #[test]
+    fn the_budget_bounds_messages_per_second() {
+        let b = Budget::new(10);
+        let start = std::time::Instant::now();
+        let taken = (0..1000).filter(|_| b.take()).count();
+        // At most two seconds' worth, should the loop cross a second.
+        assert!(taken >= 10 && taken <= 20, "{taken}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

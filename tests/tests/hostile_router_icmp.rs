@@ -158,6 +158,30 @@ def hop(dst, port, ttl):
             return
     print('none', flush=True)
 
+def flood(dst, port, count):
+    # `count` IPv4 datagrams with TTL 1 as fast as possible; prints how many
+    # left and how many time exceeded came back (until 1.5 s of quiet).
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    r.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+    sent = 0
+    for i in range(count):
+        try:
+            u.sendto(b'loop', (dst, port))
+            sent += 1
+        except OSError:
+            pass
+    exceeded = 0
+    while True:
+        ready, _, _ = select.select([r], [], [], 1.5)
+        if not ready:
+            break
+        b, a = r.recvfrom(2048)
+        if b[(b[0] & 15) * 4] == 11:
+            exceeded += 1
+    print('sent', sent, 'exceeded', exceeded, flush=True)
+
 def listen(bind, port):
     # Prints the TTL/hop limit of the first datagram, or 'none' after 3 s.
     f = fam(bind)
@@ -187,6 +211,8 @@ elif cmd == 'ping0':
     ping0(sys.argv[2])
 elif cmd == 'hop':
     hop(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+elif cmd == 'flood':
+    flood(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
 elif cmd == 'listen':
     listen(sys.argv[2], int(sys.argv[3]))
 "#;
@@ -553,6 +579,21 @@ fn hostile_router_icmp_ttl_is_decremented_between_vassals() {
     }
     assert_eq!(router.dropped("alice", "ttl_exceeded"), 2.0);
     assert_eq!(router.dropped("bob", "ttl_exceeded"), 0.0);
+
+    // A loop of TTL-1 packets: every one dropped, but the router answers
+    // at most its budget (100 a second; two seconds' worth at most).
+    let out = tool(&a.ns, &["flood", &b.addr.to_string(), "9002", "2000"]);
+    let numbers: Vec<f64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let exceeded = numbers[1];
+    let dropped = router.dropped("alice", "ttl_exceeded") - 2.0;
+    assert!(dropped >= 500.0, "{out}, {dropped} dropped");
+    assert!(
+        (1.0..=200.0).contains(&exceeded),
+        "{out}, {dropped} dropped"
+    );
 }
 
 /// Reads events from `sink` until `want` matches one or `timeout` passes.
