@@ -665,6 +665,8 @@ fn hostile_router_icmp_idle_ipv6_vassal_is_not_spoofing() {
         !in_netns_of(pid, &["sh", "-c", "ip -6 addr show dev vx0 | grep -q fe80"]),
         "a link-local address"
     );
+    // Nothing link-local either: the vassal's kernel is quiet.
+    assert_eq!(router.dropped(&n, "link_local"), 0.0);
 
     // By hand, from fe80::: link_local, still no spoofing.
     assert!(in_netns_of(
