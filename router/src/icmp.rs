@@ -330,7 +330,7 @@ mod tests {
         let start = std::time::Instant::now();
         let taken = (0..1000).filter(|_| b.take()).count();
         // At most two seconds' worth, should the loop cross a second.
-        assert!(taken >= 10 && taken <= 20, "{taken}");
+        assert!((10..=20).contains(&taken), "{taken}");
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
