@@ -25,6 +25,16 @@ pub enum NetworkError {
     /// Configuring an interface failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// Writing an IPv6 setting of the device failed.
+    #[error("setting {path} to {value}: {source}")]
+    Sysctl {
+        /// The /proc/sys file.
+        path: String,
+        /// What was written.
+        value: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The router could not be reached.
     #[error("attaching to the router at {path}: {source}")]
     Connect {
@@ -125,12 +135,41 @@ pub fn configure(net: Option<&Network>) -> Result<(), NetworkError> {
             "1",
         );
     }
+    if net.address6.is_some() {
+        quiet_ipv6()?;
+    }
     nl.link_up(DEVICE, Some(u32::from(net.mtu)))?;
     nl.add_address(DEVICE, IpAddr::V4(net.address))?;
     nl.add_default_route(DEVICE, false)?;
     if let Some(a6) = net.address6 {
         nl.add_address(DEVICE, IpAddr::V6(a6))?;
         nl.add_default_route(DEVICE, true)?;
+    }
+    Ok(())
+}
+
+/// IPv6 settings of the device, written before link up so that the kernel
+/// never speaks on its own: the router forwards no link-local traffic and
+/// counts what arrives (`link_local`), so an idle vassal should send none.
+/// No link-local address at all (`addr_gen_mode` none: router
+/// solicitations, MLD and DAD would use it), no router solicitations, no
+/// router advertisements taken, no duplicate address detection (the
+/// router guarantees the address is the vassal's alone).
+const QUIET_IPV6: [(&str, &str); 4] = [
+    ("addr_gen_mode", "1"),
+    ("router_solicitations", "0"),
+    ("accept_ra", "0"),
+    ("accept_dad", "0"),
+];
+
+fn quiet_ipv6() -> Result<(), NetworkError> {
+    for (key, value) in QUIET_IPV6 {
+        let path = format!("/proc/sys/net/ipv6/conf/{DEVICE}/{key}");
+        std::fs::write(&path, value).map_err(|source| NetworkError::Sysctl {
+            path,
+            value,
+            source,
+        })?;
     }
     Ok(())
 }

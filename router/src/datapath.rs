@@ -20,6 +20,7 @@ use crate::events::Logged;
 use crate::firewall::{ActiveRules, Firewall};
 use crate::flows::FlowTable;
 use crate::host_tun::HostTun;
+use crate::icmp;
 use crate::metrics::{DropReason, HostCounters};
 use crate::offload::{self, Plan, VnetHdr, Wire, HDR_LEN};
 use crate::packet::{self, PacketInfo};
@@ -46,6 +47,10 @@ thread_local! {
     static READ: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER]);
     /// Where segments are built for destinations without offloads.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MTU]);
+    /// Where a packet switched between vassals is copied to have its TTL
+    /// decremented, when it cannot be written in parts (see
+    /// [`deliver_hop`]); allocated on a thread's first such packet.
+    static HOP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// State shared by every task of a running router.
@@ -178,6 +183,45 @@ pub fn deliver(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
     }
 }
 
+/// Writes `frame` to `vassal` as the next hop gets it: TTL or hop limit one
+/// less (the caller checked it is at least 2). A whole packet into a tun
+/// goes out with its rewritten head in front of the rest, uncopied; a
+/// packet to cut or to queue for a compat peer is copied first.
+fn deliver_hop(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
+    let mut head = [0u8; icmp::HOP_HEAD];
+    let len = icmp::decrement(frame.ip, &mut head);
+    if let Port::Tun { fd, vnet } = &vassal.port {
+        if *vnet || plan.is_plain() {
+            let (head, rest) = (&head[..len], &frame.ip[len..]);
+            let io = if *vnet {
+                tun::write_parts(fd.as_fd(), &[&plan.header().bytes(), head, rest])
+            } else {
+                tun::write_parts(fd.as_fd(), &[head, rest])
+            };
+            let outcome = Delivery::from(io);
+            let sent = if outcome == Delivery::Sent {
+                plan.wire
+            } else {
+                Wire::default()
+            };
+            return Delivered { outcome, sent };
+        }
+    }
+    HOP.with_borrow_mut(|buf| {
+        if buf.len() < frame.ip.len() {
+            buf.resize(frame.ip.len().max(READ_BUFFER), 0);
+        }
+        let copy = &mut buf[..frame.ip.len()];
+        copy.copy_from_slice(frame.ip);
+        copy[..len].copy_from_slice(&head[..len]);
+        let frame = Frame {
+            hdr: frame.hdr,
+            ip: copy,
+        };
+        deliver(vassal, &frame, plan)
+    })
+}
+
 /// The rules snapshot a reader uses for one batch, with its own project's
 /// id resolved against them.
 pub struct Snapshot {
@@ -280,6 +324,31 @@ impl Router {
         }
     }
 
+    /// Whether `dst` is a vassal's address (attached or not).
+    fn is_vassal_address(&self, dst: IpAddr) -> bool {
+        self.in_own_subnet(dst) || self.registry.lookup(dst).is_some()
+    }
+
+    /// Answers `pkt` from vassal `v`, whose TTL or hop limit ran out at the
+    /// router, with a time exceeded from the gateway (within the budget).
+    fn time_exceeded(&self, v: &Vassal, info: &PacketInfo, pkt: &[u8]) {
+        let from = match info.src {
+            IpAddr::V4(_) => IpAddr::V4(self.config.gateway.addr()),
+            IpAddr::V6(_) => match self.config.gateway6 {
+                Some(g) => IpAddr::V6(g.addr()),
+                None => return,
+            },
+        };
+        if !icmp::TIME_EXCEEDED.take() {
+            return;
+        }
+        let mut out = [0u8; icmp::ERROR_MAX];
+        if let Some(len) = icmp::time_exceeded(pkt, info, from, &mut out) {
+            let d = deliver(v, &Frame::plain(&out[..len]), &Plan::plain(len));
+            v.project.counters.rx(d.sent);
+        }
+    }
+
     /// Handles one packet read from vassal `v`.
     pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, frame: Frame<'_>) {
         let counters = &v.project.counters;
@@ -287,11 +356,15 @@ impl Router {
             return counters.drop(DropReason::Malformed, 1);
         };
         let n = plan.wire.packets;
+        if icmp::is_link_local(&info) {
+            return counters.drop(DropReason::LinkLocal, n);
+        }
         if !v.owns(info.src) {
             return counters.drop(DropReason::Spoofed, n);
         }
         let established = snap.rules.classifier.defaults().established;
-        let reply = established && self.flows.is_reply(&info);
+        let reply =
+            established && icmp::may_relate(&info, false, false) && self.flows.is_reply(&info);
         if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
             note_port(&v.project, &info);
             return counters.drop(DropReason::Firewall, n);
@@ -304,11 +377,16 @@ impl Router {
                     if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
                         return w.project.counters.drop(DropReason::Firewall, n);
                     }
-                    if established && self.flows.open(&info, v.project.slot).is_err() {
-                        return counters.drop(DropReason::FlowTableFull, n);
-                    }
                 }
-                let d = deliver(&w, &frame, &plan);
+                // Between vassals the router is the only hop (docs/design.md).
+                if icmp::hop_limit(frame.ip) <= 1 {
+                    self.time_exceeded(v, &info, frame.ip);
+                    return counters.drop(DropReason::TtlExceeded, n);
+                }
+                if !reply && established && self.flows.open(&info, v.project.slot).is_err() {
+                    return counters.drop(DropReason::FlowTableFull, n);
+                }
+                let d = deliver_hop(&w, &frame, &plan);
                 self.count_offload(&plan, &d, !w.port_has_offloads());
                 counters.tx(d.sent);
                 w.project.counters.rx(d.sent);
@@ -358,7 +436,13 @@ impl Router {
         };
         let counters = &w.project.counters;
         let established = snap.rules.classifier.defaults().established;
-        let reply = established && self.flows.is_reply(&info);
+        let reply = established
+            && icmp::may_relate(
+                &info,
+                true,
+                info.quoted.is_some_and(|q| self.is_vassal_address(q.dst)),
+            )
+            && self.flows.is_reply(&info);
         if !reply {
             let theirs = snap.rules.classifier.project_id(&w.project.name);
             if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
@@ -678,16 +762,116 @@ mod tests {
         let (bob, bob_peer) = b.vassal("bob", 3);
         let to_bob = udp([10, 9, 0, 2], 5000, [10, 9, 0, 3], 7);
         b.send(&alice, &to_bob);
-        assert_eq!(received(&bob_peer), Some(to_bob));
+        assert_eq!(received(&bob_peer), Some(hopped(&to_bob)));
         assert_eq!(received(&b.host_peer), None, "never through the host tun");
         // bob's reply passes alice's in chain as established.
         let back = udp([10, 9, 0, 3], 7, [10, 9, 0, 2], 5000);
         b.send(&bob, &back);
-        assert_eq!(received(&alice_peer), Some(back));
+        assert_eq!(received(&alice_peer), Some(hopped(&back)));
         // bob opening toward alice: alice's in chain denies, charged to alice.
         b.send(&bob, &udp([10, 9, 0, 3], 9, [10, 9, 0, 2], 9));
         assert_eq!(received(&alice_peer), None);
         assert_eq!(alice.project.counters.dropped(DropReason::Firewall), 1);
+    }
+
+    /// `p` one hop further: TTL one less, checksum updated.
+    fn hopped(p: &[u8]) -> Vec<u8> {
+        let mut head = [0u8; icmp::HOP_HEAD];
+        let len = icmp::decrement(p, &mut head);
+        let mut q = p.to_vec();
+        q[..len].copy_from_slice(&head[..len]);
+        q
+    }
+
+    const BETWEEN_VASSALS: &str = "[default]\nout = \"allow\"\nin = \"allow\"\n";
+
+    #[test]
+    fn the_router_is_a_hop_between_vassals() {
+        let b = bench(BETWEEN_VASSALS, "");
+        let (alice, alice_peer) = b.vassal("alice", 2);
+        let (_bob, bob_peer) = b.vassal("bob", 3);
+        let mut p = udp([10, 9, 0, 2], 5000, [10, 9, 0, 3], 7);
+        p[8] = 2;
+        b.send(&alice, &p);
+        let got = received(&bob_peer).unwrap();
+        assert_eq!(icmp::hop_limit(&got), 1);
+        for ttl in [1, 0] {
+            p[8] = ttl;
+            b.send(&alice, &p);
+            assert_eq!(received(&bob_peer), None, "ttl {ttl} never arrives");
+            let te = received(&alice_peer).expect("time exceeded");
+            let info = packet::parse(&te).unwrap();
+            assert_eq!(info.src, IpAddr::from([10, 9, 0, 1]), "from the gateway");
+            assert_eq!((info.proto, te[20]), (packet::proto::ICMP, 11));
+            // A time exceeded that itself runs out gets no answer.
+            let mut te_out = te.clone();
+            te_out[12..20].copy_from_slice(&[10, 9, 0, 2, 10, 9, 0, 3]);
+            te_out[8] = 1;
+            b.send(&alice, &te_out);
+            assert_eq!(received(&alice_peer), None);
+        }
+        assert_eq!(alice.project.counters.dropped(DropReason::TtlExceeded), 4);
+        // Toward the host the kernel is the next hop: unchanged.
+        p[8] = 1;
+        p[16..20].copy_from_slice(&[203, 0, 113, 1]);
+        b.send(&alice, &p);
+        assert_eq!(received(&b.host_peer), Some(p));
+    }
+
+    /// A port unreachable from `src` to `dst` quoting `quoted`.
+    fn unreachable(src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+        let total = 20 + 8 + quoted.len();
+        let mut p = vec![0x45, 0, 0, total as u8, 0, 0, 0, 0, 64, 1, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(quoted);
+        p
+    }
+
+    #[test]
+    fn only_who_may_speak_for_a_flow_sends_its_errors() {
+        let b = bench(OPEN_OUT, "");
+        let (alice, alice_peer) = b.vassal("alice", 2);
+        let (mallory, _) = b.vassal("mallory", 3);
+        let out = udp([10, 9, 0, 2], 4000, [203, 0, 113, 1], 53);
+        b.send(&alice, &out);
+        assert!(received(&b.host_peer).is_some());
+        // Another vassal quoting alice's flow: an ordinary packet, denied
+        // by alice's in chain.
+        b.send(&mallory, &unreachable([10, 9, 0, 3], [10, 9, 0, 2], &out));
+        assert_eq!(received(&alice_peer), None);
+        assert_eq!(alice.project.counters.dropped(DropReason::Firewall), 1);
+        // A hop beyond the host tun may.
+        let real = unreachable([198, 51, 100, 7], [10, 9, 0, 2], &out);
+        b.host_sends(&real);
+        assert_eq!(received(&alice_peer), Some(real));
+        // The host about a flow between vassals may not.
+        let to_mallory = udp([10, 9, 0, 2], 4000, [10, 9, 0, 3], 53);
+        b.host_sends(&unreachable([198, 51, 100, 7], [10, 9, 0, 2], &to_mallory));
+        assert_eq!(received(&alice_peer), None);
+        assert_eq!(alice.project.counters.dropped(DropReason::Firewall), 2);
+    }
+
+    #[test]
+    fn link_local_traffic_is_not_spoofing() {
+        let b = bench(OPEN_OUT, "");
+        let (v, _) = b.vassal("alice", 2);
+        // A router solicitation: fe80::1 -> ff02::2, ICMPv6 133.
+        let mut rs = vec![0x60, 0, 0, 0, 0, 8, 58, 255];
+        rs.extend_from_slice(&"fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        rs.extend_from_slice(&"ff02::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        rs.extend_from_slice(&[133, 0, 0, 0, 0, 0, 0, 0]);
+        b.send(&v, &rs);
+        let c = &v.project.counters;
+        assert_eq!(
+            (
+                c.dropped(DropReason::LinkLocal),
+                c.dropped(DropReason::Spoofed)
+            ),
+            (1, 0)
+        );
+        assert_eq!(received(&b.host_peer), None);
     }
 
     #[test]

@@ -135,7 +135,9 @@ impl FlowTable {
             let inner = self.lock();
             return inner.map.contains_key(&key) || inner.map.contains_key(&key.reversed());
         }
-        if is_icmp(p.proto) && (p.icmp_echo_request || p.src_port == 0) {
+        // Of ICMP messages only echo replies answer a flow (an echo
+        // request's); the identifier, 0 included, is the port.
+        if is_icmp(p.proto) && !p.icmp_echo_reply {
             return false;
         }
         let key = FlowKey::of(p).reversed();
@@ -264,6 +266,7 @@ mod tests {
             dst_port: dp,
             tcp_flags: 0,
             icmp_echo_request: false,
+            icmp_echo_reply: false,
             quoted: None,
             transport: 20,
         }
@@ -331,10 +334,20 @@ mod tests {
         req.icmp_echo_request = true;
         let mut rep = udp("203.0.113.1", 7, "10.0.0.2", 7);
         rep.proto = proto::ICMP;
+        rep.icmp_echo_reply = true;
         assert!(!t.is_reply(&rep));
         t.open(&req, 0).unwrap();
         assert!(t.is_reply(&rep));
         assert!(!t.is_reply(&req), "a request is never a reply");
+        // Identifier 0 (issue 11, item 6): the reply matches like any other,
+        // but a message without identifier (ports 0 too) does not.
+        let (mut req0, mut rep0) = (req, rep);
+        (req0.src_port, req0.dst_port, rep0.src_port, rep0.dst_port) = (0, 0, 0, 0);
+        t.open(&req0, 0).unwrap();
+        assert!(t.is_reply(&rep0));
+        let mut other = rep0;
+        other.icmp_echo_reply = false;
+        assert!(!t.is_reply(&other), "not an echo reply");
     }
 
     #[test]

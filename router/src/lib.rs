@@ -15,6 +15,7 @@ pub mod events;
 pub mod firewall;
 pub mod flows;
 pub mod host_tun;
+pub mod icmp;
 pub mod metrics;
 pub mod nat;
 pub mod offload;

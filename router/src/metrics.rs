@@ -59,7 +59,7 @@ fn describe() {
     );
     describe_counter!(
         "vassal_dropped_packets_total",
-        "Packets of the project dropped, by reason: firewall, spoofed, malformed, queue_full, no_route, flow_table_full."
+        "Packets of the project dropped, by reason: firewall, spoofed, malformed, queue_full, no_route, flow_table_full, ttl_exceeded, link_local."
     );
     describe_counter!(
         "vassal_host_dropped_packets_total",
@@ -123,17 +123,24 @@ pub enum DropReason {
     NoRoute,
     /// The project's flow table is full.
     FlowTableFull,
+    /// Its TTL or hop limit ran out at the router (between two vassals).
+    TtlExceeded,
+    /// IPv6 link-local traffic (link-local or unspecified source, link
+    /// scope destination): the kernel's own, never forwarded.
+    LinkLocal,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Firewall,
         DropReason::Spoofed,
         DropReason::Malformed,
         DropReason::QueueFull,
         DropReason::NoRoute,
         DropReason::FlowTableFull,
+        DropReason::TtlExceeded,
+        DropReason::LinkLocal,
     ];
 
     /// The `reason` label.
@@ -145,6 +152,8 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::NoRoute => "no_route",
             DropReason::FlowTableFull => "flow_table_full",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::LinkLocal => "link_local",
         }
     }
 
@@ -189,7 +198,7 @@ pub struct ProjectCounters {
     pub rx_bytes: Count,
     /// IP packets delivered to the vassal.
     pub rx_packets: Count,
-    dropped: [Count; 6],
+    dropped: [Count; DropReason::ALL.len()],
     /// Rule blocks (uWSGI modifier2 = 1) refused from its compat peers.
     pub compat_rule_blocks: Count,
     /// `vassal_attached{project}`.
@@ -246,7 +255,7 @@ impl ProjectCounters {
 
 /// Router-wide series, not tied to a project.
 pub struct HostCounters {
-    dropped: [Count; 6],
+    dropped: [Count; DropReason::ALL.len()],
     /// `vassal_rules_reload_failures_total`.
     pub reload_failures: Count,
     /// `vassal_rules_reloads_total`.

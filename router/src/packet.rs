@@ -52,6 +52,10 @@ pub struct PacketInfo {
     /// Whether this is an ICMP(v6) echo request (opens a flow) or another
     /// ICMP message; unused for other protocols.
     pub icmp_echo_request: bool,
+    /// Whether this is an ICMP(v6) echo reply: with identifier 0 its ports
+    /// read 0 like those of messages that carry no identifier, so the flow
+    /// table needs to know.
+    pub icmp_echo_reply: bool,
     /// For an ICMP(v6) error (unreachable, too big, time exceeded, parameter
     /// problem): the flow of the packet it quotes, so that errors about an
     /// established flow (path MTU discovery) reach the vassal.
@@ -115,6 +119,7 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         dst_port: 0,
         tcp_flags: 0,
         icmp_echo_request: false,
+        icmp_echo_reply: false,
         quoted: None,
         transport: if frag_offset == 0 { ihl } else { 0 },
     };
@@ -168,6 +173,7 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         dst_port: 0,
         tcp_flags: 0,
         icmp_echo_request: false,
+        icmp_echo_reply: false,
         quoted: None,
         transport: if first_fragment { offset } else { 0 },
     };
@@ -214,6 +220,7 @@ fn transport_fields(info: &mut PacketInfo, t: &[u8], first: bool) -> Result<(), 
                 info.src_port = id;
                 info.dst_port = id;
                 info.icmp_echo_request = t[0] == request;
+                info.icmp_echo_reply = t[0] == reply;
             }
             let error = if info.proto == proto::ICMP {
                 matches!(t[0], 3 | 11 | 12)

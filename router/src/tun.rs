@@ -287,6 +287,35 @@ pub fn write_with_header(fd: BorrowedFd<'_>, header: &[u8], packet: &[u8]) -> Io
     }
 }
 
+/// One `writev(2)` of a packet given in up to three parts (a vnet header,
+/// a rewritten head, the rest), so a packet whose head the router changes
+/// is not copied.
+pub fn write_parts(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> Io {
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [empty; 3];
+    let count = parts.len().min(iov.len());
+    for (v, part) in iov.iter_mut().zip(parts) {
+        *v = libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        };
+    }
+    loop {
+        // SAFETY: the first `count` iovecs describe live slices the kernel
+        // only reads.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+        if n >= 0 {
+            return Io::Done(n as usize);
+        }
+        if let Some(io) = write_error() {
+            return io;
+        }
+    }
+}
+
 /// What a failed write's errno means; `None` for EINTR (try again).
 fn write_error() -> Option<Io> {
     match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
