@@ -3,6 +3,7 @@
 //! with `file:line:column: field: ...`, all of them at once where the TOML
 //! itself parses.
 
+use crate::seccomp::Filter;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -176,8 +177,12 @@ pub struct VassalConfig {
     pub uid_map: Option<Vec<IdRange>>,
     /// gid map of the user namespace.
     pub gid_map: Option<Vec<IdRange>>,
-    /// Seccomp profile.
+    /// Seccomp profile, as the file names it.
     pub seccomp: SeccompProfile,
+    /// The profile's compiled filter (`None` for "none"), read and compiled
+    /// here, from the host's view of the profile path, so that `check`,
+    /// `run` and `enter` share one result.
+    pub filter: Option<Filter>,
 }
 
 /// Values given on the command line; each overrides the file.
@@ -669,6 +674,16 @@ fn validate(raw: RawFile, o: &Overrides, p: &mut Problems<'_>) -> Option<VassalC
             }
         },
     };
+    let profile_span = raw.seccomp.as_ref().map_or(0..0, |s| s.profile.span());
+    let compiled = match &seccomp {
+        SeccompProfile::None => Ok(None),
+        SeccompProfile::Default => Filter::compile(&[]).map(Some),
+        SeccompProfile::File(f) => Filter::from_profile(f).map(Some),
+    };
+    let filter = compiled.unwrap_or_else(|e| {
+        p.at(profile_span, "seccomp.profile", e.to_string());
+        None
+    });
 
     Some(VassalConfig {
         name,
@@ -686,6 +701,7 @@ fn validate(raw: RawFile, o: &Overrides, p: &mut Problems<'_>) -> Option<VassalC
         uid_map,
         gid_map,
         seccomp,
+        filter,
     })
 }
 
