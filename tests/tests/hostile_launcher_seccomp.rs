@@ -269,6 +269,9 @@ impl Drop for SharedDir {
     }
 }
 
+/// Python calling getpid(2) directly, and saying so.
+const GETPID: &str = "import ctypes; print('pid', ctypes.CDLL(None).syscall(39))";
+
 /// `vassal-launch enter NAME -- ARGV...`, stdin closed.
 fn enter(n: &str, argv: &[&str]) -> Output {
     Command::new(binary("vassal-launch"))
@@ -281,11 +284,12 @@ fn enter(n: &str, argv: &[&str]) -> Output {
 
 #[test]
 fn hostile_enter_runs_under_the_vassals_own_profile() {
-    // The profile is visible inside and out, so that today's `run` applies
-    // it: the question is only what `enter` does.
+    // The profile is visible inside and out, so that the old `run` (which
+    // read it after pivot_root) applies it too: the question is only what
+    // `enter` does. getpid: a call no program here makes on its own.
     let shared = SharedDir::new("ep");
     let profile = shared.0.join("profile.json");
-    std::fs::write(&profile, r#"["uname"]"#).unwrap();
+    std::fs::write(&profile, r#"["getpid"]"#).unwrap();
     let dir = TempDir::new();
     let n = name("ep");
     let file = vassal_file(
@@ -302,7 +306,7 @@ fn hostile_enter_runs_under_the_vassals_own_profile() {
     assert!(wait_until(Duration::from_secs(5), || supervisor_pid(&n).is_some()));
     let out = enter(&n, &["/bin/true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let out = enter(&n, &["/bin/uname", "-a"]);
+    let out = enter(&n, &[PYTHON, "-c", GETPID]);
     assert_eq!(code(&out), KILLED, "{}{}", stdout(&out), stderr(&out));
     // The built-in list holds under enter too.
     let out = enter(&n, &["/usr/bin/unshare", "-U", "true"]);
@@ -322,7 +326,7 @@ fn hostile_enter_runs_under_the_vassals_own_profile() {
         dir.0.join("stderr-none"),
     );
     assert!(wait_until(Duration::from_secs(5), || supervisor_pid(&m).is_some()));
-    let out = enter(&m, &["/bin/uname"]);
+    let out = enter(&m, &[PYTHON, "-c", GETPID]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
