@@ -32,7 +32,6 @@
 //! state file, where `enter` takes the very same programs.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// A seccomp step that failed.
@@ -155,63 +154,143 @@ pub const PERSONAS: &[u32] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 /// The programs in the order they are installed, with their names.
 const PROGRAMS: [&str; 5] = ["abi", "kill", "enosys", "eafnosupport", "eperm"];
 
-fn dword(index: u8, op: Value, val: u64) -> Value {
-    json!({ "index": index, "type": "dword", "op": op, "val": val })
+/// What a filter answers, in seccompiler's JSON words.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Action {
+    Allow,
+    KillProcess,
+    Errno(i32),
 }
 
-/// The policy in seccompiler's JSON form: one filter per action. `extra`
-/// are a profile's names, killed like [`DENIED`].
-pub fn policy(extra: &[String]) -> Value {
-    let mut kill: Vec<Value> = DENIED
+/// A compare, in seccompiler's JSON words.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    Eq,
+    Ne,
+    MaskedEq(u64),
+}
+
+/// One argument compare. Always a dword (the low 32 bits): every argument
+/// compared here is an `int` or `unsigned int` to the kernel.
+#[derive(Serialize)]
+struct Cond {
+    index: u8,
+    #[serde(rename = "type")]
+    len: &'static str,
+    op: Op,
+    val: u64,
+}
+
+fn dword(index: u8, op: Op, val: u64) -> Cond {
+    Cond {
+        index,
+        len: "dword",
+        op,
+        val,
+    }
+}
+
+/// A syscall, matched outright (no `args`) or when every compare holds.
+/// Several rules of one syscall match when any does.
+#[derive(Serialize)]
+struct Rule<'a> {
+    syscall: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    args: Vec<Cond>,
+}
+
+fn outright(syscall: &str) -> Rule<'_> {
+    Rule {
+        syscall,
+        args: Vec::new(),
+    }
+}
+
+/// One filter: `filter_action` for what its rules match, allow the rest.
+#[derive(Serialize)]
+struct JsonFilter<'a> {
+    mismatch_action: Action,
+    filter_action: Action,
+    filter: Vec<Rule<'a>>,
+}
+
+/// The whole policy: one filter per action, named as in [`PROGRAMS`].
+#[derive(Serialize)]
+pub struct Policy<'a> {
+    kill: JsonFilter<'a>,
+    enosys: JsonFilter<'a>,
+    eafnosupport: JsonFilter<'a>,
+    eperm: JsonFilter<'a>,
+}
+
+/// The policy, in seccompiler's JSON form once serialized. `extra` are a
+/// profile's names, killed like [`DENIED`].
+pub fn policy(extra: &[String]) -> Policy<'_> {
+    let mut kill: Vec<Rule> = DENIED
         .iter()
         .copied()
         .chain(extra.iter().map(String::as_str))
-        .map(|n| json!({ "syscall": n }))
+        .map(outright)
         .collect();
     // seccompiler turns a syscall with any conditional rule into a
     // conditional one: only add clone's when clone is not denied outright.
     if !extra.iter().any(|n| n == "clone") {
         for &flag in CLONE_NS_FLAGS {
             let flag = flag as u32 as u64;
-            kill.push(json!({
-                "syscall": "clone",
-                "args": [dword(0, json!({ "masked_eq": flag }), flag)],
-            }));
+            kill.push(Rule {
+                syscall: "clone",
+                args: vec![dword(0, Op::MaskedEq(flag), flag)],
+            });
         }
     }
-    let enosys: Vec<Value> = UNAVAILABLE.iter().map(|n| json!({ "syscall": n })).collect();
     let mut eafnosupport = Vec::new();
-    for call in ["socket", "socketpair"] {
-        let other_family: Vec<Value> = FAMILIES
+    for syscall in ["socket", "socketpair"] {
+        let other_family = FAMILIES
             .iter()
-            .map(|&f| dword(0, json!("ne"), f as u64))
+            .map(|&f| dword(0, Op::Ne, f as u64))
             .collect();
-        eafnosupport.push(json!({ "syscall": call, "args": other_family }));
-        eafnosupport.push(json!({
-            "syscall": call,
-            "args": [
-                dword(0, json!("eq"), libc::AF_NETLINK as u64),
-                dword(2, json!("ne"), libc::NETLINK_ROUTE as u64),
+        eafnosupport.push(Rule {
+            syscall,
+            args: other_family,
+        });
+        eafnosupport.push(Rule {
+            syscall,
+            args: vec![
+                dword(0, Op::Eq, libc::AF_NETLINK as u64),
+                dword(2, Op::Ne, libc::NETLINK_ROUTE as u64),
             ],
-        }));
+        });
     }
-    let mut eperm: Vec<Value> = REFUSED_IOCTLS
+    let mut eperm: Vec<Rule> = REFUSED_IOCTLS
         .iter()
-        .map(|&nr| json!({ "syscall": "ioctl", "args": [dword(1, json!("eq"), nr as u32 as u64)] }))
+        .map(|&nr| Rule {
+            syscall: "ioctl",
+            args: vec![dword(1, Op::Eq, nr as u32 as u64)],
+        })
         .collect();
-    eperm.push(json!({
-        "syscall": "personality",
-        "args": PERSONAS.iter().map(|&p| dword(0, json!("ne"), p as u64)).collect::<Vec<_>>(),
-    }));
-    let filter = |action: Value, rules: Vec<Value>| {
-        json!({ "mismatch_action": "allow", "filter_action": action, "filter": rules })
+    eperm.push(Rule {
+        syscall: "personality",
+        args: PERSONAS
+            .iter()
+            .map(|&p| dword(0, Op::Ne, p as u64))
+            .collect(),
+    });
+    let filter = |filter_action, filter| JsonFilter {
+        mismatch_action: Action::Allow,
+        filter_action,
+        filter,
     };
-    json!({
-        "kill": filter(json!("kill_process"), kill),
-        "enosys": filter(json!({ "errno": libc::ENOSYS }), enosys),
-        "eafnosupport": filter(json!({ "errno": libc::EAFNOSUPPORT }), eafnosupport),
-        "eperm": filter(json!({ "errno": libc::EPERM }), eperm),
-    })
+    Policy {
+        kill: filter(Action::KillProcess, kill),
+        enosys: filter(
+            Action::Errno(libc::ENOSYS),
+            UNAVAILABLE.iter().copied().map(outright).collect(),
+        ),
+        eafnosupport: filter(Action::Errno(libc::EAFNOSUPPORT), eafnosupport),
+        eperm: filter(Action::Errno(libc::EPERM), eperm),
+    }
 }
 
 /// The compiled filter: BPF programs installed in order.
@@ -296,9 +375,10 @@ impl Filter {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            let text = policy(extra).to_string();
+            let text = serde_json::to_vec(&policy(extra))
+                .map_err(|e| SeccompError::Compile(e.to_string()))?;
             let mut map =
-                seccompiler::compile_from_json(text.as_bytes(), seccompiler::TargetArch::x86_64)
+                seccompiler::compile_from_json(&text[..], seccompiler::TargetArch::x86_64)
                     .map_err(|e| SeccompError::Compile(e.to_string()))?;
             let mut programs = vec![abi_program()];
             for name in &PROGRAMS[1..] {
