@@ -138,7 +138,12 @@ pub const CLONE_NS_FLAGS: &[libc::c_int] = &[
 /// The address families `socket` and `socketpair` accept; netlink only
 /// with the route protocol (addresses and interfaces: glibc's getaddrinfo
 /// and getifaddrs, `ip`).
-pub const FAMILIES: &[libc::c_int] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
+pub const FAMILIES: &[libc::c_int] = &[
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
 
 /// Terminal ioctls refused on any fd: TIOCSTI (push input into a
 /// terminal), TIOCLINUX (the same on a virtual console, and selection
@@ -218,7 +223,7 @@ struct JsonFilter<'a> {
 
 /// The whole policy: one filter per action, named as in [`PROGRAMS`].
 #[derive(Serialize)]
-pub struct Policy<'a> {
+struct Policy<'a> {
     kill: JsonFilter<'a>,
     enosys: JsonFilter<'a>,
     eafnosupport: JsonFilter<'a>,
@@ -227,7 +232,7 @@ pub struct Policy<'a> {
 
 /// The policy, in seccompiler's JSON form once serialized. `extra` are a
 /// profile's names, killed like [`DENIED`].
-pub fn policy(extra: &[String]) -> Policy<'_> {
+fn policy(extra: &[String]) -> Policy<'_> {
     let mut kill: Vec<Rule> = DENIED
         .iter()
         .copied()
@@ -465,9 +470,7 @@ mod tests {
         let with = kill(&["clone".into()]);
         // Unconditional clone: no compare of its first argument remains.
         assert!(!with.iter().any(|i| i.k == libc::CLONE_NEWUSER as u32));
-        assert!(kill(&[])
-            .iter()
-            .any(|i| i.k == libc::CLONE_NEWUSER as u32));
+        assert!(kill(&[]).iter().any(|i| i.k == libc::CLONE_NEWUSER as u32));
     }
 
     #[test]

@@ -23,7 +23,9 @@ const KILLED: i32 = 128 + libc::SIGSYS;
 fn python(prefix: &str, script: &str) -> Output {
     let n = name(prefix);
     let uid = PROJECT_UID.to_string();
-    launch(&["run", "--name", &n, "--uid", &uid, "--", PYTHON, "-c", script])
+    launch(&[
+        "run", "--name", &n, "--uid", &uid, "--", PYTHON, "-c", script,
+    ])
 }
 
 /// The `key value` lines a probe script printed, as a map.
@@ -240,7 +242,12 @@ say('personality_linux', call(135, 0))
 "
     );
     let a = answers(&python("se", &script));
-    for key in ["io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"] {
+    for key in [
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "clone3",
+    ] {
         assert_eq!(a[key], "ENOSYS", "{key}: {a:?}");
     }
     for key in ["personality_no_randomize", "personality_exec"] {
