@@ -207,6 +207,17 @@ for key, nr, *args in probes:
         os._exit(0)
     _, st = os.waitpid(pid, 0)
     say(key, 'sig%d' % os.WTERMSIG(st) if os.WIFSIGNALED(st) else 'survived')
+# getpid of the i386 ABI (int 0x80), from machine code of our own.
+import mmap
+page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')  # mov eax, 20; int 0x80; ret
+i386_getpid = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+pid = os.fork()
+if pid == 0:
+    i386_getpid()
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+say('i386_getpid', 'sig%d' % os.WTERMSIG(st) if os.WIFSIGNALED(st) else 'survived')
 # A plain fork through clone still works.
 pid = os.fork()
 if pid == 0:
@@ -223,7 +234,7 @@ say('fork', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
         .collect();
     survived.sort();
     assert!(survived.is_empty(), "not killed: {survived:?} in {a:?}");
-    assert_eq!(a.len(), 40, "every probe answered: {a:?}");
+    assert_eq!(a.len(), 41, "every probe answered: {a:?}");
     assert_eq!(a["fork"], "7", "{a:?}");
 }
 
