@@ -239,13 +239,16 @@ say('fork', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 }
 
 #[test]
-fn hostile_io_uring_clone3_and_personality_are_refused_with_an_errno() {
+fn hostile_io_uring_clone3_new_syscalls_and_personality_are_refused_with_an_errno() {
     let script = format!(
         "{PRELUDE}
 say('io_uring_setup', call(425, 8, ctypes.byref(ctypes.create_string_buffer(120))))
 say('io_uring_enter', call(426, 0, 0, 0, 0, 0, 0))
 say('io_uring_register', call(427, 0, 0, 0, 0))
 say('clone3', call(435, 0, 0))
+# Newer than the reviewed list (mseal, 462): open_tree_attr, setxattrat.
+say('open_tree_attr', call(467, -100, 0, 0, 0, 0))
+say('setxattrat', call(463, -100, 0, 0, 0, 0, 0))
 say('personality_no_randomize', call(135, 0x0040000))
 say('personality_exec', call(135, 0x0400000))
 say('personality_query', call(135, 0xffffffff))
@@ -258,6 +261,8 @@ say('personality_linux', call(135, 0))
         "io_uring_enter",
         "io_uring_register",
         "clone3",
+        "open_tree_attr",
+        "setxattrat",
     ] {
         assert_eq!(a[key], "ENOSYS", "{key}: {a:?}");
     }
