@@ -994,6 +994,26 @@ profile = "default"
     }
 
     #[test]
+    fn a_seccomp_profile_is_read_and_compiled_with_the_file() {
+        let e = errors(
+            "name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[seccomp]\nprofile = \"/no/such/profile.json\"\n",
+        );
+        assert!(
+            e.contains(
+                "v.toml:5:11: seccomp.profile: reading the seccomp profile /no/such/profile.json"
+            ),
+            "{e}"
+        );
+        let c = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n").unwrap();
+        assert!(c.filter.is_some_and(|f| !f.is_empty()));
+        let c = parse(
+            "name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[seccomp]\nprofile = \"none\"\n",
+        )
+        .unwrap();
+        assert!(c.filter.is_none());
+    }
+
+    #[test]
     fn root_without_a_user_namespace_is_refused() {
         let e = errors("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 0\n");
         assert!(e.contains("v.toml:3:7: uid: 0 is the host's root"), "{e}");

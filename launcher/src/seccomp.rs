@@ -414,9 +414,22 @@ impl Filter {
     /// names.
     pub fn from_profile(path: &Path) -> Result<Filter, SeccompError> {
         let extra = read_profile(path)?;
-        Filter::compile(&extra).map_err(|e| SeccompError::Profile {
-            path: path.to_owned(),
-            message: e.to_string(),
+        Filter::compile(&extra).map_err(|e| {
+            // Name the culprit: compile the names one by one (error path
+            // only).
+            let unknown = extra
+                .iter()
+                .find(|n| Filter::compile(std::slice::from_ref(*n)).is_err());
+            SeccompError::Profile {
+                path: path.to_owned(),
+                message: match unknown {
+                    Some(n) => format!(
+                        "unknown syscall {n:?} (not a syscall of {})",
+                        std::env::consts::ARCH
+                    ),
+                    None => e.to_string(),
+                },
+            }
         })
     }
 
@@ -498,7 +511,10 @@ mod tests {
         let bad = dir.join("bad.json");
         std::fs::write(&bad, r#"["no_such_call"]"#).unwrap();
         let e = Filter::from_profile(&bad).unwrap_err().to_string();
-        assert!(e.contains("no_such_call") && e.contains("bad.json"), "{e}");
+        assert!(
+            e.contains("unknown syscall \"no_such_call\"") && e.contains("bad.json"),
+            "{e}"
+        );
         std::fs::write(&bad, "{").unwrap();
         assert!(Filter::from_profile(&bad)
             .unwrap_err()
