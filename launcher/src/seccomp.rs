@@ -447,9 +447,9 @@ impl Filter {
     /// Allocates nothing on success: safe in a forked child. Sets
     /// no_new_privs (already set by the drops).
     pub fn install(&self) -> Result<(), SeccompError> {
-        for (program, name) in self.programs.iter().zip(PROGRAMS) {
+        for (i, program) in self.programs.iter().enumerate() {
             seccompiler::apply_filter(program).map_err(|e| SeccompError::Install {
-                program: name,
+                program: PROGRAMS.get(i).copied().unwrap_or("extra"),
                 message: e.to_string(),
             })?;
         }
