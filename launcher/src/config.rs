@@ -3,6 +3,7 @@
 //! with `file:line:column: field: ...`, all of them at once where the TOML
 //! itself parses.
 
+use crate::seccomp::Filter;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -176,8 +177,12 @@ pub struct VassalConfig {
     pub uid_map: Option<Vec<IdRange>>,
     /// gid map of the user namespace.
     pub gid_map: Option<Vec<IdRange>>,
-    /// Seccomp profile.
+    /// Seccomp profile, as the file names it.
     pub seccomp: SeccompProfile,
+    /// The profile's compiled filter (`None` for "none"), read and compiled
+    /// here, from the host's view of the profile path, so that `check`,
+    /// `run` and `enter` share one result.
+    pub filter: Option<Filter>,
 }
 
 /// Values given on the command line; each overrides the file.
@@ -734,6 +739,16 @@ fn validate(raw: RawFile, o: &Overrides, p: &mut Problems<'_>) -> Option<VassalC
             }
         },
     };
+    let profile_span = raw.seccomp.as_ref().map_or(0..0, |s| s.profile.span());
+    let compiled = match &seccomp {
+        SeccompProfile::None => Ok(None),
+        SeccompProfile::Default => Filter::compile(&[]).map(Some),
+        SeccompProfile::File(f) => Filter::from_profile(f).map(Some),
+    };
+    let filter = compiled.unwrap_or_else(|e| {
+        p.at(profile_span, "seccomp.profile", e.to_string());
+        None
+    });
 
     Some(VassalConfig {
         name,
@@ -751,6 +766,7 @@ fn validate(raw: RawFile, o: &Overrides, p: &mut Problems<'_>) -> Option<VassalC
         uid_map,
         gid_map,
         seccomp,
+        filter,
     })
 }
 
@@ -1040,6 +1056,26 @@ profile = "default"
             "{e}"
         );
         assert_eq!(e.lines().count(), 5, "{e}");
+    }
+
+    #[test]
+    fn a_seccomp_profile_is_read_and_compiled_with_the_file() {
+        let e = errors(
+            "name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[seccomp]\nprofile = \"/no/such/profile.json\"\n",
+        );
+        assert!(
+            e.contains(
+                "v.toml:5:11: seccomp.profile: reading the seccomp profile /no/such/profile.json"
+            ),
+            "{e}"
+        );
+        let c = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n").unwrap();
+        assert!(c.filter.is_some_and(|f| !f.is_empty()));
+        let c = parse(
+            "name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[seccomp]\nprofile = \"none\"\n",
+        )
+        .unwrap();
+        assert!(c.filter.is_none());
     }
 
     #[test]

@@ -6,7 +6,6 @@
 use crate::cgroup;
 use crate::launch::MOUNTINFO;
 use crate::privileges;
-use crate::seccomp;
 use crate::state;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -163,19 +162,6 @@ pub fn enter(name: &str, command: &[String]) -> Result<i32, EnterError> {
     }
 
     let exec = prepare(command)?;
-    let filter = seccomp::denied_numbers(None)
-        .and_then(|d| {
-            let unavailable: Vec<u32> = seccomp::UNAVAILABLE
-                .iter()
-                .filter_map(|n| seccomp::number(n))
-                .collect();
-            seccomp::program(&d, &unavailable)
-        })
-        .map_err(|e| EnterError::Step {
-            step: "building the seccomp filter".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-
     // SAFETY: single-threaded; the child execs or exits.
     match unsafe { nix::unistd::fork() } {
         Err(e) => Err(EnterError::Step {
@@ -184,7 +170,7 @@ pub fn enter(name: &str, command: &[String]) -> Result<i32, EnterError> {
         }),
         Ok(nix::unistd::ForkResult::Child) => {
             drop(master);
-            child(slave, &record, &exec, &filter)
+            child(slave, &record, &exec)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(slave);
@@ -286,7 +272,7 @@ fn prepare(command: &[String]) -> Result<Exec, EnterError> {
     })
 }
 
-fn child(slave: OwnedFd, record: &state::Record, exec: &Exec, filter: &[libc::sock_filter]) -> ! {
+fn child(slave: OwnedFd, record: &state::Record, exec: &Exec) -> ! {
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         eprintln!("vassal-launch enter: {what}: {e}");
         // SAFETY: leaving the forked child.
@@ -308,8 +294,11 @@ fn child(slave: OwnedFd, record: &state::Record, exec: &Exec, filter: &[libc::so
         fail("dropping privileges", &e);
     }
     let _ = std::env::set_current_dir("/");
-    if let Err(e) = seccomp::install(filter) {
-        fail("installing seccomp", &e);
+    // The vassal's own filter, as `run` compiled it (see state::Record).
+    if let Some(filter) = &record.seccomp {
+        if let Err(e) = filter.install() {
+            fail("installing seccomp", &e);
+        }
     }
     let e = nix::unistd::execve(&exec.program, &exec.argv, &exec.envp).unwrap_err();
     fail(&format!("starting {}", exec.program.to_string_lossy()), &e)

@@ -3,6 +3,7 @@
 //! from running at once.
 
 use crate::config::VassalConfig;
+use crate::seccomp::Filter;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -59,6 +60,11 @@ pub struct Record {
     pub user_namespace: bool,
     /// Its RLIMIT_NOFILE.
     pub nofile: u64,
+    /// The seccomp filter its command runs under (`None`: profile "none"),
+    /// compiled programs that `enter` installs as they are. A required
+    /// field: a record without it is refused, not entered unfiltered.
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub seccomp: Option<Filter>,
 }
 
 /// A claimed name; its file is removed when dropped.
@@ -139,6 +145,7 @@ impl State {
                 gid: config.gid,
                 user_namespace: config.uid_map.is_some(),
                 nofile: config.limits.nofile,
+                seccomp: config.filter.clone(),
             },
         };
         state.write()?;

@@ -3,10 +3,10 @@
 //! then acts as init: reaps orphans, forwards SIGTERM, SIGINT and SIGHUP,
 //! and enforces the wall-clock limit.
 
-use crate::config::{SeccompProfile, VassalConfig};
+use crate::config::VassalConfig;
 use crate::sync::{self, Message};
 use crate::terminal::{self, Stdio};
-use crate::{network, privileges, rootfs, seccomp};
+use crate::{network, privileges, rootfs};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -274,13 +274,13 @@ fn report(sync_fd: &OwnedFd, code: Option<i32>, signal: Option<i32>, wall_clock:
 }
 
 /// Everything exec needs, built before the fork so the child allocates
-/// nothing: argv, envp, the program path, the seccomp program.
+/// nothing: argv, envp, the program path. (The seccomp filter was
+/// compiled with the configuration, in the outer launcher.)
 struct Exec {
     program: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
     workdir: CString,
-    filter: Option<Vec<libc::sock_filter>>,
 }
 
 fn prepare_exec(config: &VassalConfig) -> Result<Exec, String> {
@@ -302,23 +302,6 @@ fn prepare_exec(config: &VassalConfig) -> Result<Exec, String> {
                 format!("starting the command: {name} is not found in PATH {path_var}")
             })?
     };
-    let filter = match &config.seccomp {
-        SeccompProfile::None => None,
-        SeccompProfile::Default => Some(seccomp::denied_numbers(None).map_err(|e| e.to_string())?),
-        SeccompProfile::File(f) => {
-            Some(seccomp::denied_numbers(Some(f)).map_err(|e| e.to_string())?)
-        }
-    };
-    let filter = match filter {
-        Some(denied) => {
-            let unavailable: Vec<u32> = seccomp::UNAVAILABLE
-                .iter()
-                .filter_map(|n| seccomp::number(n))
-                .collect();
-            Some(seccomp::program(&denied, &unavailable).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
     Ok(Exec {
         program: cstr(&program, "command")?,
         argv: config
@@ -332,7 +315,6 @@ fn prepare_exec(config: &VassalConfig) -> Result<Exec, String> {
             .map(|(k, v)| cstr(&format!("{k}={v}"), "environment entry"))
             .collect::<Result<_, _>>()?,
         workdir: cstr(&config.workdir.to_string_lossy(), "workdir")?,
-        filter,
     })
 }
 
@@ -370,8 +352,8 @@ fn exec_command(config: &VassalConfig, exec: &Exec, tty: Option<&(OwnedFd, Stdio
             &std::io::Error::last_os_error(),
         );
     }
-    if let Some(filter) = &exec.filter {
-        if let Err(e) = seccomp::install(filter) {
+    if let Some(filter) = &config.filter {
+        if let Err(e) = filter.install() {
             fail("installing seccomp", &e);
         }
     }
