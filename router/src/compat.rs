@@ -17,8 +17,13 @@
 //! connection each time it jails itself (a fresh namespace and device), so
 //! a newer compat connection of the same project takes the address over
 //! from an older compat one; the older stays open but is ignored, because
-//! uWSGI exits when a relay's server disconnects. A vassal attached over
-//! the control socket is never displaced. Packets toward a peer
+//! uWSGI exits when a relay's server disconnects. The newer one must first
+//! prove it speaks the protocol: SO_PEERCRED alone attaches a connection
+//! only to a free address; it takes a held one with its credentials message
+//! or its first well-formed frame (so a root connection that sends nothing
+//! or garbage never displaces a `uid = 0` project's peer), or when the
+//! holder disconnects. A vassal attached over the control socket is never
+//! displaced. Packets toward a peer
 //! go through a bounded per-peer queue; when it is full they are dropped
 //! (`queue_full`), so a peer that never reads costs at most that buffer.
 
@@ -32,7 +37,7 @@ use nix::sys::socket::{
 use std::io::IoSliceMut;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -104,6 +109,15 @@ pub enum CompatError {
     BadCredentials {
         /// The SO_PEERCRED uid.
         uid: u32,
+    },
+    /// The address is held by another compat peer of the same project and
+    /// this connection has not yet proven itself (no eviction).
+    #[error("compat peer with uid {uid}: project {project}'s address is held by another compat peer; waiting for credentials or a frame")]
+    Held {
+        /// The uid the peer was identified by.
+        uid: u32,
+        /// The project.
+        project: String,
     },
     /// The address is held (by a vassal attached over the control socket).
     #[error("compat peer with uid {uid}: refused ({reason}): {message}")]
@@ -333,8 +347,22 @@ impl AsRawFd for Watched {
     }
 }
 
-/// Attaches the compat peer as the project whose `[[project]]` uid is `uid`.
-fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>, CompatError> {
+/// Bumped each time a compat peer detaches: peers waiting for a held
+/// address ([`CompatError::Held`]) try again.
+fn freed() -> &'static tokio::sync::watch::Sender<u64> {
+    static FREED: OnceLock<tokio::sync::watch::Sender<u64>> = OnceLock::new();
+    FREED.get_or_init(|| tokio::sync::watch::Sender::new(0))
+}
+
+/// Attaches the compat peer as the project whose `[[project]]` uid is `uid`;
+/// `evict` (the peer proved itself) lets it take the address from an older
+/// compat peer of the same project.
+fn attach(
+    router: &Router,
+    uid: u32,
+    out: &Arc<CompatOut>,
+    evict: bool,
+) -> Result<Arc<Vassal>, CompatError> {
     let entry = router
         .config
         .project_by_uid(uid)
@@ -362,6 +390,12 @@ fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>
                         ..
                     },
                 ) if old.project.name == entry.name => {
+                    if !evict {
+                        return Err(CompatError::Held {
+                            uid,
+                            project: entry.name.clone(),
+                        });
+                    }
                     router.registry.detach(old);
                     old_out.evicted.notify_one();
                     tracing::info!(project = %entry.name, "a newer compat connection replaces the older one");
@@ -396,12 +430,19 @@ async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), CompatError> {
         AsyncFd::register_with_interest(Watched(raw), Interest::READABLE | Interest::WRITABLE)
     }
     .map_err(|e| CompatError::Io("registering with the reactor", e.into()))?;
-    // A peer whose SO_PEERCRED uid has an entry is attached at once (it may
-    // receive before it sends); others must send credentials in time.
-    let mut vassal = attach(&router, peer_uid, &out).ok();
-    let result = serve_peer(&router, &afd, &out, peer_uid, &mut vassal).await;
+    // A peer whose SO_PEERCRED uid has an entry is attached at once when
+    // its address is free (it may receive before it sends); one whose
+    // address another compat peer holds waits until it proves itself or
+    // the holder leaves; others must send credentials in time.
+    let (mut vassal, held) = match attach(&router, peer_uid, &out, false) {
+        Ok(v) => (Some(v), false),
+        Err(CompatError::Held { .. }) => (None, true),
+        Err(_) => (None, false),
+    };
+    let result = serve_peer(&router, &afd, &out, peer_uid, &mut vassal, held).await;
     if let Some(v) = vassal {
         router.registry.detach(&v);
+        freed().send_modify(|n| *n = n.wrapping_add(1));
         tracing::info!(project = %v.project.name, address = %v.ipv4, "compat peer detached");
     }
     result
@@ -413,7 +454,9 @@ async fn serve_peer(
     out: &Arc<CompatOut>,
     peer_uid: u32,
     vassal: &mut Option<Arc<Vassal>>,
+    mut held: bool,
 ) -> Result<(), CompatError> {
+    let mut freed = freed().subscribe();
     let mtu = router.config.limits.mtu;
     let mut inbuf = vec![0u8; MAX_MTU + 4 + 4096];
     let mut fill = 0usize;
@@ -455,9 +498,27 @@ async fn serve_peer(
                             if let Some(old) = vassal.take() {
                                 router.registry.detach(&old);
                             }
-                            *vassal = Some(attach(router, uid, out)?);
+                            *vassal = Some(attach(router, uid, out, true)?);
+                            held = false;
                             // Its project (and so its rule id) changed.
                             snap = None;
+                        }
+                    }
+                }
+                if vassal.is_none() && held {
+                    // Its first whole, well-formed frame proves it a relay:
+                    // only then may it take the address over.
+                    match decode_frame(&inbuf[at..fill], mtu) {
+                        Ok(Some(_)) => {
+                            *vassal = Some(attach(router, peer_uid, out, true)?);
+                            held = false;
+                        }
+                        Ok(None) => continue,
+                        Err(FrameError::BadHeader(header)) => {
+                            return Err(CompatError::BadHeader { project: format!("uid {peer_uid} (unattached)"), header })
+                        }
+                        Err(FrameError::TooLong(len)) => {
+                            return Err(CompatError::TooLong { project: format!("uid {peer_uid} (unattached)"), len, mtu })
                         }
                     }
                 }
@@ -511,7 +572,14 @@ async fn serve_peer(
                     Err(e) => return Err(CompatError::Io("writing", std::io::Error::from_raw_os_error(e))),
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if vassal.is_none() && !replaced => {
+            _ = freed.changed(), if held && vassal.is_none() => {
+                // A compat peer left: the address may be free now.
+                if let Ok(v) = attach(router, peer_uid, out, false) {
+                    *vassal = Some(v);
+                    held = false;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if vassal.is_none() && !replaced && !held => {
                 return Err(CompatError::UnknownUid { uid: peer_uid });
             }
         }
