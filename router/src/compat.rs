@@ -436,7 +436,10 @@ async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), CompatError> {
     // the holder leaves; others must send credentials in time.
     let (mut vassal, held) = match attach(&router, peer_uid, &out, false) {
         Ok(v) => (Some(v), false),
-        Err(CompatError::Held { .. }) => (None, true),
+        Err(why @ CompatError::Held { .. }) => {
+            tracing::info!("{why}");
+            (None, true)
+        }
         Err(_) => (None, false),
     };
     let result = serve_peer(&router, &afd, &out, peer_uid, &mut vassal, held).await;

@@ -208,6 +208,76 @@ fn router_real_uwsgi_vassal_exchanges_traffic_through_the_compat_socket() {
     assert!(uwsgi.0 .0.try_wait().unwrap().is_none(), "uWSGI exited");
 }
 
+/// Issue 11, item 8: root connections that prove nothing (silent, closed
+/// at once, garbage, a wrong credentials message, an oversized frame)
+/// arrive while a real uWSGI vassal of the `uid = 0` project "legacy" is
+/// attached: none of them takes its address, so it keeps its network.
+#[test]
+fn router_a_root_connection_never_displaces_an_attached_uid0_peer() {
+    let router = start();
+    let uwsgi = uwsgi_vassal(&router);
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_attached", "project=\"legacy\"")
+        == 1.0));
+    let gw = router.gateway().to_string();
+    let ping = || {
+        in_vassal(
+            uwsgi.pid(),
+            &["ping", "-n", "-q", "-c", "1", "-W", "2", &gw],
+        )
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), ping),
+        "{}",
+        router.log_text()
+    );
+    // The router's verdict on a new root connection: held back (or, before
+    // the fix, put in the attached peer's place).
+    let handled = || {
+        let log = router.log_text();
+        log.matches("is held by another compat peer").count()
+            + log.matches("replaces the older one").count()
+    };
+    let garbage: [&[u8]; 5] = [
+        b"",
+        &[9, 9, 9, 9],
+        b"uwsgi-tuntaX",
+        &[0, 0xff, 0xff, 0],
+        &[0, 3, 0],
+    ];
+    let mut silent = Vec::new();
+    for bytes in garbage {
+        let before = handled();
+        let mut s = UnixStream::connect(&router.compat_socket).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || handled() > before),
+            "{}",
+            router.log_text()
+        );
+        s.write_all(bytes).unwrap();
+        if bytes.is_empty() || bytes.len() == 3 {
+            // Silent, or a frame cut short: kept open, it proves nothing.
+            silent.push(s);
+        } else {
+            // Bad bytes: the router disconnects it.
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 16];
+            assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+        }
+        assert!(ping(), "after {bytes:?}: {}", router.log_text());
+    }
+    // Closing the silent ones changes nothing either.
+    drop(silent);
+    assert!(ping(), "{}", router.log_text());
+    assert_eq!(router.metric("vassal_attached", "project=\"legacy\""), 1.0);
+    let mut uwsgi = uwsgi;
+    assert!(uwsgi.0 .0.try_wait().unwrap().is_none(), "uWSGI exited");
+}
+
 #[test]
 fn router_credentials_message_identifies_the_peer_and_bad_peers_are_disconnected() {
     let router = start();
