@@ -459,7 +459,7 @@ async fn serve_peer(
     vassal: &mut Option<Arc<Vassal>>,
     mut held: bool,
 ) -> Result<(), CompatError> {
-    let mut freed = freed().subscribe();
+    let mut left = freed().subscribe();
     let mtu = router.config.limits.mtu;
     let mut inbuf = vec![0u8; MAX_MTU + 4 + 4096];
     let mut fill = 0usize;
@@ -500,6 +500,7 @@ async fn serve_peer(
                         if vassal.is_none() || uid != peer_uid {
                             if let Some(old) = vassal.take() {
                                 router.registry.detach(&old);
+                                freed().send_modify(|n| *n = n.wrapping_add(1));
                             }
                             *vassal = Some(attach(router, uid, out, true)?);
                             held = false;
@@ -575,7 +576,7 @@ async fn serve_peer(
                     Err(e) => return Err(CompatError::Io("writing", std::io::Error::from_raw_os_error(e))),
                 }
             }
-            _ = freed.changed(), if held && vassal.is_none() => {
+            _ = left.changed(), if held && vassal.is_none() => {
                 // A compat peer left: the address may be free now.
                 if let Ok(v) = attach(router, peer_uid, out, false) {
                     *vassal = Some(v);
