@@ -34,6 +34,7 @@ use crate::vassals::{Port, Vassal};
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
 };
+use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -153,6 +154,10 @@ pub enum CompatError {
 struct OutQueue {
     buf: Vec<u8>,
     start: usize,
+    /// `limits.compat_buffer`: the most it ever holds. Allocated (once, in
+    /// full) only when the socket first backs up, so held, replaced and
+    /// unidentified connections cost no queue.
+    limit: usize,
     dead: bool,
 }
 
@@ -161,16 +166,19 @@ impl OutQueue {
         self.buf.len() - self.start
     }
 
-    /// Appends without growing the buffer beyond its capacity.
+    /// Appends without growing the buffer beyond its limit.
     fn append(&mut self, parts: [&[u8]; 2]) -> bool {
         let need = parts[0].len() + parts[1].len();
-        if self.pending() + need > self.buf.capacity() {
+        if self.pending() + need > self.limit {
             return false;
         }
-        if self.buf.len() + need > self.buf.capacity() {
+        if self.buf.len() + need > self.limit {
             self.buf.copy_within(self.start.., 0);
             self.buf.truncate(self.pending());
             self.start = 0;
+        }
+        if self.buf.capacity() < self.limit {
+            self.buf.reserve_exact(self.limit - self.buf.len());
         }
         self.buf.extend_from_slice(parts[0]);
         self.buf.extend_from_slice(parts[1]);
@@ -191,8 +199,9 @@ impl CompatOut {
         CompatOut {
             fd,
             queue: Mutex::new(OutQueue {
-                buf: Vec::with_capacity(capacity),
+                buf: Vec::new(),
                 start: 0,
+                limit: capacity,
                 dead: false,
             }),
             wake: Notify::new(),
@@ -302,8 +311,58 @@ fn send(fd: RawFd, a: &[u8], b: &[u8]) -> Result<usize, i32> {
     }
 }
 
-/// Accepts compat peers until the router stops.
+/// Open compat connections, in all and per peer uid.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+/// One open connection's place in [`Open`], given back on drop.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    uid: u32,
+}
+
+impl Slot {
+    /// Takes a place for a connection of `uid`, unless a bound is reached.
+    fn take(open: &Arc<Mutex<Open>>, uid: u32, total: usize, per_uid: usize) -> Option<Slot> {
+        let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = o.per_uid.get(&uid).copied().unwrap_or(0);
+        if o.total >= total || mine >= per_uid {
+            return None;
+        }
+        o.total += 1;
+        o.per_uid.insert(uid, mine + 1);
+        metrics::gauge!("vassal_compat_connections").set(o.total as f64);
+        Some(Slot {
+            open: Arc::clone(open),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.total -= 1;
+        metrics::gauge!("vassal_compat_connections").set(o.total as f64);
+        if let Some(n) = o.per_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                o.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Accepts compat peers until the router stops. Open connections are
+/// bounded in all (`limits.max_compat_connections`) and per peer uid
+/// (`limits.max_compat_connections_per_uid`): beyond either a new one is
+/// closed at once, so one uid cannot use up the router's memory or fds, nor
+/// (short of its own bound) the others' places.
 pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
+    let open = Arc::new(Mutex::new(Open::default()));
     // SAFETY: `listener` is an open socket owned by the AsyncFd for its
     // whole lifetime.
     let afd = match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
@@ -317,11 +376,34 @@ pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
         loop {
             match socket::accept(afd.get_ref().as_raw_fd()) {
                 Ok(Some(fd)) => {
+                    let uid = match socket::peer_uid(&fd) {
+                        Ok(uid) => uid,
+                        Err(e) => {
+                            tracing::warn!("compat socket: SO_PEERCRED: {e}");
+                            continue;
+                        }
+                    };
+                    let limits = &router.config.limits;
+                    let Some(slot) = Slot::take(
+                        &open,
+                        uid,
+                        limits.max_compat_connections,
+                        limits.max_compat_connections_per_uid,
+                    ) else {
+                        drop(fd);
+                        tracing::warn!(
+                            uid,
+                            "compat socket: connection limit reached; closing a new connection"
+                        );
+                        crate::metrics::attach_refused("too_many_connections");
+                        continue;
+                    };
                     let router = Arc::clone(&router);
                     tokio::spawn(async move {
-                        if let Err(why) = peer(router, fd).await {
+                        if let Err(why) = peer(router, fd, uid).await {
                             tracing::warn!("disconnected: {why}");
                         }
+                        drop(slot);
                     });
                 }
                 Ok(None) => {
@@ -418,8 +500,7 @@ fn attach(
 }
 
 /// Serves one compat peer until it disconnects or misbehaves.
-async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), CompatError> {
-    let peer_uid = socket::peer_uid(&fd).map_err(|e| CompatError::Sockopt("SO_PEERCRED", e))?;
+async fn peer(router: Arc<Router>, fd: OwnedFd, peer_uid: u32) -> Result<(), CompatError> {
     setsockopt(&fd, sockopt::PassCred, &true)
         .map_err(|e| CompatError::Sockopt("SO_PASSCRED", e))?;
     let raw = fd.as_raw_fd();
@@ -672,8 +753,9 @@ mod tests {
     #[test]
     fn queue_compacts_without_growing() {
         let mut q = OutQueue {
-            buf: Vec::with_capacity(10),
+            buf: Vec::new(),
             start: 0,
+            limit: 10,
             dead: false,
         };
         assert!(q.append([b"abcd", b"ef"]));
@@ -682,5 +764,18 @@ mod tests {
         assert_eq!(&q.buf[q.start..], b"efghijkl");
         assert!(!q.append([b"xyz", b""]));
         assert_eq!(q.buf.capacity(), 10);
+        // Nothing is allocated before the first append.
+        let empty = CompatOut::new(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::empty(),
+            )
+            .unwrap()
+            .0,
+            1 << 20,
+        );
+        assert_eq!(empty.lock().buf.capacity(), 0);
     }
 }

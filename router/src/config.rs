@@ -176,6 +176,10 @@ pub struct Limits {
     pub mtu: usize,
     /// Bytes queued toward one uWSGI compat peer before packets are dropped.
     pub compat_buffer: usize,
+    /// Open compat connections, attached or not.
+    pub max_compat_connections: usize,
+    /// Open compat connections of one peer uid (SO_PEERCRED).
+    pub max_compat_connections_per_uid: usize,
     /// Queues (and reader tasks) of the host tun; 0 = one per worker thread.
     pub host_queues: usize,
     /// TCP segmentation and checksum offload on the tun devices: packets of
@@ -290,6 +294,8 @@ struct RawLimits {
     hello_timeout_ms: Option<u64>,
     mtu: Option<Spanned<usize>>,
     compat_buffer: Option<Spanned<usize>>,
+    max_compat_connections: Option<Spanned<usize>>,
+    max_compat_connections_per_uid: Option<Spanned<usize>>,
     host_queues: Option<Spanned<usize>>,
     offload: Option<bool>,
 }
@@ -463,12 +469,25 @@ impl Config {
             Some(q) => *q.get_ref(),
             None => 0,
         };
+        let max_compat_connections = positive(
+            rl.as_ref().and_then(|l| l.max_compat_connections.clone()),
+            "limits.max_compat_connections",
+            1024,
+        )?;
+        let max_compat_connections_per_uid = positive(
+            rl.as_ref()
+                .and_then(|l| l.max_compat_connections_per_uid.clone()),
+            "limits.max_compat_connections_per_uid",
+            128,
+        )?;
         let limits = Limits {
             max_vassals: rl.as_ref().and_then(|l| l.max_vassals).unwrap_or(4096),
             max_connections: rl.as_ref().and_then(|l| l.max_connections).unwrap_or(8192),
             hello_timeout_ms: rl.as_ref().and_then(|l| l.hello_timeout_ms).unwrap_or(5000),
             mtu,
             compat_buffer,
+            max_compat_connections,
+            max_compat_connections_per_uid,
             host_queues,
             offload: rl.as_ref().and_then(|l| l.offload).unwrap_or(true),
         };

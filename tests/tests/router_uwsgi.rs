@@ -278,6 +278,123 @@ fn router_a_root_connection_never_displaces_an_attached_uid0_peer() {
     assert!(uwsgi.0 .0.try_wait().unwrap().is_none(), "uWSGI exited");
 }
 
+/// Opens `n` compat connections as `uid` (python under setpriv), prints
+/// `opened`, then for each line it reads prints one letter per connection:
+/// `o` open, `c` closed by the router.
+fn hold_connections(
+    router: &TestRouter,
+    uid: u32,
+    n: usize,
+) -> (
+    KillOnDrop,
+    std::process::ChildStdin,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let script = format!(
+        r#"
+import socket, sys
+conns = []
+for _ in range({n}):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect({sock:?}); conns.append(s)
+print("opened", flush=True)
+for _ in sys.stdin:
+    out = ""
+    for s in conns:
+        try:
+            out += "c" if s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"" else "o"
+        except BlockingIOError:
+            out += "o"
+        except ConnectionResetError:
+            out += "c"
+    print(out, flush=True)
+"#,
+        sock = router.compat_socket.display().to_string()
+    );
+    let mut child = KillOnDrop::spawn(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                PYTHON,
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let stdin = child.0.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "opened");
+    (child, stdin, stdout)
+}
+
+fn states(
+    held: &mut (
+        KillOnDrop,
+        std::process::ChildStdin,
+        std::io::BufReader<std::process::ChildStdout>,
+    ),
+) -> String {
+    held.1.write_all(b"?\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut held.2, &mut line).unwrap();
+    line.trim().to_owned()
+}
+
+/// State exhaustion: compat connections are bounded per peer uid and in
+/// all. A tenant uid ("forged", 4243) opens 6 connections against a bound
+/// of 4 per uid: the last 2 are closed at once; root then opens 3 against
+/// a total bound of 6: the last one is closed; when the tenant's go, root
+/// gets places again.
+#[test]
+fn router_compat_connections_are_bounded_per_uid_and_in_all() {
+    let mut router = start();
+    let mut config = std::fs::read_to_string(&router.config_path).unwrap();
+    config.push_str("\n[limits]\nmax_compat_connections = 6\nmax_compat_connections_per_uid = 4\n");
+    std::fs::write(&router.config_path, config).unwrap();
+    router.stop(nix::sys::signal::Signal::SIGTERM);
+    router.spawn();
+    std::fs::set_permissions(
+        &router.compat_socket,
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let refused = || {
+        router.metric(
+            "vassal_attach_refusals_total",
+            "reason=\"too_many_connections\"",
+        )
+    };
+
+    let mut tenant = hold_connections(&router, 4243, 6);
+    assert!(
+        wait_until(Duration::from_secs(5), || refused() == 2.0),
+        "refusals: {}\n{}",
+        refused(),
+        router.log_text()
+    );
+    assert_eq!(states(&mut tenant), "oooocc");
+    let mut root = hold_connections(&router, 0, 3);
+    assert!(wait_until(Duration::from_secs(5), || refused() == 3.0));
+    assert_eq!(states(&mut root), "ooc");
+    assert_eq!(states(&mut tenant), "oooocc");
+    assert_eq!(router.metric("vassal_compat_connections", ""), 6.0);
+    // The tenant's places are given back when its connections close.
+    drop(tenant);
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_compat_connections", "")
+        == 2.0));
+    let mut again = hold_connections(&router, 0, 2);
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_compat_connections", "")
+        == 4.0));
+    assert_eq!(states(&mut again), "oo");
+    assert_eq!(refused(), 3.0);
+}
+
 #[test]
 fn router_credentials_message_identifies_the_peer_and_bad_peers_are_disconnected() {
     let router = start();
