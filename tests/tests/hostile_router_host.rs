@@ -404,3 +404,57 @@ fn hostile_host_check_config_refuses_hostile_interface_names() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// State exhaustion of the control socket: a local uid that is not root
+/// cannot connect at all (mode 0660, root's), and root's silent
+/// connections are bounded by `limits.max_connections`: the one beyond is
+/// closed at once and counted, while the others wait for their hello.
+#[test]
+fn hostile_host_control_connections_are_bounded() {
+    use std::os::fd::AsFd;
+    use vassal_attach::transport;
+    let router = TestRouter::start(&RouterSpec {
+        top: "[limits]\nmax_connections = 4\nhello_timeout_ms = 60000".into(),
+        ..Default::default()
+    });
+    let socket = router.socket.clone();
+    let code =
+        vassal_tests::router_harness::as_uid(65534, move || match transport::connect(&socket) {
+            Err(transport::TransportError::Connect { errno, .. })
+                if errno == nix::errno::Errno::EACCES =>
+            {
+                0
+            }
+            _ => 10,
+        });
+    assert_eq!(code, 0, "uid 65534 reached the control socket");
+    let refused = || {
+        router.metric(
+            "vassal_attach_refusals_total",
+            "reason=\"too_many_connections\"",
+        )
+    };
+    let held: Vec<_> = (0..4)
+        .map(|_| transport::connect(&router.socket).unwrap())
+        .collect();
+    let extra = transport::connect(&router.socket).unwrap();
+    nix::sys::socket::setsockopt(
+        &extra,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(5, 0),
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            transport::recv_response(extra.as_fd()),
+            Err(transport::TransportError::Closed)
+        ),
+        "the fifth connection was kept"
+    );
+    assert!(wait_until(Duration::from_secs(5), || refused() == 1.0));
+    // The four are still open: each can still be served.
+    for conn in &held {
+        let response = transport::call(conn.as_fd(), &vassal_attach::Request::Stats, None);
+        assert!(response.is_ok(), "{response:?}");
+    }
+}
