@@ -420,11 +420,10 @@ fn hostile_host_control_connections_are_bounded() {
     let socket = router.socket.clone();
     let code =
         vassal_tests::router_harness::as_uid(65534, move || match transport::connect(&socket) {
-            Err(transport::TransportError::Connect { errno, .. })
-                if errno == nix::errno::Errno::EACCES =>
-            {
-                0
-            }
+            Err(transport::TransportError::Connect {
+                errno: nix::errno::Errno::EACCES,
+                ..
+            }) => 0,
             _ => 10,
         });
     assert_eq!(code, 0, "uid 65534 reached the control socket");
