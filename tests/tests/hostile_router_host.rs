@@ -256,16 +256,27 @@ fn hostile_host_forged_vassal_source_never_reaches_a_vassal() {
 
 /// Issue 11, item 4. Under the embedded default rules a vassal opens
 /// nothing on the host's own addresses: not a TCP or UDP listener on the
-/// egress interface's (public) address, not ICMP echo there, not the
-/// gateway; the ports of `[host] allow` work, and so do replies to the
-/// vassal's own connections through NAT to the internet.
+/// egress interface's (public) IPv4 or IPv6 address, not ICMP echo there,
+/// not the gateway; the ports of `[host] allow` work, and so do replies to
+/// the vassal's own connections through NAT to the internet.
 #[test]
 fn hostile_host_vassals_reach_no_host_address_but_allowed_ports() {
     let (inet, veth, host, far) = internet(1);
+    let host6 = format!("2001:db8:ffff:{:x}::1", std::process::id() % 0xffff);
+    vassal_tests::ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{host6}/64"),
+        "dev",
+        &veth.host,
+        "nodad",
+    ]);
     const CLOSED: u16 = 7411;
     const OPEN: u16 = 7412;
     let router = TestRouter::start(&RouterSpec {
         nat: Some(Some(veth.host.clone())),
+        ipv6: true,
         extra: format!("[host]\nallow = [\"tcp/{OPEN}\", \"udp/{OPEN}\"]\n"),
         ..Default::default()
     });
@@ -284,43 +295,52 @@ fn hostile_host_vassals_reach_no_host_address_but_allowed_ports() {
     };
     let (_closed, closed_log) = host_server(&host, CLOSED, "closed.log");
     let (_open, open_log) = host_server(&host, OPEN, "open.log");
+    let (_closed6, closed6_log) = host_server(&host6, CLOSED, "closed6.log");
+    let (_open6, open6_log) = host_server(&host6, OPEN, "open6.log");
     let (_gws, gw_log) = host_server(&gw, CLOSED, "gateway.log");
     let inet_log = router.dir.join("internet.log");
     let _inet = echo_server(&inet, "0.0.0.0", 8080, &inet_log);
-    let v = TestVassal::attach(&router, "alice", 2);
+    let v = TestVassal::attach6(&router, "alice", 2);
 
-    assert!(
-        !tcp_echo(&v.ns, &host, CLOSED, 100),
-        "TCP to the host's public address"
-    );
-    assert!(
-        !udp_echo(&v.ns, &host, CLOSED, 100),
-        "UDP to the host's public address"
-    );
-    assert!(
-        v.ping_fails(&host),
-        "ICMP echo to the host's public address"
-    );
+    for addr in [&host, &host6] {
+        assert!(
+            !tcp_echo(&v.ns, addr, CLOSED, 100),
+            "TCP to the host's public address {addr}"
+        );
+        assert!(
+            !udp_echo(&v.ns, addr, CLOSED, 100),
+            "UDP to the host's public address {addr}"
+        );
+        assert!(
+            v.ping_fails(addr),
+            "ICMP echo to the host's public address {addr}"
+        );
+    }
     assert!(!tcp_echo(&v.ns, &gw, CLOSED, 100), "TCP to the gateway");
     assert!(!udp_echo(&v.ns, &gw, CLOSED, 100), "UDP to the gateway");
     // The allowed ports, and the internet through NAT (replies pass).
-    assert!(
-        tcp_echo(&v.ns, &host, OPEN, 100_000),
-        "{}",
-        router.log_text()
-    );
-    assert!(udp_echo(&v.ns, &host, OPEN, 1000));
+    for addr in [&host, &host6] {
+        assert!(
+            tcp_echo(&v.ns, addr, OPEN, 100_000),
+            "{addr}: {}",
+            router.log_text()
+        );
+        assert!(udp_echo(&v.ns, addr, OPEN, 1000), "{addr}");
+    }
     assert!(tcp_echo(&v.ns, &far, 8080, 100_000));
     assert!(udp_echo(&v.ns, &far, 8080, 1000));
-    for log in [&closed_log, &gw_log] {
+    for log in [&closed_log, &closed6_log, &gw_log] {
         let seen = std::fs::read_to_string(log).unwrap();
         assert_eq!(seen.trim(), "ready", "{}: {seen}", log.display());
     }
-    let seen = std::fs::read_to_string(&open_log).unwrap();
-    assert!(
-        seen.contains(&format!("tcp {}", v.addr)) && seen.contains(&format!("udp {}", v.addr)),
-        "{seen}"
-    );
+    let v6 = v.addr6.clone().unwrap();
+    for (log, src) in [(&open_log, v.addr.to_string()), (&open6_log, v6)] {
+        let seen = std::fs::read_to_string(log).unwrap();
+        assert!(
+            seen.contains(&format!("tcp {src}")) && seen.contains(&format!("udp {src}")),
+            "{seen}"
+        );
+    }
 }
 
 /// Every line of `nft list ruleset` that names device `dev` (quoted).
