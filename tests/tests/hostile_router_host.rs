@@ -37,6 +37,13 @@ fn internet(n: u8) -> (Netns, Veth, String, String) {
         "0",
     )
     .unwrap();
+    // The interface's value counts only when `all` is not stricter.
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap();
+    assert_ne!(
+        all.trim(),
+        "1",
+        "net.ipv4.conf.all.rp_filter = 1 (strict) would drop the forged packets before vassal sees them"
+    );
     (ns, veth, host, far)
 }
 
