@@ -278,6 +278,73 @@ fn router_a_root_connection_never_displaces_an_attached_uid0_peer() {
     assert!(uwsgi.0 .0.try_wait().unwrap().is_none(), "uWSGI exited");
 }
 
+/// A held connection (a newer root connection of the uid-0 project while
+/// an older one holds the address) takes the address, without proving
+/// anything, once the holder disconnects: a relay restarting after its old
+/// process died gets its network back.
+#[test]
+fn router_a_held_compat_connection_attaches_when_the_holder_leaves() {
+    let router = start();
+    let attached = || router.log_text().matches("compat peer attached").count();
+    let holder = UnixStream::connect(&router.compat_socket).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || attached() == 1));
+    let script = format!(
+        r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect({sock:?})
+print("connected", flush=True)
+buf = b""
+while True:
+    d = s.recv(65536)
+    if not d: sys.exit(3)
+    buf += d
+    while len(buf) >= 4:
+        n = struct.unpack("<H", buf[1:3])[0]
+        if len(buf) < 4 + n: break
+        p = buf[4:4+n]; buf = buf[4+n:]
+        if p[0] >> 4 == 4 and p[9] == 6 and struct.unpack("!H", p[22:24])[0] == 7000:
+            sys.exit(0)
+"#,
+        sock = router.compat_socket.display().to_string()
+    );
+    let mut newer = KillOnDrop::spawn(
+        Command::new(PYTHON)
+            .args(["-c", &script])
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(newer.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || router
+        .log_text()
+        .contains("is held by another compat peer")));
+    assert_eq!(
+        attached(),
+        1,
+        "the silent newer connection took the address"
+    );
+    drop(holder);
+    assert!(
+        wait_until(Duration::from_secs(5), || attached() == 2),
+        "{}",
+        router.log_text()
+    );
+    // A SYN from the host to the project's port 7000 reaches the newer one.
+    let dst = std::net::SocketAddr::from((router.addr(20), 7000));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let _ = std::net::TcpStream::connect_timeout(&dst, Duration::from_millis(200));
+            newer.0.try_wait().unwrap().is_some()
+        }),
+        "{}",
+        router.log_text()
+    );
+    assert!(newer.0.wait().unwrap().success());
+}
+
 /// Opens `n` compat connections as `uid` (python under setpriv), prints
 /// `opened`, then for each line it reads prints one letter per connection:
 /// `o` open, `c` closed by the router.
