@@ -17,8 +17,13 @@
 //! connection each time it jails itself (a fresh namespace and device), so
 //! a newer compat connection of the same project takes the address over
 //! from an older compat one; the older stays open but is ignored, because
-//! uWSGI exits when a relay's server disconnects. A vassal attached over
-//! the control socket is never displaced. Packets toward a peer
+//! uWSGI exits when a relay's server disconnects. The newer one must first
+//! prove it speaks the protocol: SO_PEERCRED alone attaches a connection
+//! only to a free address; it takes a held one with its credentials message
+//! or its first well-formed frame (so a root connection that sends nothing
+//! or garbage never displaces a `uid = 0` project's peer), or when the
+//! holder disconnects. A vassal attached over the control socket is never
+//! displaced. Packets toward a peer
 //! go through a bounded per-peer queue; when it is full they are dropped
 //! (`queue_full`), so a peer that never reads costs at most that buffer.
 
@@ -29,10 +34,11 @@ use crate::vassals::{Port, Vassal};
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
 };
+use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -105,6 +111,15 @@ pub enum CompatError {
         /// The SO_PEERCRED uid.
         uid: u32,
     },
+    /// The address is held by another compat peer of the same project and
+    /// this connection has not yet proven itself (no eviction).
+    #[error("compat peer with uid {uid}: project {project}'s address is held by another compat peer; waiting for credentials or a frame")]
+    Held {
+        /// The uid the peer was identified by.
+        uid: u32,
+        /// The project.
+        project: String,
+    },
     /// The address is held (by a vassal attached over the control socket).
     #[error("compat peer with uid {uid}: refused ({reason}): {message}")]
     Refused {
@@ -139,6 +154,10 @@ pub enum CompatError {
 struct OutQueue {
     buf: Vec<u8>,
     start: usize,
+    /// `limits.compat_buffer`: the most it ever holds. Allocated (once, in
+    /// full) only when the socket first backs up, so held, replaced and
+    /// unidentified connections cost no queue.
+    limit: usize,
     dead: bool,
 }
 
@@ -147,16 +166,19 @@ impl OutQueue {
         self.buf.len() - self.start
     }
 
-    /// Appends without growing the buffer beyond its capacity.
+    /// Appends without growing the buffer beyond its limit.
     fn append(&mut self, parts: [&[u8]; 2]) -> bool {
         let need = parts[0].len() + parts[1].len();
-        if self.pending() + need > self.buf.capacity() {
+        if self.pending() + need > self.limit {
             return false;
         }
-        if self.buf.len() + need > self.buf.capacity() {
+        if self.buf.len() + need > self.limit {
             self.buf.copy_within(self.start.., 0);
             self.buf.truncate(self.pending());
             self.start = 0;
+        }
+        if self.buf.capacity() < self.limit {
+            self.buf.reserve_exact(self.limit - self.buf.len());
         }
         self.buf.extend_from_slice(parts[0]);
         self.buf.extend_from_slice(parts[1]);
@@ -177,8 +199,9 @@ impl CompatOut {
         CompatOut {
             fd,
             queue: Mutex::new(OutQueue {
-                buf: Vec::with_capacity(capacity),
+                buf: Vec::new(),
                 start: 0,
+                limit: capacity,
                 dead: false,
             }),
             wake: Notify::new(),
@@ -288,8 +311,58 @@ fn send(fd: RawFd, a: &[u8], b: &[u8]) -> Result<usize, i32> {
     }
 }
 
-/// Accepts compat peers until the router stops.
+/// Open compat connections, in all and per peer uid.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+/// One open connection's place in [`Open`], given back on drop.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    uid: u32,
+}
+
+impl Slot {
+    /// Takes a place for a connection of `uid`, unless a bound is reached.
+    fn take(open: &Arc<Mutex<Open>>, uid: u32, total: usize, per_uid: usize) -> Option<Slot> {
+        let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = o.per_uid.get(&uid).copied().unwrap_or(0);
+        if o.total >= total || mine >= per_uid {
+            return None;
+        }
+        o.total += 1;
+        o.per_uid.insert(uid, mine + 1);
+        metrics::gauge!("vassal_compat_connections").set(o.total as f64);
+        Some(Slot {
+            open: Arc::clone(open),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.total -= 1;
+        metrics::gauge!("vassal_compat_connections").set(o.total as f64);
+        if let Some(n) = o.per_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                o.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Accepts compat peers until the router stops. Open connections are
+/// bounded in all (`limits.max_compat_connections`) and per peer uid
+/// (`limits.max_compat_connections_per_uid`): beyond either a new one is
+/// closed at once, so one uid cannot use up the router's memory or fds, nor
+/// (short of its own bound) the others' places.
 pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
+    let open = Arc::new(Mutex::new(Open::default()));
     // SAFETY: `listener` is an open socket owned by the AsyncFd for its
     // whole lifetime.
     let afd = match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
@@ -303,11 +376,34 @@ pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
         loop {
             match socket::accept(afd.get_ref().as_raw_fd()) {
                 Ok(Some(fd)) => {
+                    let uid = match socket::peer_uid(&fd) {
+                        Ok(uid) => uid,
+                        Err(e) => {
+                            tracing::warn!("compat socket: SO_PEERCRED: {e}");
+                            continue;
+                        }
+                    };
+                    let limits = &router.config.limits;
+                    let Some(slot) = Slot::take(
+                        &open,
+                        uid,
+                        limits.max_compat_connections,
+                        limits.max_compat_connections_per_uid,
+                    ) else {
+                        drop(fd);
+                        tracing::warn!(
+                            uid,
+                            "compat socket: connection limit reached; closing a new connection"
+                        );
+                        crate::metrics::attach_refused("too_many_connections");
+                        continue;
+                    };
                     let router = Arc::clone(&router);
                     tokio::spawn(async move {
-                        if let Err(why) = peer(router, fd).await {
+                        if let Err(why) = peer(router, fd, uid).await {
                             tracing::warn!("disconnected: {why}");
                         }
+                        drop(slot);
                     });
                 }
                 Ok(None) => {
@@ -333,8 +429,22 @@ impl AsRawFd for Watched {
     }
 }
 
-/// Attaches the compat peer as the project whose `[[project]]` uid is `uid`.
-fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>, CompatError> {
+/// Bumped each time a compat peer detaches: peers waiting for a held
+/// address ([`CompatError::Held`]) try again.
+fn freed() -> &'static tokio::sync::watch::Sender<u64> {
+    static FREED: OnceLock<tokio::sync::watch::Sender<u64>> = OnceLock::new();
+    FREED.get_or_init(|| tokio::sync::watch::Sender::new(0))
+}
+
+/// Attaches the compat peer as the project whose `[[project]]` uid is `uid`;
+/// `evict` (the peer proved itself) lets it take the address from an older
+/// compat peer of the same project.
+fn attach(
+    router: &Router,
+    uid: u32,
+    out: &Arc<CompatOut>,
+    evict: bool,
+) -> Result<Arc<Vassal>, CompatError> {
     let entry = router
         .config
         .project_by_uid(uid)
@@ -362,6 +472,12 @@ fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>
                         ..
                     },
                 ) if old.project.name == entry.name => {
+                    if !evict {
+                        return Err(CompatError::Held {
+                            uid,
+                            project: entry.name.clone(),
+                        });
+                    }
                     router.registry.detach(old);
                     old_out.evicted.notify_one();
                     tracing::info!(project = %entry.name, "a newer compat connection replaces the older one");
@@ -384,8 +500,7 @@ fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>
 }
 
 /// Serves one compat peer until it disconnects or misbehaves.
-async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), CompatError> {
-    let peer_uid = socket::peer_uid(&fd).map_err(|e| CompatError::Sockopt("SO_PEERCRED", e))?;
+async fn peer(router: Arc<Router>, fd: OwnedFd, peer_uid: u32) -> Result<(), CompatError> {
     setsockopt(&fd, sockopt::PassCred, &true)
         .map_err(|e| CompatError::Sockopt("SO_PASSCRED", e))?;
     let raw = fd.as_raw_fd();
@@ -396,12 +511,22 @@ async fn peer(router: Arc<Router>, fd: OwnedFd) -> Result<(), CompatError> {
         AsyncFd::register_with_interest(Watched(raw), Interest::READABLE | Interest::WRITABLE)
     }
     .map_err(|e| CompatError::Io("registering with the reactor", e.into()))?;
-    // A peer whose SO_PEERCRED uid has an entry is attached at once (it may
-    // receive before it sends); others must send credentials in time.
-    let mut vassal = attach(&router, peer_uid, &out).ok();
-    let result = serve_peer(&router, &afd, &out, peer_uid, &mut vassal).await;
+    // A peer whose SO_PEERCRED uid has an entry is attached at once when
+    // its address is free (it may receive before it sends); one whose
+    // address another compat peer holds waits until it proves itself or
+    // the holder leaves; others must send credentials in time.
+    let (mut vassal, held) = match attach(&router, peer_uid, &out, false) {
+        Ok(v) => (Some(v), false),
+        Err(why @ CompatError::Held { .. }) => {
+            tracing::info!("{why}");
+            (None, true)
+        }
+        Err(_) => (None, false),
+    };
+    let result = serve_peer(&router, &afd, &out, peer_uid, &mut vassal, held).await;
     if let Some(v) = vassal {
         router.registry.detach(&v);
+        freed().send_modify(|n| *n = n.wrapping_add(1));
         tracing::info!(project = %v.project.name, address = %v.ipv4, "compat peer detached");
     }
     result
@@ -413,7 +538,9 @@ async fn serve_peer(
     out: &Arc<CompatOut>,
     peer_uid: u32,
     vassal: &mut Option<Arc<Vassal>>,
+    mut held: bool,
 ) -> Result<(), CompatError> {
+    let mut left = freed().subscribe();
     let mtu = router.config.limits.mtu;
     let mut inbuf = vec![0u8; MAX_MTU + 4 + 4096];
     let mut fill = 0usize;
@@ -454,10 +581,29 @@ async fn serve_peer(
                         if vassal.is_none() || uid != peer_uid {
                             if let Some(old) = vassal.take() {
                                 router.registry.detach(&old);
+                                freed().send_modify(|n| *n = n.wrapping_add(1));
                             }
-                            *vassal = Some(attach(router, uid, out)?);
+                            *vassal = Some(attach(router, uid, out, true)?);
+                            held = false;
                             // Its project (and so its rule id) changed.
                             snap = None;
+                        }
+                    }
+                }
+                if vassal.is_none() && held {
+                    // Its first whole, well-formed frame proves it a relay:
+                    // only then may it take the address over.
+                    match decode_frame(&inbuf[at..fill], mtu) {
+                        Ok(Some(_)) => {
+                            *vassal = Some(attach(router, peer_uid, out, true)?);
+                            held = false;
+                        }
+                        Ok(None) => continue,
+                        Err(FrameError::BadHeader(header)) => {
+                            return Err(CompatError::BadHeader { project: format!("uid {peer_uid} (unattached)"), header })
+                        }
+                        Err(FrameError::TooLong(len)) => {
+                            return Err(CompatError::TooLong { project: format!("uid {peer_uid} (unattached)"), len, mtu })
                         }
                     }
                 }
@@ -511,7 +657,14 @@ async fn serve_peer(
                     Err(e) => return Err(CompatError::Io("writing", std::io::Error::from_raw_os_error(e))),
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if vassal.is_none() && !replaced => {
+            _ = left.changed(), if held && vassal.is_none() => {
+                // A compat peer left: the address may be free now.
+                if let Ok(v) = attach(router, peer_uid, out, false) {
+                    *vassal = Some(v);
+                    held = false;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if vassal.is_none() && !replaced && !held => {
                 return Err(CompatError::UnknownUid { uid: peer_uid });
             }
         }
@@ -600,8 +753,9 @@ mod tests {
     #[test]
     fn queue_compacts_without_growing() {
         let mut q = OutQueue {
-            buf: Vec::with_capacity(10),
+            buf: Vec::new(),
             start: 0,
+            limit: 10,
             dead: false,
         };
         assert!(q.append([b"abcd", b"ef"]));
@@ -610,5 +764,18 @@ mod tests {
         assert_eq!(&q.buf[q.start..], b"efghijkl");
         assert!(!q.append([b"xyz", b""]));
         assert_eq!(q.buf.capacity(), 10);
+        // Nothing is allocated before the first append.
+        let empty = CompatOut::new(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::empty(),
+            )
+            .unwrap()
+            .0,
+            1 << 20,
+        );
+        assert_eq!(empty.lock().buf.capacity(), 0);
     }
 }

@@ -55,6 +55,97 @@ pub struct NatConfig {
     pub egress_interface: Option<String>,
 }
 
+/// A transport protocol of a `[host] allow` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostProto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl HostProto {
+    /// The name nft and the configuration use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostProto::Tcp => "tcp",
+            HostProto::Udp => "udp",
+        }
+    }
+}
+
+/// One `[host] allow` entry: `tcp/53` or `udp/6000-6010`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPort {
+    /// TCP or UDP.
+    pub proto: HostProto,
+    /// First port of the range.
+    pub first: u16,
+    /// Last port of the range (= `first` for one port).
+    pub last: u16,
+}
+
+impl HostPort {
+    /// Parses `tcp/53` or `udp/6000-6010`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<HostPort, String> {
+        let shape = || format!("{text:?} is not `tcp/PORT`, `udp/PORT` or `tcp/FIRST-LAST`");
+        let (proto, ports) = text.split_once('/').ok_or_else(shape)?;
+        let proto = match proto {
+            "tcp" => HostProto::Tcp,
+            "udp" => HostProto::Udp,
+            _ => return Err(shape()),
+        };
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{text:?}: {p:?} is not a port from 1 to 65535")),
+            Ok(n) => Ok(n),
+        };
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(ports)?, port(ports)?),
+        };
+        if first > last {
+            return Err(format!("{text:?}: the range runs backwards"));
+        }
+        Ok(HostPort { proto, first, last })
+    }
+}
+
+/// `[host]`: what vassals may open on the host's own addresses (other than
+/// the gateway, which the router's rules govern). Enforced by the input
+/// chain of the router's nftables table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Ports of the host vassals may open connections (or send UDP) to;
+    /// empty by default: the host is closed to vassals.
+    pub allow: Vec<HostPort>,
+}
+
+/// Checks an interface name as the kernel's `dev_valid_name` does (1 to 15
+/// bytes, not `.` or `..`, no `/`, `:`, whitespace or NUL), and refuses
+/// what nft cannot match literally inside a quoted string: `"`, `\`, `*`
+/// (a trailing `*` is a wildcard there) and anything but printable ASCII.
+pub fn validate_interface_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("must be 1 to 15 bytes long");
+    }
+    if name == "." || name == ".." {
+        return Err("may not be \".\" or \"..\"");
+    }
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
+        return Err("may not contain '/', ':', whitespace or NUL (the kernel refuses them)");
+    }
+    if name
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\' || b == b'*')
+    {
+        return Err("may only contain printable ASCII other than '\"', '\\' and '*' (nft could not match it literally)");
+    }
+    Ok(())
+}
+
 /// `[flows]`: bounds and idle timeouts of the stateful flow table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowConfig {
@@ -85,6 +176,10 @@ pub struct Limits {
     pub mtu: usize,
     /// Bytes queued toward one uWSGI compat peer before packets are dropped.
     pub compat_buffer: usize,
+    /// Open compat connections, attached or not.
+    pub max_compat_connections: usize,
+    /// Open compat connections of one peer uid (SO_PEERCRED).
+    pub max_compat_connections_per_uid: usize,
     /// Queues (and reader tasks) of the host tun; 0 = one per worker thread.
     pub host_queues: usize,
     /// TCP segmentation and checksum offload on the tun devices: packets of
@@ -134,6 +229,8 @@ pub struct Config {
     pub projects: Vec<ProjectEntry>,
     /// Event sink and thresholds.
     pub events: EventsConfig,
+    /// What vassals may reach on the host's own addresses.
+    pub host: HostConfig,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +248,7 @@ struct RawConfig {
     flows: Option<RawFlows>,
     limits: Option<RawLimits>,
     events: Option<RawEvents>,
+    host: Option<RawHost>,
     #[serde(default)]
     project: Vec<Spanned<RawProject>>,
 }
@@ -161,6 +259,13 @@ struct RawEvents {
     sink: Option<Spanned<String>>,
     denied_per_second: Option<u64>,
     distinct_ports_per_second: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +294,8 @@ struct RawLimits {
     hello_timeout_ms: Option<u64>,
     mtu: Option<Spanned<usize>>,
     compat_buffer: Option<Spanned<usize>>,
+    max_compat_connections: Option<Spanned<usize>>,
+    max_compat_connections_per_uid: Option<Spanned<usize>>,
     host_queues: Option<Spanned<usize>>,
     offload: Option<bool>,
 }
@@ -239,15 +346,10 @@ impl Config {
         let device = match raw.device {
             Some(d) => {
                 let name = d.get_ref();
-                if name.is_empty()
-                    || name.len() > 15
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-                {
+                if let Err(why) = validate_interface_name(name) {
                     return Err(at(
                         Some(d.span()),
-                        format!("device: {name:?} is not a valid interface name (1 to 15 of [A-Za-z0-9._-])"),
+                        format!("device: {name:?} is not a valid interface name: it {why}"),
                     ));
                 }
                 name.clone()
@@ -288,7 +390,21 @@ impl Config {
         let nat = match raw.nat {
             Some(n) => NatConfig {
                 masquerade: n.masquerade.unwrap_or(true),
-                egress_interface: n.egress_interface.map(|e| e.into_inner()),
+                egress_interface: match n.egress_interface {
+                    Some(e) => {
+                        if let Err(why) = validate_interface_name(e.get_ref()) {
+                            return Err(at(
+                                Some(e.span()),
+                                format!(
+                                    "nat.egress_interface: {:?} is not a valid interface name: it {why}",
+                                    e.get_ref()
+                                ),
+                            ));
+                        }
+                        Some(e.into_inner())
+                    }
+                    None => None,
+                },
             },
             None => NatConfig {
                 masquerade: true,
@@ -353,12 +469,25 @@ impl Config {
             Some(q) => *q.get_ref(),
             None => 0,
         };
+        let max_compat_connections = positive(
+            rl.as_ref().and_then(|l| l.max_compat_connections.clone()),
+            "limits.max_compat_connections",
+            1024,
+        )?;
+        let max_compat_connections_per_uid = positive(
+            rl.as_ref()
+                .and_then(|l| l.max_compat_connections_per_uid.clone()),
+            "limits.max_compat_connections_per_uid",
+            128,
+        )?;
         let limits = Limits {
             max_vassals: rl.as_ref().and_then(|l| l.max_vassals).unwrap_or(4096),
             max_connections: rl.as_ref().and_then(|l| l.max_connections).unwrap_or(8192),
             hello_timeout_ms: rl.as_ref().and_then(|l| l.hello_timeout_ms).unwrap_or(5000),
             mtu,
             compat_buffer,
+            max_compat_connections,
+            max_compat_connections_per_uid,
             host_queues,
             offload: rl.as_ref().and_then(|l| l.offload).unwrap_or(true),
         };
@@ -380,6 +509,13 @@ impl Config {
                 .and_then(|e| e.distinct_ports_per_second)
                 .unwrap_or(100),
         };
+
+        let mut host = HostConfig::default();
+        for entry in raw.host.map(|h| h.allow).unwrap_or_default() {
+            let port = HostPort::parse(entry.get_ref())
+                .map_err(|why| at(Some(entry.span()), format!("host.allow: {why}")))?;
+            host.allow.push(port);
+        }
 
         let mut projects: Vec<ProjectEntry> = Vec::new();
         for p in raw.project {
@@ -453,6 +589,7 @@ impl Config {
             limits,
             projects,
             events,
+            host,
         })
     }
 
@@ -583,6 +720,81 @@ uid = 10001
             e.starts_with("r.toml:2:13:") && e.contains("flows.max_total"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn interface_names_are_checked_as_the_kernel_and_nft_need() {
+        for ok in [
+            "vr0",
+            "vr-a.1",
+            "vr_a",
+            "a",
+            "123456789012345",
+            "eth0@x",
+            "br+",
+        ] {
+            assert_eq!(validate_interface_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "1234567890123456",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\0b",
+            "a\"b",
+            "a\\b",
+            "vr*",
+            "caf\u{e9}",
+        ] {
+            assert!(validate_interface_name(bad).is_err(), "{bad:?}");
+        }
+        let e = error_of("[nat]\negress_interface = \"eth0\\\" accept }\"\n");
+        assert!(
+            e.starts_with("r.toml:2:20:") && e.contains("nat.egress_interface"),
+            "{e}"
+        );
+        let e = error_of("device = \"..\"\n");
+        assert!(e.starts_with("r.toml:1:10:") && e.contains("device"), "{e}");
+    }
+
+    #[test]
+    fn host_allow_entries_parse_and_bad_ones_are_located() {
+        let c = Config::parse("[host]\nallow = [\"udp/53\", \"tcp/8000-8080\"]\n", "r").unwrap();
+        assert_eq!(
+            c.host.allow,
+            vec![
+                HostPort {
+                    proto: HostProto::Udp,
+                    first: 53,
+                    last: 53
+                },
+                HostPort {
+                    proto: HostProto::Tcp,
+                    first: 8000,
+                    last: 8080
+                }
+            ]
+        );
+        assert!(Config::parse("", "r").unwrap().host.allow.is_empty());
+        for bad in [
+            "tcp",
+            "icmp/1",
+            "tcp/0",
+            "tcp/65536",
+            "udp/9-8",
+            "tcp/x",
+            "tcp/1-",
+        ] {
+            let e = error_of(&format!("[host]\nallow = [\"udp/53\", \"{bad}\"]\n"));
+            assert!(
+                e.starts_with("r.toml:2:20:") && e.contains("host.allow"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

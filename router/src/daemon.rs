@@ -2,7 +2,7 @@
 //! handles signals, and undoes what it installed on exit.
 //!
 //! Order: rules (refuse to start on a bad file) -> metrics listener -> host
-//! tun -> NAT table -> tasks -> control and compat sockets last, so that
+//! tun -> nftables table -> tasks -> control and compat sockets last, so that
 //! the control socket existing means the router is ready.
 
 use crate::compat;
@@ -13,7 +13,7 @@ use crate::firewall::{Firewall, FirewallError};
 use crate::flows::FlowTable;
 use crate::host_tun::{self, HostTunError};
 use crate::metrics::{self, HostCounters, MetricsError};
-use crate::nat::{Nat, NatError};
+use crate::nat::{NatError, Table};
 use crate::socket::{self, SocketError};
 use crate::vassals::Registry;
 use nix::sys::socket::SockType;
@@ -78,15 +78,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         n => n,
     };
     let host_tun = host_tun::create(&config, queues)?;
-    let nat = if config.nat.masquerade {
-        Some(Nat::install(&config)?)
-    } else {
-        // Without nft there can be no stale table: a failure only warns.
-        if let Err(e) = Nat::remove_stale(&config) {
-            tracing::warn!("NAT off: {e}");
-        }
-        None
-    };
+    // NAT on or off: the table also guards the host (docs/design.md).
+    let table = Table::install(&config)?;
     let router = Arc::new(Router {
         registry: Registry::new(config.limits.max_vassals),
         flows: FlowTable::new(config.flows.clone()),
@@ -101,9 +94,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(path) = &router.config.compat_socket {
         let _ = std::fs::remove_file(path);
     }
-    if let Some(nat) = nat {
-        nat.remove()?;
-    }
+    table.remove()?;
     tracing::info!("router stopped");
     result
 }

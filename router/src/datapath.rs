@@ -426,6 +426,12 @@ impl Router {
             return self.host.drop(DropReason::Malformed, 1);
         };
         let n = plan.wire.packets;
+        // Vassal sources never come from the host (vassal-to-vassal is
+        // switched here): such a packet was forged outside. The gateway is
+        // the host's own address. Behind the nft forward/output rules.
+        if self.in_own_subnet(info.src) {
+            return self.host.drop(DropReason::Spoofed, n);
+        }
         let Some(w) = self.registry.lookup(info.dst) else {
             // Checked first so that these drops never eat the budget of
             // the rule-match log lines when debug logging is off.

@@ -44,7 +44,11 @@ enum Command {
     /// defaults apply: device vr0, gateway 10.200.0.1/16, control socket
     /// /run/vassal/router.sock, metrics on 127.0.0.1:9810, the embedded
     /// default rules (vassals reach the internet, not each other nor private
-    /// ranges; nothing reaches into a vassal) and NAT masquerade on.
+    /// ranges; nothing reaches into a vassal) and NAT masquerade on. The
+    /// router's nftables table (inet vassal_<device>) is installed NAT on or
+    /// off: it drops packets with vassal sources sent into the device, and
+    /// closes every address of the host to vassals but the gateway (left to
+    /// the rules) and the ports of `[host] allow = ["udp/53", "tcp/8000-8080"]`.
     Run {
         /// Configuration file (TOML).
         #[arg(long, short)]

@@ -69,6 +69,10 @@ fn describe() {
         "vassal_attach_refusals_total",
         "Attach requests refused, by reason."
     );
+    describe_gauge!(
+        "vassal_compat_connections",
+        "Open uWSGI compat connections (bounded by limits.max_compat_connections)."
+    );
     describe_counter!(
         "vassal_compat_rule_blocks_total",
         "uWSGI rule blocks (modifier2 = 1) a compat peer sent; refused."

@@ -232,13 +232,9 @@ impl Drop for TestRouter {
         if let Some(child) = self.child.take() {
             drop(child);
         }
-        // A killed router leaves its NAT table (by design a restart replaces
-        // it); remove it so a failed test leaves nothing behind.
-        let table = format!(
-            "vassal_{}",
-            self.device
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-        );
+        // A killed router leaves its nftables table (by design a restart
+        // replaces it); remove it so a failed test leaves nothing behind.
+        let table = vassal_router::nat::table_name(&self.device);
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", &table])
             .stderr(Stdio::null())

@@ -24,7 +24,7 @@ fn nat_table(router: &TestRouter) -> Option<Vec<String>> {
             "list",
             "table",
             "inet",
-            &format!("vassal_{}", router.device),
+            &vassal_router::nat::table_name(&router.device),
         ])
         .stderr(Stdio::null())
         .output()
@@ -38,21 +38,33 @@ fn nat_table(router: &TestRouter) -> Option<Vec<String>> {
     })
 }
 
-/// The table a router with NAT out of `egress` must hold: masquerade for
-/// its subnet out of `egress`, forwarding accepted to and from its device,
-/// and nothing else.
+/// The table a router with NAT out of `egress` must hold: anti-spoofing
+/// toward its device, the host closed to its vassals but for the gateway
+/// and replies, masquerade for its subnet out of `egress`, forwarding
+/// accepted to and from its device, and nothing else.
 fn expected_nat_table(router: &TestRouter, egress: &str) -> Vec<String> {
     let (dev, (b, c)) = (&router.device, router.net);
     [
-        format!("table inet vassal_{dev} {{"),
+        format!("table inet {} {{", vassal_router::nat::table_name(dev)),
+        "chain forward {".into(),
+        "type filter hook forward priority filter; policy accept;".into(),
+        format!("oifname \"{dev}\" ip saddr 10.{b}.{c}.0/24 drop"),
+        format!("iifname \"{dev}\" accept"),
+        format!("oifname \"{dev}\" accept"),
+        "}".into(),
+        "chain output {".into(),
+        "type filter hook output priority filter; policy accept;".into(),
+        format!("oifname \"{dev}\" ip saddr 10.{b}.{c}.0/24 ip saddr != 10.{b}.{c}.1 drop"),
+        "}".into(),
+        "chain input {".into(),
+        "type filter hook input priority filter; policy accept;".into(),
+        format!("iifname \"{dev}\" ct state established,related accept"),
+        format!("iifname \"{dev}\" ip daddr 10.{b}.{c}.1 accept"),
+        format!("iifname \"{dev}\" drop"),
+        "}".into(),
         "chain postrouting {".into(),
         "type nat hook postrouting priority srcnat; policy accept;".into(),
         format!("ip saddr 10.{b}.{c}.0/24 oifname \"{egress}\" masquerade"),
-        "}".into(),
-        "chain forward {".into(),
-        "type filter hook forward priority filter; policy accept;".into(),
-        format!("iifname \"{dev}\" accept"),
-        format!("oifname \"{dev}\" accept"),
         "}".into(),
         "}".into(),
     ]
@@ -65,7 +77,7 @@ fn tables_of(router: &TestRouter) -> Vec<String> {
         .args(["list", "tables"])
         .output()
         .unwrap();
-    let name = format!("vassal_{}", router.device);
+    let name = vassal_router::nat::table_name(&router.device);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.split_whitespace().last() == Some(name.as_str()))
@@ -264,9 +276,12 @@ fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
     assert_eq!(nat_table(&router).as_ref(), Some(&expected));
     assert_eq!(
         tables_of(&router),
-        [format!("table inet vassal_{}", router.device)]
+        [format!(
+            "table inet {}",
+            vassal_router::nat::table_name(&router.device)
+        )]
     );
-    assert_eq!(ruleset_mentions(&router), (2, 1));
+    assert_eq!(ruleset_mentions(&router), (7, 3));
 
     // SIGKILL: no chance to clean up.
     router.stop(Signal::SIGKILL);
@@ -379,10 +394,13 @@ fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
     // stale one was replaced, not duplicated or added to.
     assert_eq!(
         tables_of(&router),
-        [format!("table inet vassal_{}", router.device)]
+        [format!(
+            "table inet {}",
+            vassal_router::nat::table_name(&router.device)
+        )]
     );
     assert_eq!(nat_table(&router).as_ref(), Some(&expected));
-    assert_eq!(ruleset_mentions(&router), (2, 1));
+    assert_eq!(ruleset_mentions(&router), (7, 3));
 
     // A clean stop removes the table and the device.
     assert!(router.stop(Signal::SIGTERM), "{}", router.log_text());
@@ -871,7 +889,8 @@ fn abuse_router_restart_keeps_connections_where_the_remote_side_speaks_next() {
 /// replaces the table only when NAT is on, and removes only a table it
 /// installed itself, so the masquerade of the vassal subnet stays in the
 /// kernel for as long as the host runs, through clean stops too. Fixed: a
-/// start without NAT deletes a stale table of its device.
+/// start without NAT replaces the stale table of its device with one
+/// without masquerade (the table now always exists: it guards the host).
 #[test]
 fn abuse_router_restart_without_nat_removes_the_stale_table() {
     let mut router = TestRouter::start(&RouterSpec {
@@ -887,14 +906,17 @@ fn abuse_router_restart_without_nat_removes_the_stale_table() {
     )
     .unwrap();
     router.spawn();
+    // The table stays (it also guards the host), replaced by one without
+    // masquerade.
     let during = tables_of(&router);
+    let masquerade = nat_table(&router).is_some_and(|t| t.iter().any(|l| l.contains("masquerade")));
     assert!(router.stop(Signal::SIGTERM), "{}", router.log_text());
     let after = tables_of(&router);
     assert_eq!(
-        (during, after),
-        (vec![], vec![]),
-        "the dead router's NAT table outlived a restart without NAT (while running, after a \
-         clean stop)"
+        (during.len(), masquerade, after),
+        (1, false, vec![]),
+        "the dead router's masquerade outlived a restart without NAT (while running), or its \
+         table a clean stop"
     );
 }
 
@@ -968,10 +990,13 @@ fn abuse_router_crash_loop_leaves_one_table_and_every_vassal_attached() {
     assert!(peers.iter().all(|p| *p == internet.host_addr), "{peers:?}");
     assert_eq!(
         tables_of(&router),
-        [format!("table inet vassal_{}", router.device)]
+        [format!(
+            "table inet {}",
+            vassal_router::nat::table_name(&router.device)
+        )]
     );
     assert_eq!(nat_table(&router).as_ref(), Some(&expected));
-    assert_eq!(ruleset_mentions(&router), (2, 1));
+    assert_eq!(ruleset_mentions(&router), (7, 3));
     assert!(router.stop(Signal::SIGTERM), "{}", router.log_text());
     assert_eq!(tables_of(&router), Vec::<String>::new());
 }

@@ -366,7 +366,7 @@ fn ops_uwsgi_emperor_switches_over_to_vassal_router() {
     );
     assert!(router.stop(Signal::SIGTERM), "{}", router.log_text());
     assert!(!device_exists(&router.device));
-    let table = format!("vassal_{}", router.device.replace('-', "_"));
+    let table = vassal_router::nat::table_name(&router.device);
     let tables = Command::new("nft")
         .args(["list", "tables"])
         .output()

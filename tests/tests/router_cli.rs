@@ -137,6 +137,8 @@ fn router_run_refuses_an_invalid_rule_file_before_touching_the_system() {
         .args(["list", "tables"])
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&tables.stdout).contains(&format!("vassal_{device}")));
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains(&vassal_router::nat::table_name(&device))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -38,7 +38,7 @@ fn router_nat_egress_shows_the_host_address_and_the_table_is_managed() {
         nat: Some(Some(veth.host.clone())),
         ..Default::default()
     });
-    let table = format!("vassal_{}", router.device);
+    let table = vassal_router::nat::table_name(&router.device);
     assert_eq!(tables_named(&table), 1);
 
     let log = router.dir.join("internet.log");

@@ -208,6 +208,260 @@ fn router_real_uwsgi_vassal_exchanges_traffic_through_the_compat_socket() {
     assert!(uwsgi.0 .0.try_wait().unwrap().is_none(), "uWSGI exited");
 }
 
+/// Issue 11, item 8: root connections that prove nothing (silent, closed
+/// at once, garbage, a wrong credentials message, an oversized frame)
+/// arrive while a real uWSGI vassal of the `uid = 0` project "legacy" is
+/// attached: none of them takes its address, so it keeps its network.
+#[test]
+fn router_a_root_connection_never_displaces_an_attached_uid0_peer() {
+    let router = start();
+    let uwsgi = uwsgi_vassal(&router);
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_attached", "project=\"legacy\"")
+        == 1.0));
+    let gw = router.gateway().to_string();
+    let ping = || {
+        in_vassal(
+            uwsgi.pid(),
+            &["ping", "-n", "-q", "-c", "1", "-W", "2", &gw],
+        )
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), ping),
+        "{}",
+        router.log_text()
+    );
+    // The router's verdict on a new root connection: held back (or, before
+    // the fix, put in the attached peer's place).
+    let handled = || {
+        let log = router.log_text();
+        log.matches("is held by another compat peer").count()
+            + log.matches("replaces the older one").count()
+    };
+    let garbage: [&[u8]; 5] = [
+        b"",
+        &[9, 9, 9, 9],
+        b"uwsgi-tuntaX",
+        &[0, 0xff, 0xff, 0],
+        &[0, 3, 0],
+    ];
+    let mut silent = Vec::new();
+    for bytes in garbage {
+        let before = handled();
+        let mut s = UnixStream::connect(&router.compat_socket).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || handled() > before),
+            "{}",
+            router.log_text()
+        );
+        s.write_all(bytes).unwrap();
+        if bytes.is_empty() || bytes.len() == 3 {
+            // Silent, or a frame cut short: kept open, it proves nothing.
+            silent.push(s);
+        } else {
+            // Bad bytes: the router disconnects it.
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 16];
+            assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+        }
+        assert!(ping(), "after {bytes:?}: {}", router.log_text());
+    }
+    // Closing the silent ones changes nothing either.
+    drop(silent);
+    assert!(ping(), "{}", router.log_text());
+    assert_eq!(router.metric("vassal_attached", "project=\"legacy\""), 1.0);
+    let mut uwsgi = uwsgi;
+    assert!(uwsgi.0 .0.try_wait().unwrap().is_none(), "uWSGI exited");
+}
+
+/// A held connection (a newer root connection of the uid-0 project while
+/// an older one holds the address) takes the address, without proving
+/// anything, once the holder disconnects: a relay restarting after its old
+/// process died gets its network back.
+#[test]
+fn router_a_held_compat_connection_attaches_when_the_holder_leaves() {
+    let router = start();
+    let attached = || router.log_text().matches("compat peer attached").count();
+    let holder = UnixStream::connect(&router.compat_socket).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || attached() == 1));
+    let script = format!(
+        r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect({sock:?})
+print("connected", flush=True)
+buf = b""
+while True:
+    d = s.recv(65536)
+    if not d: sys.exit(3)
+    buf += d
+    while len(buf) >= 4:
+        n = struct.unpack("<H", buf[1:3])[0]
+        if len(buf) < 4 + n: break
+        p = buf[4:4+n]; buf = buf[4+n:]
+        if p[0] >> 4 == 4 and p[9] == 6 and struct.unpack("!H", p[22:24])[0] == 7000:
+            sys.exit(0)
+"#,
+        sock = router.compat_socket.display().to_string()
+    );
+    let mut newer = KillOnDrop::spawn(
+        Command::new(PYTHON)
+            .args(["-c", &script])
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(newer.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || router
+        .log_text()
+        .contains("is held by another compat peer")));
+    assert_eq!(
+        attached(),
+        1,
+        "the silent newer connection took the address"
+    );
+    drop(holder);
+    assert!(
+        wait_until(Duration::from_secs(5), || attached() == 2),
+        "{}",
+        router.log_text()
+    );
+    // A SYN from the host to the project's port 7000 reaches the newer one.
+    let dst = std::net::SocketAddr::from((router.addr(20), 7000));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let _ = std::net::TcpStream::connect_timeout(&dst, Duration::from_millis(200));
+            newer.0.try_wait().unwrap().is_some()
+        }),
+        "{}",
+        router.log_text()
+    );
+    assert!(newer.0.wait().unwrap().success());
+}
+
+/// Opens `n` compat connections as `uid` (python under setpriv), prints
+/// `opened`, then for each line it reads prints one letter per connection:
+/// `o` open, `c` closed by the router.
+fn hold_connections(
+    router: &TestRouter,
+    uid: u32,
+    n: usize,
+) -> (
+    KillOnDrop,
+    std::process::ChildStdin,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let script = format!(
+        r#"
+import socket, sys
+conns = []
+for _ in range({n}):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect({sock:?}); conns.append(s)
+print("opened", flush=True)
+for _ in sys.stdin:
+    out = ""
+    for s in conns:
+        try:
+            out += "c" if s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"" else "o"
+        except BlockingIOError:
+            out += "o"
+        except ConnectionResetError:
+            out += "c"
+    print(out, flush=True)
+"#,
+        sock = router.compat_socket.display().to_string()
+    );
+    let mut child = KillOnDrop::spawn(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                PYTHON,
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let stdin = child.0.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "opened");
+    (child, stdin, stdout)
+}
+
+fn states(
+    held: &mut (
+        KillOnDrop,
+        std::process::ChildStdin,
+        std::io::BufReader<std::process::ChildStdout>,
+    ),
+) -> String {
+    held.1.write_all(b"?\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut held.2, &mut line).unwrap();
+    line.trim().to_owned()
+}
+
+/// State exhaustion: compat connections are bounded per peer uid and in
+/// all. A tenant uid ("forged", 4243) opens 6 connections against a bound
+/// of 4 per uid: the last 2 are closed at once; root then opens 3 against
+/// a total bound of 6: the last one is closed; when the tenant's go, root
+/// gets places again.
+#[test]
+fn router_compat_connections_are_bounded_per_uid_and_in_all() {
+    let mut router = start();
+    let mut config = std::fs::read_to_string(&router.config_path).unwrap();
+    config.push_str("\n[limits]\nmax_compat_connections = 6\nmax_compat_connections_per_uid = 4\n");
+    std::fs::write(&router.config_path, config).unwrap();
+    router.stop(nix::sys::signal::Signal::SIGTERM);
+    router.spawn();
+    std::fs::set_permissions(
+        &router.compat_socket,
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let refused = || {
+        router.metric(
+            "vassal_attach_refusals_total",
+            "reason=\"too_many_connections\"",
+        )
+    };
+
+    let mut tenant = hold_connections(&router, 4243, 6);
+    assert!(
+        wait_until(Duration::from_secs(5), || refused() == 2.0),
+        "refusals: {}\n{}",
+        refused(),
+        router.log_text()
+    );
+    assert_eq!(states(&mut tenant), "oooocc");
+    let mut root = hold_connections(&router, 0, 3);
+    assert!(wait_until(Duration::from_secs(5), || refused() == 3.0));
+    assert_eq!(states(&mut root), "ooc");
+    assert_eq!(states(&mut tenant), "oooocc");
+    assert_eq!(router.metric("vassal_compat_connections", ""), 6.0);
+    // The tenant's places are given back when its connections close.
+    drop(tenant);
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_compat_connections", "")
+        == 2.0));
+    let mut again = hold_connections(&router, 0, 2);
+    assert!(wait_until(Duration::from_secs(5), || router
+        .metric("vassal_compat_connections", "")
+        == 4.0));
+    assert_eq!(states(&mut again), "oo");
+    assert_eq!(refused(), 3.0);
+}
+
 #[test]
 fn router_credentials_message_identifies_the_peer_and_bad_peers_are_disconnected() {
     let router = start();
