@@ -341,6 +341,7 @@ fn attach(router: &Router, uid: u32, out: &Arc<CompatOut>) -> Result<Arc<Vassal>
         .ok_or(CompatError::UnknownUid { uid })?;
     let project = router.registry.project(&entry.name);
     router.flows.ensure_slot(project.slot);
+    router.fragments.ensure_slot(project.slot);
     let port = || Port::Compat(Arc::clone(out));
     let attached = match router.registry.attach(
         Arc::clone(&project),

@@ -19,6 +19,7 @@ use crate::config::{Config, MAX_MTU};
 use crate::events::Logged;
 use crate::firewall::{ActiveRules, Firewall};
 use crate::flows::FlowTable;
+use crate::fragments::FragmentTable;
 use crate::host_tun::HostTun;
 use crate::metrics::{DropReason, HostCounters};
 use crate::offload::{self, Plan, VnetHdr, Wire, HDR_LEN};
@@ -56,6 +57,8 @@ pub struct Router {
     pub registry: Registry,
     /// Stateful flows.
     pub flows: FlowTable,
+    /// Fragmented datagrams whose first fragment passed.
+    pub fragments: FragmentTable,
     /// Rules in force.
     pub firewall: Firewall,
     /// Router-wide counters.
@@ -290,8 +293,12 @@ impl Router {
         if !v.owns(info.src) {
             return counters.drop(DropReason::Spoofed, n);
         }
+        // A later fragment follows its first fragment's verdict.
+        let Ok(follows) = self.fragments.follows(&info, false) else {
+            return counters.drop(DropReason::Fragment, n);
+        };
         let established = snap.rules.classifier.defaults().established;
-        let reply = established && self.flows.is_reply(&info);
+        let reply = follows || (established && self.flows.is_reply(&info));
         if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
             note_port(&v.project, &info);
             return counters.drop(DropReason::Firewall, n);
@@ -307,6 +314,9 @@ impl Router {
                     if established && self.flows.open(&info, v.project.slot).is_err() {
                         return counters.drop(DropReason::FlowTableFull, n);
                     }
+                }
+                if self.fragments.passing(&info, v.project.slot, false).is_err() {
+                    return counters.drop(DropReason::Fragment, n);
                 }
                 let d = deliver(&w, &frame, &plan);
                 self.count_offload(&plan, &d, !w.port_has_offloads());
@@ -328,6 +338,9 @@ impl Router {
                     if established && self.flows.open(&info, v.project.slot).is_err() {
                         return counters.drop(DropReason::FlowTableFull, n);
                     }
+                }
+                if self.fragments.passing(&info, v.project.slot, false).is_err() {
+                    return counters.drop(DropReason::Fragment, n);
                 }
                 let vnet = self.host_tun.vnet();
                 let d = write_tun(self.host_tun.writer(), vnet, &frame, &plan);
@@ -357,8 +370,11 @@ impl Router {
             return self.host.drop(DropReason::NoRoute, n);
         };
         let counters = &w.project.counters;
+        let Ok(follows) = self.fragments.follows(&info, true) else {
+            return counters.drop(DropReason::Fragment, n);
+        };
         let established = snap.rules.classifier.defaults().established;
-        let reply = established && self.flows.is_reply(&info);
+        let reply = follows || (established && self.flows.is_reply(&info));
         if !reply {
             let theirs = snap.rules.classifier.project_id(&w.project.name);
             if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
@@ -367,6 +383,9 @@ impl Router {
             if established && self.flows.open(&info, w.project.slot).is_err() {
                 return counters.drop(DropReason::FlowTableFull, n);
             }
+        }
+        if self.fragments.passing(&info, w.project.slot, true).is_err() {
+            return counters.drop(DropReason::Fragment, n);
         }
         let d = deliver(&w, &frame, &plan);
         self.count_offload(&plan, &d, !w.port_has_offloads());
@@ -547,6 +566,7 @@ mod tests {
             router: Router {
                 registry: Registry::new(config.limits.max_vassals),
                 flows: FlowTable::new(config.flows.clone()),
+                fragments: FragmentTable::new(config.fragments.clone()),
                 firewall: Firewall::with_rules(&set, None),
                 host: HostCounters::register(),
                 host_tun: HostTun::from_queues(host_tun, Vec::new(), host_vnet),
@@ -567,6 +587,7 @@ mod tests {
             let (ours, theirs) = pair();
             let p = self.router.registry.project(project);
             self.router.flows.ensure_slot(p.slot);
+            self.router.fragments.ensure_slot(p.slot);
             let v = self
                 .router
                 .registry

@@ -266,6 +266,7 @@ mod tests {
             icmp_echo_request: false,
             quoted: None,
             transport: 20,
+            fragment: None,
         }
     }
 

@@ -59,7 +59,7 @@ fn describe() {
     );
     describe_counter!(
         "vassal_dropped_packets_total",
-        "Packets of the project dropped, by reason: firewall, spoofed, malformed, queue_full, no_route, flow_table_full."
+        "Packets of the project dropped, by reason: firewall, spoofed, malformed, queue_full, no_route, flow_table_full, fragment (a later fragment of a datagram whose first fragment did not pass or expired, a fragment out of order or overlapping, or a first fragment the fragment table had no room for)."
     );
     describe_counter!(
         "vassal_host_dropped_packets_total",
@@ -123,17 +123,22 @@ pub enum DropReason {
     NoRoute,
     /// The project's flow table is full.
     FlowTableFull,
+    /// A fragment refused by the fragment table: a later fragment of a
+    /// datagram whose first fragment did not pass (or expired), out of
+    /// order or overlapping, or a first fragment the table had no room for.
+    Fragment,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Firewall,
         DropReason::Spoofed,
         DropReason::Malformed,
         DropReason::QueueFull,
         DropReason::NoRoute,
         DropReason::FlowTableFull,
+        DropReason::Fragment,
     ];
 
     /// The `reason` label.
@@ -145,6 +150,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::NoRoute => "no_route",
             DropReason::FlowTableFull => "flow_table_full",
+            DropReason::Fragment => "fragment",
         }
     }
 
@@ -189,7 +195,7 @@ pub struct ProjectCounters {
     pub rx_bytes: Count,
     /// IP packets delivered to the vassal.
     pub rx_packets: Count,
-    dropped: [Count; 6],
+    dropped: [Count; DropReason::ALL.len()],
     /// Rule blocks (uWSGI modifier2 = 1) refused from its compat peers.
     pub compat_rule_blocks: Count,
     /// `vassal_attached{project}`.
@@ -246,7 +252,7 @@ impl ProjectCounters {
 
 /// Router-wide series, not tied to a project.
 pub struct HostCounters {
-    dropped: [Count; 6],
+    dropped: [Count; DropReason::ALL.len()],
     /// `vassal_rules_reload_failures_total`.
     pub reload_failures: Count,
     /// `vassal_rules_reloads_total`.

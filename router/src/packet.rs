@@ -15,6 +15,9 @@ pub enum Malformed {
     /// The IP length field disagrees with the bytes read.
     #[error("IP length field does not match the packet")]
     Length,
+    /// An IPv6 packet with a second fragment header in its chain.
+    #[error("more than one IPv6 fragment header")]
+    Fragment,
 }
 
 /// IP protocol numbers the datapath looks into.
@@ -59,6 +62,33 @@ pub struct PacketInfo {
     /// Offset of the transport header (after IPv6 extension headers); for a
     /// non-first fragment, where the transport header is elsewhere, 0.
     pub transport: usize,
+    /// Where this packet lies in a fragmented datagram; `None` for a whole
+    /// datagram (IPv6 atomic fragments included).
+    pub fragment: Option<Fragment>,
+}
+
+/// The fragment fields of a packet that is part of a fragmented datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The identification (16 bits in IPv4, 32 in IPv6).
+    pub id: u32,
+    /// The protocol every fragment of the datagram names: the IPv4
+    /// protocol, or the next header of the IPv6 fragment header (the first
+    /// header of the fragmentable part, which may be an extension header).
+    pub proto: u8,
+    /// Offset of this fragment's data in the datagram, bytes.
+    pub offset: u32,
+    /// Bytes of the datagram this fragment carries.
+    pub len: u32,
+    /// Whether more fragments follow (the MF / M flag).
+    pub more: bool,
+}
+
+impl Fragment {
+    /// Whether this is the first fragment (it holds the transport header).
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
 }
 
 /// The header fields of the packet an ICMP error quotes.
@@ -76,8 +106,11 @@ pub struct Quoted {
     pub dst_port: u16,
 }
 
-/// Parses an IPv4 or IPv6 packet. A non-first fragment carries no ports:
-/// they read as 0.
+/// Parses an IPv4 or IPv6 packet. A first fragment must hold its whole
+/// transport header (the tiny-fragment attack hides TCP flags or ports in
+/// the second one); a non-first fragment carries no ports: they read as 0,
+/// and the datapath makes it follow its first fragment
+/// ([`crate::fragments`]).
 pub fn parse(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     match pkt.first().map(|b| b >> 4) {
         Some(4) => parse_v4(pkt),
@@ -98,7 +131,16 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     if total != pkt.len() {
         return Err(Malformed::Length);
     }
-    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
+    let flags_offset = u16::from_be_bytes([pkt[6], pkt[7]]);
+    let frag_offset = flags_offset & 0x1fff;
+    let more = flags_offset & 0x2000 != 0;
+    let fragment = (more || frag_offset != 0).then(|| Fragment {
+        id: u32::from(u16::from_be_bytes([pkt[4], pkt[5]])),
+        proto: pkt[9],
+        offset: u32::from(frag_offset) * 8,
+        len: (total - ihl) as u32,
+        more,
+    });
     let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
     let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
     let proto = pkt[9];
@@ -117,6 +159,7 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         icmp_echo_request: false,
         quoted: None,
         transport: if frag_offset == 0 { ihl } else { 0 },
+        fragment,
     };
     transport_fields(&mut info, transport, frag_offset == 0)?;
     Ok(info)
@@ -137,6 +180,7 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     let mut next = pkt[6];
     let mut offset = 40;
     let mut first_fragment = true;
+    let mut fragment = None;
     // Walk the extension headers; bounded by the packet length since every
     // step advances by at least 8 bytes.
     loop {
@@ -146,13 +190,34 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
                 next = h[0];
                 offset += (usize::from(h[1]) + 1) * 8;
             }
+            44 if fragment.is_some() => return Err(Malformed::Fragment),
             44 => {
                 let h = pkt.get(offset..offset + 8).ok_or(Malformed::Truncated)?;
                 next = h[0];
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    first_fragment = false;
-                }
                 offset += 8;
+                let off_m = u16::from_be_bytes([h[2], h[3]]);
+                let more = off_m & 1 != 0;
+                let frag_offset = u32::from(off_m >> 3) * 8;
+                if more || frag_offset != 0 {
+                    fragment = Some(Fragment {
+                        id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                        proto: next,
+                        offset: frag_offset,
+                        len: pkt.len().saturating_sub(offset) as u32,
+                        more,
+                    });
+                }
+                if frag_offset != 0 {
+                    // What follows is the middle of the datagram, not
+                    // headers: `next` names the first header of the
+                    // fragmentable part, which only the first fragment
+                    // holds.
+                    first_fragment = false;
+                    if offset > pkt.len() {
+                        return Err(Malformed::Truncated);
+                    }
+                    break;
+                }
             }
             _ => break,
         }
@@ -170,6 +235,7 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         icmp_echo_request: false,
         quoted: None,
         transport: if first_fragment { offset } else { 0 },
+        fragment,
     };
     let transport = if first_fragment {
         &pkt[offset..]
