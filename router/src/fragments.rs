@@ -302,7 +302,13 @@ mod tests {
         t.admit(&p, &f, slot, false)
     }
 
-    fn follow(t: &FragmentTable, src: &str, id: u32, offset: u32, more: bool) -> Result<(), Refused> {
+    fn follow(
+        t: &FragmentTable,
+        src: &str,
+        id: u32,
+        offset: u32,
+        more: bool,
+    ) -> Result<(), Refused> {
         let (p, f) = frag(src, id, offset, 1480, more);
         t.follow(&p, &f, false)
     }
@@ -341,10 +347,16 @@ mod tests {
         // overlaps the first fragment's transport header (RFC 1858)
         assert_eq!(follow(&t, "10.0.0.2", 7, 8, true), Err(Refused::OutOfOrder));
         // the last one before the middle one
-        assert_eq!(follow(&t, "10.0.0.2", 7, 2960, false), Err(Refused::OutOfOrder));
+        assert_eq!(
+            follow(&t, "10.0.0.2", 7, 2960, false),
+            Err(Refused::OutOfOrder)
+        );
         follow(&t, "10.0.0.2", 7, 1480, true).unwrap();
         // a duplicate of the middle one
-        assert_eq!(follow(&t, "10.0.0.2", 7, 1480, true), Err(Refused::OutOfOrder));
+        assert_eq!(
+            follow(&t, "10.0.0.2", 7, 1480, true),
+            Err(Refused::OutOfOrder)
+        );
         follow(&t, "10.0.0.2", 7, 2960, false).unwrap();
     }
 

@@ -448,4 +448,69 @@ mod tests {
         let i = parse(&v6(44, &[17, 0, 0, 0x08, 0, 0, 0, 1, 0xaa])).unwrap();
         assert_eq!((i.proto, i.src_port), (17, 0));
     }
+
+    #[test]
+    fn v4_fragments_carry_their_place_in_the_datagram() {
+        let mut first = v4(
+            17,
+            &[0x30, 0x39, 0, 53, 0x0f, 0xa8, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+        );
+        first[4..8].copy_from_slice(&[0xbe, 0xef, 0x20, 0]); // MF, offset 0
+        let i = parse(&first).unwrap();
+        assert_eq!((i.src_port, i.dst_port), (12345, 53));
+        let f = i.fragment.unwrap();
+        assert_eq!(
+            (f.id, f.proto, f.offset, f.len, f.more),
+            (0xbeef, 17, 0, 16, true)
+        );
+        assert!(f.is_first());
+        let mut later = v4(17, &[9; 24]);
+        later[4..8].copy_from_slice(&[0xbe, 0xef, 0, 2]); // offset 16, last
+        let i = parse(&later).unwrap();
+        assert_eq!((i.src_port, i.dst_port, i.transport), (0, 0, 0));
+        let f = i.fragment.unwrap();
+        assert_eq!(
+            (f.offset, f.len, f.more, f.is_first()),
+            (16, 24, false, false)
+        );
+        // DF alone is no fragment
+        assert_eq!(parse(&v4(17, &[0; 8])).unwrap().fragment, None);
+        // a first fragment too short for its TCP header (RFC 1858 tiny
+        // fragment) is refused
+        let mut tiny = v4(6, &[0, 80, 0, 80, 0, 0, 0, 1]);
+        tiny[6] = 0x20;
+        assert_eq!(parse(&tiny), Err(Malformed::Truncated));
+    }
+
+    #[test]
+    fn v6_fragments_stop_the_header_walk_after_the_first() {
+        // A non-first fragment whose fragment header names destination
+        // options next: what follows is data, not a header.
+        let i = parse(&v6(44, &[60, 0, 0x05, 0xa9, 0, 0, 0x12, 0x34, 0xff, 0xff])).unwrap();
+        assert_eq!((i.proto, i.src_port, i.transport), (60, 0, 0));
+        let f = i.fragment.unwrap();
+        assert_eq!(
+            (f.id, f.proto, f.offset, f.len, f.more),
+            (0x1234, 60, 1448, 2, true)
+        );
+        // Its first fragment: destination options, then UDP with ports.
+        let mut first = vec![60, 0, 0, 1, 0, 0, 0x12, 0x34];
+        first.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        first.extend_from_slice(&[0, 7, 0, 9, 0x0b, 0xb8, 0, 0]);
+        let i = parse(&v6(44, &first)).unwrap();
+        assert_eq!(
+            (i.proto, i.src_port, i.dst_port, i.transport),
+            (17, 7, 9, 56)
+        );
+        let f = i.fragment.unwrap();
+        assert_eq!((f.proto, f.offset, f.len, f.more), (60, 0, 16, true));
+        // An atomic fragment (offset 0, no more) is a whole datagram.
+        let i = parse(&v6(44, &[17, 0, 0, 0, 0, 0, 0, 1, 0, 7, 0, 9, 0, 8, 0, 0])).unwrap();
+        assert_eq!((i.src_port, i.fragment), (7, None));
+        // Two fragment headers: refused.
+        let mut twice = vec![44, 0, 0, 1, 0, 0, 0, 1];
+        twice.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 2]);
+        twice.extend_from_slice(&[0, 7, 0, 9, 0, 8, 0, 0]);
+        assert_eq!(parse(&v6(44, &twice)), Err(Malformed::Fragment));
+    }
 }
