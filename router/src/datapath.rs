@@ -653,7 +653,7 @@ mod tests {
         data: &[u8],
     ) -> Vec<u8> {
         let total = (20 + data.len()) as u16;
-        let flags = offset / 8 | if more { 0x2000 } else { 0 };
+        let flags = (offset / 8) | if more { 0x2000 } else { 0 };
         let mut p = vec![0x45, 0];
         p.extend_from_slice(&total.to_be_bytes());
         p.extend_from_slice(&id.to_be_bytes());

@@ -9,9 +9,7 @@
 
 use std::process::Stdio;
 use std::time::Duration;
-use vassal_tests::router_harness::{
-    echo_server, RouterSpec, TestRouter, TestVassal, PYTHON,
-};
+use vassal_tests::router_harness::{echo_server, RouterSpec, TestRouter, TestVassal, PYTHON};
 use vassal_tests::{wait_until, KillOnDrop, Netns, Veth};
 
 /// A UDP server (IPv4 and IPv6) on port 5353 that answers every query with
@@ -130,7 +128,11 @@ impl Internet {
         );
         let ns = Netns::new("in");
         let veth = Veth::new(&ns, &format!("{host}/30"), &format!("{server}/30"));
-        let net6 = format!("2001:db8:{:x}:{:x}", 0xf000 + std::process::id() % 0xfff, slot);
+        let net6 = format!(
+            "2001:db8:{:x}:{:x}",
+            0xf000 + std::process::id() % 0xfff,
+            slot
+        );
         vassal_tests::ip(&[
             "-6",
             "addr",
@@ -241,10 +243,7 @@ fn reassembly(ns: &Netns) -> (u64, u64) {
             .find_map(|l| l.strip_prefix(name))
             .map_or(0, |v| v.trim().parse().unwrap())
     };
-    (
-        v4.0 + v6("Ip6ReasmReqds "),
-        v4.1 + v6("Ip6ReasmOKs "),
-    )
+    (v4.0 + v6("Ip6ReasmReqds "), v4.1 + v6("Ip6ReasmOKs "))
 }
 
 #[test]
@@ -341,7 +340,14 @@ fn deny_port_9() -> (TestRouter, TestVassal, TestVassal) {
 /// Sends the allowed train `id` (to port 7) from alice to `dst` and waits
 /// until bob's kernel reassembled it: everything alice sent before it has
 /// been through the router by then.
-fn control_train(router: &TestRouter, alice: &TestVassal, bob: &TestVassal, src: &str, dst: &str, id: u32) {
+fn control_train(
+    router: &TestRouter,
+    alice: &TestVassal,
+    bob: &TestVassal,
+    src: &str,
+    dst: &str,
+    id: u32,
+) {
     let (_, oks) = reassembly(&bob.ns);
     python(&alice.ns, CRAFT, &[src, dst, &id.to_string(), "7", "0,1,2"]).unwrap();
     assert!(
@@ -356,12 +362,21 @@ fn hostile_router_fragments_of_a_denied_datagram_never_pass() {
     let (router, alice, bob) = deny_port_9();
     for (src, dst, id) in [
         (alice.addr.to_string(), bob.addr.to_string(), 4001),
-        (alice.addr6.clone().unwrap(), bob.addr6.clone().unwrap(), 0x6001),
+        (
+            alice.addr6.clone().unwrap(),
+            bob.addr6.clone().unwrap(),
+            0x6001,
+        ),
     ] {
         let (reqds, _) = reassembly(&bob.ns);
         // The first fragment to port 9 is denied by bob's in chain; its two
         // followers carry no port.
-        python(&alice.ns, CRAFT, &[&src, &dst, &id.to_string(), "9", "0,1,2"]).unwrap();
+        python(
+            &alice.ns,
+            CRAFT,
+            &[&src, &dst, &id.to_string(), "9", "0,1,2"],
+        )
+        .unwrap();
         control_train(&router, &alice, &bob, &src, &dst, id + 1);
         assert_eq!(
             reassembly(&bob.ns).0,
@@ -373,7 +388,9 @@ fn hostile_router_fragments_of_a_denied_datagram_never_pass() {
     // as a fragment drop of alice.
     assert_eq!(router.dropped("bob", "firewall"), 2.0);
     assert!(
-        wait_until(Duration::from_secs(2), || router.dropped("alice", "fragment") == 4.0),
+        wait_until(Duration::from_secs(2), || router
+            .dropped("alice", "fragment")
+            == 4.0),
         "fragment drops: {}",
         router.dropped("alice", "fragment")
     );
@@ -384,7 +401,11 @@ fn hostile_router_fragments_a_forged_later_fragment_alone_never_passes() {
     let (router, alice, bob) = deny_port_9();
     for (src, dst, id) in [
         (alice.addr.to_string(), bob.addr.to_string(), 5001),
-        (alice.addr6.clone().unwrap(), bob.addr6.clone().unwrap(), 0x7001),
+        (
+            alice.addr6.clone().unwrap(),
+            bob.addr6.clone().unwrap(),
+            0x7001,
+        ),
     ] {
         let (reqds, _) = reassembly(&bob.ns);
         // The middle and last fragments of a datagram nobody started.
@@ -393,12 +414,19 @@ fn hostile_router_fragments_a_forged_later_fragment_alone_never_passes() {
         assert_eq!(reassembly(&bob.ns).0, reqds + 3, "{dst}");
         // Out of order: a later fragment before its (allowed) first one is
         // dropped, and so the datagram is lost (docs/security.md).
-        python(&alice.ns, CRAFT, &[&src, &dst, &(id + 2).to_string(), "7", "1,0,2"]).unwrap();
+        python(
+            &alice.ns,
+            CRAFT,
+            &[&src, &dst, &(id + 2).to_string(), "7", "1,0,2"],
+        )
+        .unwrap();
         control_train(&router, &alice, &bob, &src, &dst, id + 3);
     }
     assert_eq!(router.dropped("bob", "firewall"), 0.0);
     assert!(
-        wait_until(Duration::from_secs(2), || router.dropped("alice", "fragment") == 8.0),
+        wait_until(Duration::from_secs(2), || router
+            .dropped("alice", "fragment")
+            == 8.0),
         "fragment drops: {}",
         router.dropped("alice", "fragment")
     );
@@ -417,9 +445,8 @@ fn hostile_router_fragments_ipv6_destination_options_after_the_fragment_header_p
     let bob = TestVassal::attach6(&router, "bob", 3);
     let log = router.dir.join("bob.log");
     let _echo = echo_server(&bob.ns, "::", 7, &log);
-    python(&alice.ns, DSTOPTS_CLIENT, &[bob.addr6.as_deref().unwrap()]).unwrap_or_else(|e| {
-        panic!("{e}; log:\n{}", router.log_text())
-    });
+    python(&alice.ns, DSTOPTS_CLIENT, &[bob.addr6.as_deref().unwrap()])
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", router.log_text()));
     assert_eq!(router.dropped("alice", "malformed"), 0.0);
     assert_eq!(router.dropped("alice", "fragment"), 0.0);
 }
