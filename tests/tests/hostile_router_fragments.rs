@@ -118,13 +118,20 @@ struct Internet {
 
 impl Internet {
     fn new(dir: &std::path::Path) -> Internet {
-        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
-        let slot = (std::process::id() % 16) as u8 * 4 + n;
-        let base = slot * 4;
+        // A /30 no other test (of this or another process) holds now,
+        // starting from one this process and call make likely to be free.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let held = vassal_tests::router_harness::stdout_of(
+            std::process::Command::new("ip").args(["-4", "-o", "addr", "show"]),
+        );
+        let slot = (0..64)
+            .map(|i| ((std::process::id() * 7 + n * 13 + i) % 64) as u8)
+            .find(|s| !held.contains(&format!("203.0.113.{}/30", s * 4 + 1)))
+            .expect("a free /30 of 203.0.113.0/24");
         let (host, server) = (
-            format!("203.0.113.{}", base + 1),
-            format!("203.0.113.{}", base + 2),
+            format!("203.0.113.{}", slot * 4 + 1),
+            format!("203.0.113.{}", slot * 4 + 2),
         );
         let ns = Netns::new("in");
         let veth = Veth::new(&ns, &format!("{host}/30"), &format!("{server}/30"));
