@@ -457,3 +457,44 @@ fn hostile_router_fragments_ipv6_destination_options_after_the_fragment_header_p
     assert_eq!(router.dropped("alice", "malformed"), 0.0);
     assert_eq!(router.dropped("alice", "fragment"), 0.0);
 }
+
+#[test]
+fn hostile_router_fragments_a_flood_of_first_fragments_fills_only_its_own_share() {
+    let rules = "[default]\nout = \"allow\"\nin = \"deny\"\n\
+                 [[in]]\naction = \"allow\"\nproject = \"bob\"\nproto = \"udp\"\ndst_port = 7\n";
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(rules.into()),
+        extra: "[fragments]\nmax_total = 8\nmax_per_project = 4\ntimeout = 60\n".into(),
+        ..Default::default()
+    });
+    let alice = TestVassal::attach(&router, "alice", 2);
+    let bob = TestVassal::attach(&router, "bob", 3);
+    let carol = TestVassal::attach(&router, "carol", 4);
+    let log = router.dir.join("bob.log");
+    let _echo = echo_server(&bob.ns, "0.0.0.0", 7, &log);
+    let (src, dst) = (alice.addr.to_string(), bob.addr.to_string());
+    // alice starts 20 datagrams (allowed first fragments) and never ends
+    // them: 4 fill her share, 16 are refused.
+    for id in 100..120u32 {
+        python(&alice.ns, CRAFT, &[&src, &dst, &id.to_string(), "7", "0"]).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || router
+            .dropped("alice", "fragment")
+            == 16.0),
+        "fragment drops of alice: {}",
+        router.dropped("alice", "fragment")
+    );
+    // carol's (and bob's answering) large datagrams still pass; alice's
+    // own do not until her datagrams expire.
+    assert!(
+        vassal_tests::router_harness::udp_echo(&carol.ns, &dst, 7, 4000),
+        "carol's 4000-byte datagram lost; log:\n{}",
+        router.log_text()
+    );
+    assert!(!vassal_tests::router_harness::udp_echo(
+        &alice.ns, &dst, 7, 4000
+    ));
+    assert_eq!(router.dropped("carol", "fragment"), 0.0);
+    assert_eq!(router.dropped("bob", "fragment"), 0.0);
+}
