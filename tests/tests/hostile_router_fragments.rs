@@ -42,16 +42,24 @@ for _ in range(int(sys.argv[2])):
         sys.exit("answer of %d bytes differs" % len(got))
 "#;
 
-/// Writes IP fragments of one UDP datagram onto `vt0` with a packet socket
+/// Writes IP fragments of one datagram onto `vt0` with a packet socket
 /// (the vassal's kernel passes them to the router as they are).
-/// argv: src dst id dport which, where `which` lists the fragments to send
-/// out of three: bytes 0-23 (UDP header and 16 bytes), 24-47, 48-55 (last).
+/// argv: src dst id dport which [tcp], where `which` lists the fragments to
+/// send, each one of three (0: bytes 0-23, the transport header and more;
+/// 1: bytes 24-47; 2: bytes 48-55, the last) or `OFFSET:LENGTH:MORE` for
+/// any slice. The datagram is a UDP header and 48 bytes, or with `tcp` a
+/// 20-byte TCP SYN header and 36 bytes.
 const CRAFT: &str = r#"
 import socket, struct, sys
 src, dst, ident, dport, which = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+tcp = sys.argv[6:] == ["tcp"]
 v6 = ":" in src
-data = struct.pack("!HHHH", 40000, dport, 56, 0) + bytes(range(48))
+if tcp:
+    data = struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 0x50, 0x02, 65535, 0, 0) + bytes(range(36))
+else:
+    data = struct.pack("!HHHH", 40000, dport, 56, 0) + bytes(range(48))
 parts = [(0, data[:24], True), (24, data[24:48], True), (48, data[48:], False)]
+proto = 6 if tcp else 17
 def csum(b):
     s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
     while s >> 16:
@@ -59,16 +67,20 @@ def csum(b):
     return ~s & 0xffff
 def fragment(off, chunk, more):
     if v6:
-        fh = struct.pack("!BBHI", 17, 0, off | more, ident)
+        fh = struct.pack("!BBHI", proto, 0, off | more, ident)
         return struct.pack("!IHBB", 0x60000000, 8 + len(chunk), 44, 64) + \
             socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + fh + chunk
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(chunk), ident & 0xffff,
-                    off // 8 | (0x2000 if more else 0), 64, 17, 0,
+                    off // 8 | (0x2000 if more else 0), 64, proto, 0,
                     socket.inet_aton(src), socket.inet_aton(dst))
     return h[:10] + struct.pack("!H", csum(h)) + h[12:] + chunk
 s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-for i in which.split(","):
-    off, chunk, more = parts[int(i)]
+for w in which.split(","):
+    if ":" in w:
+        off, n, more = (int(x) for x in w.split(":"))
+        off, chunk, more = off, data[off:off + n], bool(more)
+    else:
+        off, chunk, more = parts[int(w)]
     s.sendto(fragment(off, chunk, more), ("vt0", 0x86DD if v6 else 0x0800))
 "#;
 
@@ -497,4 +509,52 @@ fn hostile_router_fragments_a_flood_of_first_fragments_fills_only_its_own_share(
     ));
     assert_eq!(router.dropped("carol", "fragment"), 0.0);
     assert_eq!(router.dropped("bob", "fragment"), 0.0);
+}
+
+#[test]
+fn hostile_router_fragments_tiny_and_overlapping_fragments_stay_refused() {
+    let (router, alice, bob) = deny_port_9();
+    for (src, dst, id) in [
+        (alice.addr.to_string(), bob.addr.to_string(), 6001),
+        (
+            alice.addr6.clone().unwrap(),
+            bob.addr6.clone().unwrap(),
+            0x8001,
+        ),
+    ] {
+        let (reqds, _) = reassembly(&bob.ns);
+        // Tiny (RFC 1858): a TCP first fragment of 8 bytes, its flags in
+        // the second fragment; refused as malformed (as before the fix:
+        // this one guards against a regression).
+        python(
+            &alice.ns,
+            CRAFT,
+            &[&src, &dst, &id.to_string(), "7", "0:8:1,8:48:0", "tcp"],
+        )
+        .unwrap();
+        // Overlapping: an allowed UDP first fragment, then a fragment at
+        // offset 8 that would rewrite what the first one was judged on.
+        python(
+            &alice.ns,
+            CRAFT,
+            &[&src, &dst, &(id + 1).to_string(), "7", "0,8:16:0"],
+        )
+        .unwrap();
+        control_train(&router, &alice, &bob, &src, &dst, id + 2);
+        assert_eq!(
+            reassembly(&bob.ns).0,
+            reqds + 1 + 3,
+            "only the overlapped first fragment and the control train reached bob ({dst})"
+        );
+    }
+    // Per family: the tiny first fragment is malformed, its second an
+    // orphan; the overlapping fragment is refused.
+    assert_eq!(router.dropped("alice", "malformed"), 2.0);
+    assert!(
+        wait_until(Duration::from_secs(2), || router
+            .dropped("alice", "fragment")
+            == 4.0),
+        "fragment drops: {}",
+        router.dropped("alice", "fragment")
+    );
 }
