@@ -166,7 +166,8 @@ async fn sweeper(router: Arc<Router>) {
         let now = start.elapsed().as_secs() as u32;
         router.flows.tick(now);
         router.fragments.tick(now);
-        router.fragments.sweep();
+        let in_flight = router.fragments.sweep();
+        router.host.fragments_total.set(in_flight as f64);
         let total = router.flows.sweep();
         router.host.flows_total.set(total as f64);
         let projects = router.registry.projects();

@@ -90,6 +90,10 @@ fn describe() {
         "Flows of the project in the stateful flow table."
     );
     describe_gauge!("vassal_flow_table_size", "Flows in the whole flow table.");
+    describe_gauge!(
+        "vassal_fragment_table_size",
+        "Fragmented datagrams in flight (first fragment passed, last not yet seen) in the whole fragment table."
+    );
     describe_counter!(
         "vassal_offloaded_packets_total",
         "TCP super-packets (TSO/GSO) moved whole between tun devices; the packet and byte counters count each as the segments it stands for."
@@ -259,6 +263,8 @@ pub struct HostCounters {
     pub reloads: Count,
     /// `vassal_flow_table_size`: flows of every project.
     pub flows_total: Gauge,
+    /// `vassal_fragment_table_size`: fragmented datagrams in flight.
+    pub fragments_total: Gauge,
     /// `vassal_offloaded_packets_total`: super-packets moved whole.
     pub offloaded: Count,
     /// `vassal_segmented_packets_total`: super-packets cut by the router.
@@ -275,6 +281,7 @@ impl HostCounters {
             reload_failures: Count::new(counter!("vassal_rules_reload_failures_total")),
             reloads: Count::new(counter!("vassal_rules_reloads_total")),
             flows_total: gauge!("vassal_flow_table_size"),
+            fragments_total: gauge!("vassal_fragment_table_size"),
             offloaded: Count::new(counter!("vassal_offloaded_packets_total")),
             segmented: Count::new(counter!("vassal_segmented_packets_total")),
         }

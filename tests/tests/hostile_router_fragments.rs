@@ -497,6 +497,13 @@ fn hostile_router_fragments_a_flood_of_first_fragments_fills_only_its_own_share(
         "fragment drops of alice: {}",
         router.dropped("alice", "fragment")
     );
+    assert!(
+        wait_until(Duration::from_secs(3), || router
+            .metric("vassal_fragment_table_size", "")
+            == 4.0),
+        "{}",
+        router.scrape()
+    );
     // carol's (and bob's answering) large datagrams still pass; alice's
     // own do not until her datagrams expire.
     assert!(
