@@ -44,7 +44,8 @@ pub struct PacketInfo {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// Transport protocol (after IPv6 extension headers).
+    /// Transport protocol (after IPv6 extension headers; for an IPv6 later
+    /// fragment, the next header its fragment header names).
     pub proto: u8,
     /// Source port (TCP/UDP), the echo identifier for ICMP echo, else 0.
     pub src_port: u16,
@@ -213,9 +214,6 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
                     // fragmentable part, which only the first fragment
                     // holds.
                     first_fragment = false;
-                    if offset > pkt.len() {
-                        return Err(Malformed::Truncated);
-                    }
                     break;
                 }
             }
