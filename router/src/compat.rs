@@ -451,6 +451,7 @@ fn attach(
         .ok_or(CompatError::UnknownUid { uid })?;
     let project = router.registry.project(&entry.name);
     router.flows.ensure_slot(project.slot);
+    router.fragments.ensure_slot(project.slot);
     let port = || Port::Compat(Arc::clone(out));
     let attached = match router.registry.attach(
         Arc::clone(&project),

@@ -163,6 +163,19 @@ pub struct FlowConfig {
     pub icmp_timeout: u64,
 }
 
+/// `[fragments]`: bounds and timeout of the fragment table
+/// ([`crate::fragments`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FragmentConfig {
+    /// Fragmented datagrams in flight in the whole table.
+    pub max_total: usize,
+    /// Fragmented datagrams in flight charged to one project.
+    pub max_per_project: usize,
+    /// Seconds a datagram waits for its next fragment before it is
+    /// forgotten.
+    pub timeout: u64,
+}
+
 /// `[limits]`: bounds of the control and compat sockets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -223,6 +236,8 @@ pub struct Config {
     pub nat: NatConfig,
     /// Flow table.
     pub flows: FlowConfig,
+    /// Fragment table.
+    pub fragments: FragmentConfig,
     /// Socket bounds.
     pub limits: Limits,
     /// Static project table.
@@ -246,6 +261,7 @@ struct RawConfig {
     launcher_uids: Option<Vec<u32>>,
     nat: Option<RawNat>,
     flows: Option<RawFlows>,
+    fragments: Option<RawFragments>,
     limits: Option<RawLimits>,
     events: Option<RawEvents>,
     host: Option<RawHost>,
@@ -284,6 +300,14 @@ struct RawFlows {
     tcp_closed_timeout: Option<u64>,
     udp_timeout: Option<u64>,
     icmp_timeout: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFragments {
+    max_total: Option<Spanned<usize>>,
+    max_per_project: Option<Spanned<usize>>,
+    timeout: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +458,29 @@ impl Config {
             tcp_closed_timeout: rf.as_ref().and_then(|f| f.tcp_closed_timeout).unwrap_or(10),
             udp_timeout: rf.as_ref().and_then(|f| f.udp_timeout).unwrap_or(60),
             icmp_timeout: rf.as_ref().and_then(|f| f.icmp_timeout).unwrap_or(30),
+        };
+        let rg = raw.fragments;
+        let fragments = FragmentConfig {
+            max_total: positive(
+                rg.as_ref().and_then(|f| f.max_total.clone()),
+                "fragments.max_total",
+                4096,
+            )?,
+            max_per_project: positive(
+                rg.as_ref().and_then(|f| f.max_per_project.clone()),
+                "fragments.max_per_project",
+                256,
+            )?,
+            timeout: match rg.as_ref().and_then(|f| f.timeout.clone()) {
+                Some(t) if !(1..=60).contains(t.get_ref()) => {
+                    return Err(at(
+                        Some(t.span()),
+                        "fragments.timeout: must be between 1 and 60 seconds".to_owned(),
+                    ))
+                }
+                Some(t) => *t.get_ref(),
+                None => 5,
+            },
         };
         let rl = raw.limits;
         let mtu = match rl.as_ref().and_then(|l| l.mtu.clone()) {
@@ -586,6 +633,7 @@ impl Config {
             launcher_uids: raw.launcher_uids.unwrap_or_else(|| vec![0]),
             nat,
             flows,
+            fragments,
             limits,
             projects,
             events,
@@ -661,6 +709,10 @@ masquerade = false
 egress_interface = "eth0"
 [flows]
 max_per_project = 10
+[fragments]
+max_total = 100
+max_per_project = 20
+timeout = 3
 [limits]
 mtu = 1400
 [[project]]
@@ -674,6 +726,14 @@ uid = 10001
         .unwrap();
         assert_eq!(c.device, "vr1");
         assert_eq!(c.flows.max_per_project, 10);
+        assert_eq!(
+            c.fragments,
+            FragmentConfig {
+                max_total: 100,
+                max_per_project: 20,
+                timeout: 3
+            }
+        );
         assert_eq!(c.limits.mtu, 1400);
         assert_eq!(c.project_by_uid(10001).unwrap().name, "alice");
         assert!(!c.nat.masquerade);
@@ -715,6 +775,13 @@ uid = 10001
         assert!(e.starts_with("r.toml:1:"), "{e}");
         let e = error_of("device = \"a/b\"\n");
         assert!(e.contains("device"), "{e}");
+        let e = error_of("[fragments]\ntimeout = 0\n");
+        assert!(
+            e.starts_with("r.toml:2:11:") && e.contains("fragments.timeout"),
+            "{e}"
+        );
+        let e = error_of("[fragments]\nmax_per_project = 0\n");
+        assert!(e.contains("fragments.max_per_project"), "{e}");
         let e = error_of("[flows]\nmax_total = 0\n");
         assert!(
             e.starts_with("r.toml:2:13:") && e.contains("flows.max_total"),

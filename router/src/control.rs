@@ -365,6 +365,7 @@ fn attach(
     }
     let project = router.registry.project(&hello.project);
     router.flows.ensure_slot(project.slot);
+    router.fragments.ensure_slot(project.slot);
     tracing::debug!(device = device.name, vnet = device.vnet, project = %hello.project, "tun device checked");
     let port = Port::Tun {
         fd,

@@ -83,6 +83,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let router = Arc::new(Router {
         registry: Registry::new(config.limits.max_vassals),
         flows: FlowTable::new(config.flows.clone()),
+        fragments: crate::fragments::FragmentTable::new(config.fragments.clone()),
         firewall,
         host,
         host_tun,
@@ -141,8 +142,9 @@ async fn serve(
     Ok(())
 }
 
-/// Ticks the flow table's clock, expires idle flows, publishes the flow
-/// gauges and turns counter movement into events, once a second.
+/// Ticks the flow and fragment tables' clocks, expires idle flows and
+/// fragmented datagrams, publishes the flow gauges and turns counter
+/// movement into events, once a second.
 async fn sweeper(router: Arc<Router>) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -152,7 +154,11 @@ async fn sweeper(router: Arc<Router>) {
     );
     loop {
         tick.tick().await;
-        router.flows.tick(start.elapsed().as_secs() as u32);
+        let now = start.elapsed().as_secs() as u32;
+        router.flows.tick(now);
+        router.fragments.tick(now);
+        let in_flight = router.fragments.sweep();
+        router.host.fragments_total.set(in_flight as f64);
         let total = router.flows.sweep();
         router.host.flows_total.set(total as f64);
         let projects = router.registry.projects();

@@ -19,6 +19,7 @@ use crate::config::{Config, MAX_MTU};
 use crate::events::Logged;
 use crate::firewall::{ActiveRules, Firewall};
 use crate::flows::FlowTable;
+use crate::fragments::FragmentTable;
 use crate::host_tun::HostTun;
 use crate::icmp;
 use crate::metrics::{DropReason, HostCounters};
@@ -61,6 +62,8 @@ pub struct Router {
     pub registry: Registry,
     /// Stateful flows.
     pub flows: FlowTable,
+    /// Fragmented datagrams whose first fragment passed.
+    pub fragments: FragmentTable,
     /// Rules in force.
     pub firewall: Firewall,
     /// Router-wide counters.
@@ -362,9 +365,15 @@ impl Router {
         if !v.owns(info.src) {
             return counters.drop(DropReason::Spoofed, n);
         }
+        // A later fragment follows its first fragment's verdict.
+        let Ok(follows) = self.fragments.follows(&info, false) else {
+            return counters.drop(DropReason::Fragment, n);
+        };
         let established = snap.rules.classifier.defaults().established;
-        let reply =
-            established && icmp::may_relate(&info, false, false) && self.flows.is_reply(&info);
+        let reply = follows
+            || (established
+                && icmp::may_relate(&info, false, false)
+                && self.flows.is_reply(&info));
         if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
             note_port(&v.project, &info);
             return counters.drop(DropReason::Firewall, n);
@@ -386,6 +395,13 @@ impl Router {
                 if !reply && established && self.flows.open(&info, v.project.slot).is_err() {
                     return counters.drop(DropReason::FlowTableFull, n);
                 }
+                if self
+                    .fragments
+                    .passing(&info, v.project.slot, false)
+                    .is_err()
+                {
+                    return counters.drop(DropReason::Fragment, n);
+                }
                 let d = deliver_hop(&w, &frame, &plan);
                 self.count_offload(&plan, &d, !w.port_has_offloads());
                 counters.tx(d.sent);
@@ -406,6 +422,13 @@ impl Router {
                     if established && self.flows.open(&info, v.project.slot).is_err() {
                         return counters.drop(DropReason::FlowTableFull, n);
                     }
+                }
+                if self
+                    .fragments
+                    .passing(&info, v.project.slot, false)
+                    .is_err()
+                {
+                    return counters.drop(DropReason::Fragment, n);
                 }
                 let vnet = self.host_tun.vnet();
                 let d = write_tun(self.host_tun.writer(), vnet, &frame, &plan);
@@ -441,14 +464,18 @@ impl Router {
             return self.host.drop(DropReason::NoRoute, n);
         };
         let counters = &w.project.counters;
+        let Ok(follows) = self.fragments.follows(&info, true) else {
+            return counters.drop(DropReason::Fragment, n);
+        };
         let established = snap.rules.classifier.defaults().established;
-        let reply = established
-            && icmp::may_relate(
-                &info,
-                true,
-                info.quoted.is_some_and(|q| self.is_vassal_address(q.dst)),
-            )
-            && self.flows.is_reply(&info);
+        let reply = follows
+            || (established
+                && icmp::may_relate(
+                    &info,
+                    true,
+                    info.quoted.is_some_and(|q| self.is_vassal_address(q.dst)),
+                )
+                && self.flows.is_reply(&info));
         if !reply {
             let theirs = snap.rules.classifier.project_id(&w.project.name);
             if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
@@ -457,6 +484,9 @@ impl Router {
             if established && self.flows.open(&info, w.project.slot).is_err() {
                 return counters.drop(DropReason::FlowTableFull, n);
             }
+        }
+        if self.fragments.passing(&info, w.project.slot, true).is_err() {
+            return counters.drop(DropReason::Fragment, n);
         }
         let d = deliver(&w, &frame, &plan);
         self.count_offload(&plan, &d, !w.port_has_offloads());
@@ -637,6 +667,7 @@ mod tests {
             router: Router {
                 registry: Registry::new(config.limits.max_vassals),
                 flows: FlowTable::new(config.flows.clone()),
+                fragments: FragmentTable::new(config.fragments.clone()),
                 firewall: Firewall::with_rules(&set, None),
                 host: HostCounters::register(),
                 host_tun: HostTun::from_queues(host_tun, Vec::new(), host_vnet),
@@ -657,6 +688,7 @@ mod tests {
             let (ours, theirs) = pair();
             let p = self.router.registry.project(project);
             self.router.flows.ensure_slot(p.slot);
+            self.router.fragments.ensure_slot(p.slot);
             let v = self
                 .router
                 .registry
@@ -702,6 +734,95 @@ mod tests {
     }
 
     const OPEN_OUT: &str = "[default]\nout = \"allow\"\nin = \"deny\"\n";
+
+    /// An IPv4 fragment of UDP datagram `id`: `data` at byte `offset` of
+    /// the datagram (the UDP header included in the first).
+    fn fragment(
+        src: [u8; 4],
+        dst: [u8; 4],
+        id: u16,
+        offset: u16,
+        more: bool,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let total = (20 + data.len()) as u16;
+        let flags = (offset / 8) | if more { 0x2000 } else { 0 };
+        let mut p = vec![0x45, 0];
+        p.extend_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&flags.to_be_bytes());
+        p.extend_from_slice(&[64, 17, 0, 0]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(data);
+        p
+    }
+
+    /// The three fragments of a 40-byte UDP datagram `sport` -> `dport`.
+    fn train(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, id: u16) -> [Vec<u8>; 3] {
+        let mut first = sport.to_be_bytes().to_vec();
+        first.extend_from_slice(&dport.to_be_bytes());
+        first.extend_from_slice(&[0, 40, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        [
+            fragment(src, dst, id, 0, true, &first),
+            fragment(src, dst, id, 16, true, &[7; 16]),
+            fragment(src, dst, id, 32, false, &[8; 8]),
+        ]
+    }
+
+    #[test]
+    fn fragments_follow_the_verdict_of_their_first_fragment() {
+        let rules = "[default]\nout = \"allow\"\nin = \"deny\"\n[[out]]\naction = \"deny\"\nproto = \"udp\"\ndst_port = 9\n";
+        let b = bench(rules, "");
+        let (v, v_peer) = b.vassal("alice", 2);
+        let c = &v.project.counters;
+        let (me, net) = ([10, 9, 0, 2], [203, 0, 113, 1]);
+        // Allowed: all three pass, one flow (the first's), nothing left.
+        for f in train(me, 4000, net, 53, 1) {
+            b.send(&v, &f);
+            assert_eq!(received(&b.host_peer), Some(f));
+        }
+        assert_eq!((b.router.flows.len(), b.router.fragments.len()), (1, 0));
+        // The reply, fragmented too, follows its first fragment (a reply).
+        for f in train(net, 53, me, 4000, 1) {
+            b.host_sends(&f);
+            assert_eq!(received(&v_peer), Some(f));
+        }
+        // Denied first fragment: its followers never pass.
+        for f in train(me, 4000, net, 9, 2) {
+            b.send(&v, &f);
+        }
+        assert_eq!(received(&b.host_peer), None);
+        assert_eq!(
+            (
+                c.dropped(DropReason::Firewall),
+                c.dropped(DropReason::Fragment)
+            ),
+            (1, 2)
+        );
+        // A later fragment alone, and one overlapping an allowed first.
+        b.send(&v, &train(me, 4000, net, 53, 3)[2]);
+        let [first, ..] = train(me, 4000, net, 53, 4);
+        b.send(&v, &first);
+        assert_eq!(received(&b.host_peer), Some(first));
+        b.send(&v, &fragment(me, net, 4, 8, false, &[0; 16]));
+        assert_eq!(received(&b.host_peer), None);
+        assert_eq!(c.dropped(DropReason::Fragment), 4);
+        // An unsolicited train from the host: the first is denied by the
+        // in chain, the rest dropped as fragments, all charged to alice.
+        for f in train(net, 53, me, 5000, 5) {
+            b.host_sends(&f);
+        }
+        assert_eq!(received(&v_peer), None);
+        assert_eq!(
+            (
+                c.dropped(DropReason::Firewall),
+                c.dropped(DropReason::Fragment)
+            ),
+            (2, 6)
+        );
+        assert_eq!(b.router.flows.len(), 1, "no port-0 flows");
+    }
 
     #[test]
     fn spoofed_and_malformed_packets_are_dropped_and_counted() {

@@ -269,6 +269,7 @@ mod tests {
             icmp_echo_reply: false,
             quoted: None,
             transport: 20,
+            fragment: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod events;
 pub mod firewall;
 pub mod flows;
+pub mod fragments;
 pub mod host_tun;
 pub mod icmp;
 pub mod metrics;

@@ -59,7 +59,7 @@ fn describe() {
     );
     describe_counter!(
         "vassal_dropped_packets_total",
-        "Packets of the project dropped, by reason: firewall, spoofed, malformed, queue_full, no_route, flow_table_full, ttl_exceeded, link_local."
+        "Packets of the project dropped, by reason: firewall, spoofed, malformed, queue_full, no_route, flow_table_full, ttl_exceeded, link_local, fragment (a later fragment of a datagram whose first fragment did not pass or expired, a fragment out of order or overlapping, or a first fragment the fragment table had no room for)."
     );
     describe_counter!(
         "vassal_host_dropped_packets_total",
@@ -94,6 +94,10 @@ fn describe() {
         "Flows of the project in the stateful flow table."
     );
     describe_gauge!("vassal_flow_table_size", "Flows in the whole flow table.");
+    describe_gauge!(
+        "vassal_fragment_table_size",
+        "Fragmented datagrams in flight (first fragment passed, last not yet seen) in the whole fragment table."
+    );
     describe_counter!(
         "vassal_offloaded_packets_total",
         "TCP super-packets (TSO/GSO) moved whole between tun devices; the packet and byte counters count each as the segments it stands for."
@@ -132,11 +136,15 @@ pub enum DropReason {
     /// IPv6 link-local traffic (link-local or unspecified source, link
     /// scope destination): the kernel's own, never forwarded.
     LinkLocal,
+    /// A fragment refused by the fragment table: a later fragment of a
+    /// datagram whose first fragment did not pass (or expired), out of
+    /// order or overlapping, or a first fragment the table had no room for.
+    Fragment,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Firewall,
         DropReason::Spoofed,
         DropReason::Malformed,
@@ -145,6 +153,7 @@ impl DropReason {
         DropReason::FlowTableFull,
         DropReason::TtlExceeded,
         DropReason::LinkLocal,
+        DropReason::Fragment,
     ];
 
     /// The `reason` label.
@@ -158,6 +167,7 @@ impl DropReason {
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::LinkLocal => "link_local",
+            DropReason::Fragment => "fragment",
         }
     }
 
@@ -266,6 +276,8 @@ pub struct HostCounters {
     pub reloads: Count,
     /// `vassal_flow_table_size`: flows of every project.
     pub flows_total: Gauge,
+    /// `vassal_fragment_table_size`: fragmented datagrams in flight.
+    pub fragments_total: Gauge,
     /// `vassal_offloaded_packets_total`: super-packets moved whole.
     pub offloaded: Count,
     /// `vassal_segmented_packets_total`: super-packets cut by the router.
@@ -282,6 +294,7 @@ impl HostCounters {
             reload_failures: Count::new(counter!("vassal_rules_reload_failures_total")),
             reloads: Count::new(counter!("vassal_rules_reloads_total")),
             flows_total: gauge!("vassal_flow_table_size"),
+            fragments_total: gauge!("vassal_fragment_table_size"),
             offloaded: Count::new(counter!("vassal_offloaded_packets_total")),
             segmented: Count::new(counter!("vassal_segmented_packets_total")),
         }

@@ -217,6 +217,7 @@ pub fn plan(hdr: &VnetHdr, pkt: &[u8], info: &PacketInfo) -> Result<Plan, Offloa
         let start = usize::from(hdr.csum_start);
         let at = start + usize::from(hdr.csum_offset);
         if info.transport == 0
+            || info.fragment.is_some()
             || start != info.transport
             || at != start + field
             || at + 2 > pkt.len()
@@ -238,13 +239,11 @@ pub fn plan(hdr: &VnetHdr, pkt: &[u8], info: &PacketInfo) -> Result<Plan, Offloa
         GSO_TCPV6 => 6,
         _ => return Err(OffloadError::GsoType(hdr.gso_type)),
     };
-    // `transport` is 0 for a non-first fragment; an IPv4 packet with more
-    // fragments to come is refused too.
-    let more_fragments = version == 4 && pkt.get(6).is_some_and(|b| b & 0x20 != 0);
+    // Any fragment, first or not, IPv4 or IPv6, is refused.
     if version != expected_version
         || info.proto != proto::TCP
         || info.transport == 0
-        || more_fragments
+        || info.fragment.is_some()
     {
         return Err(OffloadError::NotTcp(hdr.gso_type));
     }

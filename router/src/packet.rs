@@ -15,6 +15,9 @@ pub enum Malformed {
     /// The IP length field disagrees with the bytes read.
     #[error("IP length field does not match the packet")]
     Length,
+    /// An IPv6 packet with a second fragment header in its chain.
+    #[error("more than one IPv6 fragment header")]
+    Fragment,
 }
 
 /// IP protocol numbers the datapath looks into.
@@ -41,7 +44,8 @@ pub struct PacketInfo {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// Transport protocol (after IPv6 extension headers).
+    /// Transport protocol (after IPv6 extension headers; for an IPv6 later
+    /// fragment, the next header its fragment header names).
     pub proto: u8,
     /// Source port (TCP/UDP), the echo identifier for ICMP echo, else 0.
     pub src_port: u16,
@@ -63,6 +67,33 @@ pub struct PacketInfo {
     /// Offset of the transport header (after IPv6 extension headers); for a
     /// non-first fragment, where the transport header is elsewhere, 0.
     pub transport: usize,
+    /// Where this packet lies in a fragmented datagram; `None` for a whole
+    /// datagram (IPv6 atomic fragments included).
+    pub fragment: Option<Fragment>,
+}
+
+/// The fragment fields of a packet that is part of a fragmented datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The identification (16 bits in IPv4, 32 in IPv6).
+    pub id: u32,
+    /// The protocol every fragment of the datagram names: the IPv4
+    /// protocol, or the next header of the IPv6 fragment header (the first
+    /// header of the fragmentable part, which may be an extension header).
+    pub proto: u8,
+    /// Offset of this fragment's data in the datagram, bytes.
+    pub offset: u32,
+    /// Bytes of the datagram this fragment carries.
+    pub len: u32,
+    /// Whether more fragments follow (the MF / M flag).
+    pub more: bool,
+}
+
+impl Fragment {
+    /// Whether this is the first fragment (it holds the transport header).
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
 }
 
 /// The header fields of the packet an ICMP error quotes.
@@ -80,8 +111,11 @@ pub struct Quoted {
     pub dst_port: u16,
 }
 
-/// Parses an IPv4 or IPv6 packet. A non-first fragment carries no ports:
-/// they read as 0.
+/// Parses an IPv4 or IPv6 packet. A first fragment must hold its whole
+/// transport header (the tiny-fragment attack hides TCP flags or ports in
+/// the second one); a non-first fragment carries no ports: they read as 0,
+/// and the datapath makes it follow its first fragment
+/// ([`crate::fragments`]).
 pub fn parse(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     match pkt.first().map(|b| b >> 4) {
         Some(4) => parse_v4(pkt),
@@ -102,7 +136,16 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     if total != pkt.len() {
         return Err(Malformed::Length);
     }
-    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
+    let flags_offset = u16::from_be_bytes([pkt[6], pkt[7]]);
+    let frag_offset = flags_offset & 0x1fff;
+    let more = flags_offset & 0x2000 != 0;
+    let fragment = (more || frag_offset != 0).then(|| Fragment {
+        id: u32::from(u16::from_be_bytes([pkt[4], pkt[5]])),
+        proto: pkt[9],
+        offset: u32::from(frag_offset) * 8,
+        len: (total - ihl) as u32,
+        more,
+    });
     let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
     let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
     let proto = pkt[9];
@@ -122,6 +165,7 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         icmp_echo_reply: false,
         quoted: None,
         transport: if frag_offset == 0 { ihl } else { 0 },
+        fragment,
     };
     transport_fields(&mut info, transport, frag_offset == 0)?;
     Ok(info)
@@ -142,6 +186,7 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     let mut next = pkt[6];
     let mut offset = 40;
     let mut first_fragment = true;
+    let mut fragment = None;
     // Walk the extension headers; bounded by the packet length since every
     // step advances by at least 8 bytes.
     loop {
@@ -151,13 +196,31 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
                 next = h[0];
                 offset += (usize::from(h[1]) + 1) * 8;
             }
+            44 if fragment.is_some() => return Err(Malformed::Fragment),
             44 => {
                 let h = pkt.get(offset..offset + 8).ok_or(Malformed::Truncated)?;
                 next = h[0];
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    first_fragment = false;
-                }
                 offset += 8;
+                let off_m = u16::from_be_bytes([h[2], h[3]]);
+                let more = off_m & 1 != 0;
+                let frag_offset = u32::from(off_m >> 3) * 8;
+                if more || frag_offset != 0 {
+                    fragment = Some(Fragment {
+                        id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                        proto: next,
+                        offset: frag_offset,
+                        len: pkt.len().saturating_sub(offset) as u32,
+                        more,
+                    });
+                }
+                if frag_offset != 0 {
+                    // What follows is the middle of the datagram, not
+                    // headers: `next` names the first header of the
+                    // fragmentable part, which only the first fragment
+                    // holds.
+                    first_fragment = false;
+                    break;
+                }
             }
             _ => break,
         }
@@ -176,6 +239,7 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         icmp_echo_reply: false,
         quoted: None,
         transport: if first_fragment { offset } else { 0 },
+        fragment,
     };
     let transport = if first_fragment {
         &pkt[offset..]
@@ -388,5 +452,70 @@ mod tests {
         // non-first fragment: no ports, no error
         let i = parse(&v6(44, &[17, 0, 0, 0x08, 0, 0, 0, 1, 0xaa])).unwrap();
         assert_eq!((i.proto, i.src_port), (17, 0));
+    }
+
+    #[test]
+    fn v4_fragments_carry_their_place_in_the_datagram() {
+        let mut first = v4(
+            17,
+            &[0x30, 0x39, 0, 53, 0x0f, 0xa8, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+        );
+        first[4..8].copy_from_slice(&[0xbe, 0xef, 0x20, 0]); // MF, offset 0
+        let i = parse(&first).unwrap();
+        assert_eq!((i.src_port, i.dst_port), (12345, 53));
+        let f = i.fragment.unwrap();
+        assert_eq!(
+            (f.id, f.proto, f.offset, f.len, f.more),
+            (0xbeef, 17, 0, 16, true)
+        );
+        assert!(f.is_first());
+        let mut later = v4(17, &[9; 24]);
+        later[4..8].copy_from_slice(&[0xbe, 0xef, 0, 2]); // offset 16, last
+        let i = parse(&later).unwrap();
+        assert_eq!((i.src_port, i.dst_port, i.transport), (0, 0, 0));
+        let f = i.fragment.unwrap();
+        assert_eq!(
+            (f.offset, f.len, f.more, f.is_first()),
+            (16, 24, false, false)
+        );
+        // DF alone is no fragment
+        assert_eq!(parse(&v4(17, &[0; 8])).unwrap().fragment, None);
+        // a first fragment too short for its TCP header (RFC 1858 tiny
+        // fragment) is refused
+        let mut tiny = v4(6, &[0, 80, 0, 80, 0, 0, 0, 1]);
+        tiny[6] = 0x20;
+        assert_eq!(parse(&tiny), Err(Malformed::Truncated));
+    }
+
+    #[test]
+    fn v6_fragments_stop_the_header_walk_after_the_first() {
+        // A non-first fragment whose fragment header names destination
+        // options next: what follows is data, not a header.
+        let i = parse(&v6(44, &[60, 0, 0x05, 0xa9, 0, 0, 0x12, 0x34, 0xff, 0xff])).unwrap();
+        assert_eq!((i.proto, i.src_port, i.transport), (60, 0, 0));
+        let f = i.fragment.unwrap();
+        assert_eq!(
+            (f.id, f.proto, f.offset, f.len, f.more),
+            (0x1234, 60, 1448, 2, true)
+        );
+        // Its first fragment: destination options, then UDP with ports.
+        let mut first = vec![60, 0, 0, 1, 0, 0, 0x12, 0x34];
+        first.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        first.extend_from_slice(&[0, 7, 0, 9, 0x0b, 0xb8, 0, 0]);
+        let i = parse(&v6(44, &first)).unwrap();
+        assert_eq!(
+            (i.proto, i.src_port, i.dst_port, i.transport),
+            (17, 7, 9, 56)
+        );
+        let f = i.fragment.unwrap();
+        assert_eq!((f.proto, f.offset, f.len, f.more), (60, 0, 16, true));
+        // An atomic fragment (offset 0, no more) is a whole datagram.
+        let i = parse(&v6(44, &[17, 0, 0, 0, 0, 0, 0, 1, 0, 7, 0, 9, 0, 8, 0, 0])).unwrap();
+        assert_eq!((i.src_port, i.fragment), (7, None));
+        // Two fragment headers: refused.
+        let mut twice = vec![44, 0, 0, 1, 0, 0, 0, 1];
+        twice.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 2]);
+        twice.extend_from_slice(&[0, 7, 0, 9, 0, 8, 0, 0]);
+        assert_eq!(parse(&v6(44, &twice)), Err(Malformed::Fragment));
     }
 }
