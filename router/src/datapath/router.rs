@@ -1,58 +1,36 @@
-//! The packet path: per-vassal readers, the host tun reader, anti-spoofing,
-//! both firewall chains, the flow table and switching.
-//!
-//! Every reader is a tokio task; it drains its fd until EAGAIN (at most
-//! [`BATCH`] packets, then yields for fairness) into its worker thread's
-//! read buffer and handles each packet synchronously: parse, check the
-//! offload header, check, look the destination up, and write it with one
-//! non-blocking `write(2)` straight into the destination's tun (or compat
-//! queue). A full destination drops the packet (`queue_full`) instead of
-//! blocking the reader, so one slow vassal never stalls another. Buffers
-//! belong to worker threads, not to vassals, and nothing here allocates per
-//! packet.
+//! The packet path: anti-spoofing, both firewall chains, the flow table and
+//! switching, for one packet at a time. [`Router`] is the state every task
+//! shares; the readers (`datapath::reader`) call [`Router::from_vassal`] and
+//! [`Router::from_host`] on each packet they read, synchronously: parse,
+//! check the offload header, check, look the destination up, and write it
+//! through the destination's port with one non-blocking write. A full
+//! destination drops the packet (`queue_full`) instead of blocking the
+//! reader, so one slow vassal never stalls another. Nothing here allocates
+//! per packet.
 //!
 //! With offloads (`limits.offload`, docs/design.md) a packet may be a TCP
 //! super-packet of up to 64 KiB: it is checked once, moved whole, and
-//! counted as the segments it stands for (see [`crate::offload`]).
+//! counted as the segments it stands for (see `wire::offload`).
 
-use crate::config::{Config, MAX_MTU};
-use crate::events::Logged;
-use crate::firewall::{ActiveRules, Firewall};
-use crate::flows::FlowTable;
-use crate::fragments::FragmentTable;
-use crate::host_tun::HostTun;
-use crate::icmp;
-use crate::metrics::{DropReason, HostCounters};
-use crate::offload::{self, Plan, VnetHdr, Wire, HDR_LEN};
-use crate::packet::{self, PacketInfo};
-use crate::tun::{self, Io};
-use crate::vassals::{Port, Project, Registry, Vassal};
+use crate::config::Config;
+use crate::os::host_tun::HostTun;
+use crate::port::delivery::{Delivered, Delivery};
+use crate::port::write_tun;
+use crate::state::budget;
+use crate::state::counters::{DropReason, HostCounters};
+use crate::state::evidence::Logged;
+use crate::state::firewall::{ActiveRules, Firewall};
+use crate::state::flows::FlowTable;
+use crate::state::fragments::FragmentTable;
+use crate::state::registry::{Project, Registry, Vassal};
+use crate::wire::frame::Frame;
+use crate::wire::icmp;
+use crate::wire::offload::{self, Plan};
+use crate::wire::packet::{self, PacketInfo};
 use firewall_rules::{Action, Chain, PacketKey, ProjectId};
-use std::cell::RefCell;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-
-/// Packets handled per wake-up before a reader yields to the others.
-pub const BATCH: usize = 64;
-
-/// Room for the largest read: a header and a 64 KiB super-packet.
-const READ_BUFFER: usize = HDR_LEN + MAX_MTU + 1;
-
-thread_local! {
-    /// The read buffer of every reader running on this worker thread. A
-    /// reader borrows it for one synchronous batch, never across an await.
-    static READ: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER]);
-    /// Where segments are built for destinations without offloads.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MTU]);
-    /// Where a packet switched between vassals is copied to have its TTL
-    /// decremented, when it cannot be written in parts (see
-    /// [`deliver_hop`]); allocated on a thread's first such packet.
-    static HOP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// State shared by every task of a running router.
 pub struct Router {
@@ -70,159 +48,6 @@ pub struct Router {
     pub host: HostCounters,
     /// The host tun device.
     pub host_tun: HostTun,
-}
-
-/// One packet as read: its offload header ([`VnetHdr::NONE`] when its
-/// source has none) and its IP bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct Frame<'a> {
-    /// The `virtio_net_hdr` it came with.
-    pub hdr: VnetHdr,
-    /// The IP packet.
-    pub ip: &'a [u8],
-}
-
-impl<'a> Frame<'a> {
-    /// A complete packet with no offload header.
-    pub fn plain(ip: &'a [u8]) -> Frame<'a> {
-        Frame {
-            hdr: VnetHdr::NONE,
-            ip,
-        }
-    }
-}
-
-/// What happened to a packet written toward a destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Written (or queued, for a compat peer).
-    Sent,
-    /// The destination's queue is full.
-    Full,
-    /// The destination is gone or refused the packet.
-    Gone,
-}
-
-impl From<Io> for Delivery {
-    fn from(io: Io) -> Delivery {
-        match io {
-            Io::Done(_) => Delivery::Sent,
-            Io::WouldBlock => Delivery::Full,
-            Io::Closed | Io::Failed(_) => Delivery::Gone,
-        }
-    }
-}
-
-/// The outcome of a write and what of the packet went through (all of it
-/// but for a super-packet cut into segments and refused part way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    /// How it ended.
-    pub outcome: Delivery,
-    /// Packets and bytes written.
-    pub sent: Wire,
-}
-
-impl Delivered {
-    /// Segments of `plan` that did not go through.
-    fn unsent(&self, plan: &Plan) -> u64 {
-        plan.wire.packets.saturating_sub(self.sent.packets)
-    }
-}
-
-/// Writes `frame` into a tun: whole with its header when the tun takes
-/// one, else as plain packets cut and checksummed here.
-fn write_tun(fd: BorrowedFd<'_>, vnet: bool, frame: &Frame<'_>, plan: &Plan) -> Delivered {
-    if vnet || plan.is_plain() {
-        let io = if vnet {
-            tun::write_with_header(fd, &plan.header().bytes(), frame.ip)
-        } else {
-            tun::write(fd, frame.ip)
-        };
-        let outcome = Delivery::from(io);
-        let sent = if outcome == Delivery::Sent {
-            plan.wire
-        } else {
-            Wire::default()
-        };
-        return Delivered { outcome, sent };
-    }
-    cut(frame, plan, |segment| {
-        Delivery::from(tun::write(fd, segment))
-    })
-}
-
-/// Cuts `frame` into plain packets and writes each with `write` until one
-/// is refused.
-fn cut(frame: &Frame<'_>, plan: &Plan, mut write: impl FnMut(&[u8]) -> Delivery) -> Delivered {
-    SCRATCH.with_borrow_mut(|scratch| {
-        let mut outcome = Delivery::Sent;
-        let sent = offload::segments(frame.ip, plan, scratch, |segment| {
-            outcome = write(segment);
-            outcome == Delivery::Sent
-        });
-        if sent.packets < plan.wire.packets && outcome == Delivery::Sent {
-            // Larger than the scratch buffer: only a forged header asks it.
-            outcome = Delivery::Gone;
-        }
-        Delivered { outcome, sent }
-    })
-}
-
-/// Writes `frame` to `vassal`'s port.
-pub fn deliver(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
-    match &vassal.port {
-        Port::Tun { fd, vnet } => write_tun(fd.as_fd(), *vnet, frame, plan),
-        Port::Compat(out) if plan.is_plain() => {
-            let outcome = out.push(frame.ip);
-            let sent = if outcome == Delivery::Sent {
-                plan.wire
-            } else {
-                Wire::default()
-            };
-            Delivered { outcome, sent }
-        }
-        Port::Compat(out) => cut(frame, plan, |segment| out.push(segment)),
-    }
-}
-
-/// Writes `frame` to `vassal` as the next hop gets it: TTL or hop limit one
-/// less (the caller checked it is at least 2). A whole packet into a tun
-/// goes out with its rewritten head in front of the rest, uncopied; a
-/// packet to cut or to queue for a compat peer is copied first.
-fn deliver_hop(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
-    let mut head = [0u8; icmp::HOP_HEAD];
-    let len = icmp::decrement(frame.ip, &mut head);
-    if let Port::Tun { fd, vnet } = &vassal.port {
-        if *vnet || plan.is_plain() {
-            let (head, rest) = (&head[..len], &frame.ip[len..]);
-            let io = if *vnet {
-                tun::write_parts(fd.as_fd(), &[&plan.header().bytes(), head, rest])
-            } else {
-                tun::write_parts(fd.as_fd(), &[head, rest])
-            };
-            let outcome = Delivery::from(io);
-            let sent = if outcome == Delivery::Sent {
-                plan.wire
-            } else {
-                Wire::default()
-            };
-            return Delivered { outcome, sent };
-        }
-    }
-    HOP.with_borrow_mut(|buf| {
-        if buf.len() < frame.ip.len() {
-            buf.resize(frame.ip.len().max(READ_BUFFER), 0);
-        }
-        let copy = &mut buf[..frame.ip.len()];
-        copy.copy_from_slice(frame.ip);
-        copy[..len].copy_from_slice(&head[..len]);
-        let frame = Frame {
-            hdr: frame.hdr,
-            ip: copy,
-        };
-        deliver(vassal, &frame, plan)
-    })
 }
 
 /// The rules snapshot a reader uses for one batch, with its own project's
@@ -342,12 +167,12 @@ impl Router {
                 None => return,
             },
         };
-        if !icmp::TIME_EXCEEDED.take() {
+        if !budget::TIME_EXCEEDED.take() {
             return;
         }
         let mut out = [0u8; icmp::ERROR_MAX];
         if let Some(len) = icmp::time_exceeded(pkt, info, from, &mut out) {
-            let d = deliver(v, &Frame::plain(&out[..len]), &Plan::plain(len));
+            let d = v.port.write(&Frame::plain(&out[..len]), &Plan::plain(len));
             v.project.counters.rx(d.sent);
         }
     }
@@ -371,9 +196,7 @@ impl Router {
         };
         let established = snap.rules.classifier.defaults().established;
         let reply = follows
-            || (established
-                && icmp::may_relate(&info, false, false)
-                && self.flows.is_reply(&info));
+            || (established && icmp::may_relate(&info, false, false) && self.flows.is_reply(&info));
         if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
             note_port(&v.project, &info);
             return counters.drop(DropReason::Firewall, n);
@@ -402,7 +225,7 @@ impl Router {
                 {
                     return counters.drop(DropReason::Fragment, n);
                 }
-                let d = deliver_hop(&w, &frame, &plan);
+                let d = w.port.write_hop(&frame, &plan);
                 self.count_offload(&plan, &d, !w.port_has_offloads());
                 counters.tx(d.sent);
                 w.project.counters.rx(d.sent);
@@ -488,7 +311,7 @@ impl Router {
         if self.fragments.passing(&info, w.project.slot, true).is_err() {
             return counters.drop(DropReason::Fragment, n);
         }
-        let d = deliver(&w, &frame, &plan);
+        let d = w.port.write(&frame, &plan);
         self.count_offload(&plan, &d, !w.port_has_offloads());
         counters.rx(d.sent);
         match d.outcome {
@@ -504,112 +327,6 @@ impl Router {
 fn note_port(project: &Project, info: &PacketInfo) {
     if info.proto == packet::proto::TCP || info.proto == packet::proto::UDP {
         project.evidence.port(info.dst_port);
-    }
-}
-
-/// A raw fd kept open by someone else (the `Arc<Vassal>` or the router),
-/// registered with tokio's reactor.
-struct Watched(RawFd);
-
-impl AsRawFd for Watched {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Reads a vassal's tun until it closes. The caller keeps `vassal` (and so
-/// the fd) alive for at least as long as this task.
-pub async fn vassal_reader(router: Arc<Router>, vassal: Arc<Vassal>) {
-    let Port::Tun { fd, vnet } = &vassal.port else {
-        return;
-    };
-    let name = vassal.project.name.as_str();
-    let end = read_loop(
-        fd.as_fd(),
-        *vnet,
-        &router.firewall,
-        Some(name),
-        |snap, frame| router.from_vassal(&vassal, snap, frame),
-    )
-    .await;
-    tracing::debug!(project = name, address = %vassal.ipv4, ?end, "vassal tun reader stopped");
-}
-
-/// Reads queue `queue` of the host tun until the router stops.
-pub async fn host_reader(router: Arc<Router>, queue: usize) {
-    let Some(fd) = router.host_tun.queues().nth(queue) else {
-        return;
-    };
-    let vnet = router.host_tun.vnet();
-    let end = read_loop(fd, vnet, &router.firewall, None, |snap, frame| {
-        router.from_host(snap, frame)
-    })
-    .await;
-    tracing::error!(queue, ?end, "host tun reader stopped");
-}
-
-/// Splits what a read returned into its frame: a vnet header first when
-/// the tun carries one. `None` when too short to hold that header.
-fn frame_of(read: &[u8], vnet: bool) -> Option<Frame<'_>> {
-    if !vnet {
-        return Some(Frame::plain(read));
-    }
-    let (hdr, ip) = read.split_first_chunk::<HDR_LEN>()?;
-    Some(Frame {
-        hdr: VnetHdr::read(hdr),
-        ip,
-    })
-}
-
-/// The drain loop shared by every tun reader; returns why it stopped.
-async fn read_loop(
-    fd: BorrowedFd<'_>,
-    vnet: bool,
-    firewall: &Firewall,
-    project: Option<&str>,
-    mut handle: impl FnMut(&Snapshot, Frame<'_>),
-) -> Io {
-    // SAFETY: `fd` is borrowed for this whole function, so it stays open
-    // (and the same description) for the AsyncFd's lifetime.
-    let afd = match unsafe {
-        AsyncFd::register_with_interest(Watched(fd.as_raw_fd()), Interest::READABLE)
-    } {
-        Ok(afd) => afd,
-        Err(e) => return Io::Failed(std::io::Error::from(e).raw_os_error().unwrap_or(0)),
-    };
-    let mut snap = Snapshot::take(firewall, project);
-    loop {
-        let mut guard = match afd.readable().await {
-            Ok(g) => g,
-            Err(e) => return Io::Failed(e.raw_os_error().unwrap_or(0)),
-        };
-        snap.refresh(firewall, project);
-        // The batch is synchronous: no await while the thread's buffer is
-        // borrowed.
-        let batch = READ.with_borrow_mut(|buf| {
-            for _ in 0..BATCH {
-                match tun::read(fd, buf) {
-                    Io::Done(n) => match frame_of(&buf[..n], vnet) {
-                        Some(frame) => handle(&snap, frame),
-                        None => continue,
-                    },
-                    Io::WouldBlock => return Ok(true),
-                    end => return Err(end),
-                }
-            }
-            Ok(false)
-        });
-        match batch {
-            Ok(true) => {
-                guard.clear_ready();
-                drop(guard);
-            }
-            Ok(false) => {
-                drop(guard);
-                tokio::task::yield_now().await;
-            }
-            Err(end) => return end,
-        }
     }
 }
 
@@ -631,11 +348,13 @@ mod tests {
     //! The packet path without privileges: datagram socketpairs stand in for
     //! tun devices (one packet per read or write, EAGAIN when full).
     use super::*;
-    use crate::config::Config;
-    use crate::metrics::HostCounters;
+    use crate::os::tun::{self, Io};
+    use crate::port::Port;
+    use crate::wire::offload::VnetHdr;
     use firewall_rules::RuleSet;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::net::Ipv4Addr;
+    use std::os::fd::AsFd;
     use std::os::fd::OwnedFd;
     use std::path::Path;
 

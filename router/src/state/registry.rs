@@ -2,11 +2,11 @@
 //! datapath looks destinations up in, and per-project state that outlives
 //! attachments (counters, flow-table slot).
 
-use crate::compat::CompatOut;
-use crate::metrics::ProjectCounters;
+use crate::port::Port;
+use crate::state::counters::ProjectCounters;
+use crate::state::evidence::Evidence;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vassal_attach::RefuseReason;
@@ -20,7 +20,7 @@ pub struct Project {
     /// Its counters.
     pub counters: ProjectCounters,
     /// What the datapath notes for the event watch.
-    pub evidence: crate::events::Evidence,
+    pub evidence: Evidence,
     attached: AtomicI64,
 }
 
@@ -29,19 +29,6 @@ impl Project {
     pub fn attached(&self) -> i64 {
         self.attached.load(Ordering::Relaxed)
     }
-}
-
-/// Where packets for a vassal are written.
-pub enum Port {
-    /// The vassal's own tun device (attach protocol).
-    Tun {
-        /// The device's fd, shared with the launcher.
-        fd: OwnedFd,
-        /// Whether packets on it carry a `virtio_net_hdr` (IFF_VNET_HDR).
-        vnet: bool,
-    },
-    /// A uWSGI tuntap compat peer's stream.
-    Compat(Arc<CompatOut>),
 }
 
 /// One attached vassal.
@@ -72,7 +59,7 @@ impl std::fmt::Debug for Vassal {
 impl Vassal {
     /// Whether its port takes super-packets whole (a tun with a vnet header).
     pub fn port_has_offloads(&self) -> bool {
-        matches!(self.port, Port::Tun { vnet: true, .. })
+        self.port.has_offloads()
     }
 
     /// Whether `src` is this vassal's own address.
@@ -113,7 +100,7 @@ impl Registry {
             name: name.to_owned(),
             slot: projects.len() as u32,
             counters: ProjectCounters::register(name),
-            evidence: crate::events::Evidence::default(),
+            evidence: Evidence::default(),
             attached: AtomicI64::new(0),
         });
         projects.push(Arc::clone(&p));

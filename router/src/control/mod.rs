@@ -8,13 +8,15 @@
 //! detached when it closes.
 
 use crate::config::{host6_in_subnet, host_in_subnet};
-use crate::datapath::{self, Router};
-use crate::events;
-use crate::metrics::{self, DropReason};
-use crate::offload;
-use crate::socket;
-use crate::tun;
-use crate::vassals::{Port, Vassal};
+use crate::datapath::reader;
+use crate::datapath::router::Router;
+use crate::os::events;
+use crate::os::socket;
+use crate::os::tun;
+use crate::port::Port;
+use crate::state::counters::{self, DropReason};
+use crate::state::registry::Vassal;
+use crate::wire::offload;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,7 +49,7 @@ pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
                         tracing::warn!(
                             "control socket: connection limit reached; closing a new connection"
                         );
-                        metrics::attach_refused("too_many_connections");
+                        counters::attach_refused("too_many_connections");
                         continue;
                     }
                     open.fetch_add(1, Ordering::Relaxed);
@@ -113,8 +115,8 @@ async fn refuse(afd: &AsyncFd<OwnedFd>, uid: u32, reason: RefuseReason, message:
         reason = reason.as_str(),
         "control request refused: {message}"
     );
-    metrics::attach_refused(reason.as_str());
-    crate::events::emit(
+    counters::attach_refused(reason.as_str());
+    crate::os::events::emit(
         "attach_refused",
         serde_json::json!({ "uid": uid, "reason": reason.as_str(), "message": message }),
     );
@@ -211,7 +213,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                             gateway: router.config.gateway.addr(),
                             gateway6: router.config.gateway6.map(|g| g.addr()),
                         };
-                        let reader = tokio::spawn(datapath::vassal_reader(
+                        let reader = tokio::spawn(reader::vassal_reader(
                             Arc::clone(&router),
                             Arc::clone(&vassal),
                         ));

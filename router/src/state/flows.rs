@@ -8,7 +8,7 @@
 //! datapath makes no clock syscall.
 
 use crate::config::FlowConfig;
-use crate::packet::{proto, PacketInfo, TCP_FIN, TCP_RST};
+use crate::wire::packet::{proto, PacketInfo, TCP_FIN, TCP_RST};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -360,7 +360,7 @@ mod tests {
         let mut err = udp("198.51.100.7", 0, "10.0.0.2", 0);
         assert!(!t.is_reply(&err), "not an error: no quote");
         err.proto = proto::ICMP;
-        err.quoted = Some(crate::packet::Quoted {
+        err.quoted = Some(crate::wire::packet::Quoted {
             src: out.src,
             dst: out.dst,
             proto: out.proto,
@@ -370,7 +370,7 @@ mod tests {
         assert!(t.is_reply(&err));
         err.quoted = err
             .quoted
-            .map(|q| crate::packet::Quoted { dst_port: 54, ..q });
+            .map(|q| crate::wire::packet::Quoted { dst_port: 54, ..q });
         assert!(!t.is_reply(&err));
     }
 }
