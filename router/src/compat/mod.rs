@@ -460,6 +460,7 @@ async fn serve_peer(
                 };
                 let snap = snap.get_or_insert_with(|| Snapshot::take(&router.firewall, Some(&v.project.name)));
                 snap.refresh(&router.firewall, Some(&v.project.name));
+                let vassals = router.registry.view();
                 loop {
                     let frame = match decode_frame(&inbuf[at..fill], mtu) {
                         Ok(Some(frame)) => frame,
@@ -475,7 +476,7 @@ async fn serve_peer(
                         v.project.counters.compat_rule_blocks.add(1);
                         tracing::warn!(project = %v.project.name, "compat peer sent a rule block: ignored");
                     } else {
-                        router.from_vassal(v, snap, IpFrame::plain(frame.payload));
+                        router.from_vassal(v, snap, &vassals, IpFrame::plain(frame.payload));
                     }
                     at += frame.consumed;
                 }

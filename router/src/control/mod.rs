@@ -266,7 +266,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                 );
             }
             Request::Reload => {
-                let answer = match reload(&router) {
+                let answer = match reload(&router).await {
                     Ok((out_rules, in_rules)) => Response::Reloaded {
                         out_rules,
                         in_rules,
@@ -405,8 +405,14 @@ pub fn stats(router: &Router) -> Vec<ProjectStats> {
 
 /// Reloads the rule file (SIGHUP and the Reload request): the number of
 /// out and in rules now in force, or the errors (old rules kept).
-pub fn reload(router: &Router) -> Result<(usize, usize), String> {
-    match router.firewall.reload() {
+/// Reads and compiles the rules on a blocking thread, so a large rule file
+/// never holds up the runtime's workers (and the readers on them).
+pub async fn reload(router: &Arc<Router>) -> Result<(usize, usize), String> {
+    let compiling = Arc::clone(router);
+    let reloaded = tokio::task::spawn_blocking(move || compiling.firewall.reload())
+        .await
+        .map_err(|e| format!("the rule compiler stopped: {e}"))?;
+    match reloaded {
         Ok(rules) => {
             router.host.reloads.add(1);
             tracing::info!(

@@ -18,7 +18,7 @@ use crate::os::nat::{NatError, Table};
 use crate::os::socket::{self, SocketError};
 use crate::state::counters::HostCounters;
 use crate::state::firewall::{Firewall, FirewallError};
-use crate::state::flows::FlowTable;
+use crate::state::flows::{FlowTable, SHARDS};
 use crate::state::registry::Registry;
 use nix::sys::socket::SockType;
 use std::sync::Arc;
@@ -131,7 +131,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let _ = control::reload(router);
+                let _ = control::reload(router).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -143,24 +143,35 @@ async fn serve(
     Ok(())
 }
 
-/// Ticks the flow and fragment tables' clocks, expires idle flows and
-/// fragmented datagrams, publishes the flow gauges and turns counter
-/// movement into events, once a second.
+/// Flow-table sweep steps per second: each visits `SHARDS / SWEEP_STEPS`
+/// shards, so every flow is looked at once a second and no reader waits
+/// for more than a few shards' pass.
+const SWEEP_STEPS: u32 = 16;
+
+/// Ticks the flow and fragment tables' clocks, expires idle flows (a few
+/// shards at a time) and fragmented datagrams, publishes the flow gauges
+/// and turns counter movement into events, once a second.
 async fn sweeper(router: Arc<Router>) {
     let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / SWEEP_STEPS);
     let mut watch = watch::Watch::new(
         router.config.events.denied_per_second,
         router.config.events.distinct_ports_per_second,
     );
+    let shards = SHARDS.div_ceil(SWEEP_STEPS as usize);
+    let mut step = 0u32;
     loop {
         tick.tick().await;
+        let total = router.flows.sweep_step(shards);
+        step = step.wrapping_add(1);
+        if step % SWEEP_STEPS != 1 {
+            continue;
+        }
         let now = start.elapsed().as_secs() as u32;
         router.flows.tick(now);
         router.fragments.tick(now);
         let in_flight = router.fragments.sweep();
         router.host.fragments_total.set(in_flight as f64);
-        let total = router.flows.sweep();
         router.host.flows_total.set(total as f64);
         let projects = router.registry.projects();
         for p in &projects {

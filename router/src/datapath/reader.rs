@@ -8,8 +8,7 @@ use crate::config::MAX_MTU;
 use crate::datapath::router::{Router, Snapshot};
 use crate::os::tun::{self, Io};
 use crate::port::Port;
-use crate::state::firewall::Firewall;
-use crate::state::registry::Vassal;
+use crate::state::registry::{AddrMap, Vassal};
 use crate::wire::frame::{frame_of, Frame};
 use crate::wire::offload::HDR_LEN;
 use std::cell::RefCell;
@@ -50,9 +49,9 @@ pub async fn vassal_reader(router: Arc<Router>, vassal: Arc<Vassal>) {
     let end = read_loop(
         fd.as_fd(),
         *vnet,
-        &router.firewall,
+        &router,
         Some(name),
-        |snap, frame| router.from_vassal(&vassal, snap, frame),
+        |snap, vassals, frame| router.from_vassal(&vassal, snap, vassals, frame),
     )
     .await;
     tracing::debug!(project = name, address = %vassal.ipv4, ?end, "vassal tun reader stopped");
@@ -64,8 +63,8 @@ pub async fn host_reader(router: Arc<Router>, queue: usize) {
         return;
     };
     let vnet = router.host_tun.vnet();
-    let end = read_loop(fd, vnet, &router.firewall, None, |snap, frame| {
-        router.from_host(snap, frame)
+    let end = read_loop(fd, vnet, &router, None, |snap, vassals, frame| {
+        router.from_host(snap, vassals, frame)
     })
     .await;
     tracing::error!(queue, ?end, "host tun reader stopped");
@@ -75,10 +74,11 @@ pub async fn host_reader(router: Arc<Router>, queue: usize) {
 async fn read_loop(
     fd: BorrowedFd<'_>,
     vnet: bool,
-    firewall: &Firewall,
+    router: &Router,
     project: Option<&str>,
-    mut handle: impl FnMut(&Snapshot, Frame<'_>),
+    mut handle: impl FnMut(&Snapshot, &AddrMap, Frame<'_>),
 ) -> Io {
+    let firewall = &router.firewall;
     // SAFETY: `fd` is borrowed for this whole function, so it stays open
     // (and the same description) for the AsyncFd's lifetime.
     let afd = match unsafe {
@@ -97,10 +97,13 @@ async fn read_loop(
         // The batch is synchronous: no await while the thread's buffer is
         // borrowed.
         let batch = READ.with_borrow_mut(|buf| {
+            // The registry as it is now, for this batch only: no lock and
+            // no shared count per packet, and nothing held across an await.
+            let vassals = router.registry.view();
             for _ in 0..BATCH {
                 match tun::read(fd, buf) {
                     Io::Done(n) => match frame_of(&buf[..n], vnet) {
-                        Some(frame) => handle(&snap, frame),
+                        Some(frame) => handle(&snap, &vassals, frame),
                         None => continue,
                     },
                     Io::WouldBlock => return Ok(true),

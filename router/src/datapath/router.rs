@@ -20,9 +20,9 @@ use crate::state::budget;
 use crate::state::counters::{DropReason, HostCounters};
 use crate::state::evidence::Logged;
 use crate::state::firewall::{ActiveRules, Firewall};
-use crate::state::flows::FlowTable;
+use crate::state::flows::{FlowTable, Seen};
 use crate::state::fragments::FragmentTable;
-use crate::state::registry::{Project, Registry, Vassal};
+use crate::state::registry::{AddrMap, Project, Registry, Vassal};
 use crate::wire::frame::Frame;
 use crate::wire::icmp;
 use crate::wire::offload::{self, Plan};
@@ -66,10 +66,10 @@ impl Snapshot {
         Snapshot { rules, own }
     }
 
-    /// Re-takes the snapshot only when the rules changed (one read lock).
+    /// Re-takes the snapshot only when the rules changed (one load of the
+    /// published generation, a word only reloads write).
     pub fn refresh(&mut self, firewall: &Firewall, project: Option<&str>) {
-        let rules = firewall.current();
-        if rules.generation != self.rules.generation {
+        if firewall.generation() != self.rules.generation {
             *self = Snapshot::take(firewall, project);
         }
     }
@@ -153,8 +153,8 @@ impl Router {
     }
 
     /// Whether `dst` is a vassal's address (attached or not).
-    fn is_vassal_address(&self, dst: IpAddr) -> bool {
-        self.in_own_subnet(dst) || self.registry.lookup(dst).is_some()
+    fn is_vassal_address(&self, vassals: &AddrMap, dst: IpAddr) -> bool {
+        self.in_own_subnet(dst) || vassals.contains_key(&dst)
     }
 
     /// Answers `pkt` from vassal `v`, whose TTL or hop limit ran out at the
@@ -177,8 +177,9 @@ impl Router {
         }
     }
 
-    /// Handles one packet read from vassal `v`.
-    pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, frame: Frame<'_>) {
+    /// Handles one packet read from vassal `v`; `vassals` is the reader's
+    /// view of the registry for this batch.
+    pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, vassals: &AddrMap, frame: Frame<'_>) {
         let counters = &v.project.counters;
         let Some((info, plan)) = inspect(&frame) else {
             return counters.drop(DropReason::Malformed, 1);
@@ -194,29 +195,54 @@ impl Router {
         let Ok(follows) = self.fragments.follows(&info, false) else {
             return counters.drop(DropReason::Fragment, n);
         };
-        let established = snap.rules.classifier.defaults().established;
-        let reply = follows
-            || (established && icmp::may_relate(&info, false, false) && self.flows.is_reply(&info));
-        if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
-            note_port(&v.project, &info);
-            return counters.drop(DropReason::Firewall, n);
-        }
-        match self.registry.lookup(info.dst) {
-            Some(w) => {
-                if !reply {
-                    note_port(&v.project, &info);
+        let dest = vassals.get(&info.dst);
+        let own_subnet = dest.is_none() && self.in_own_subnet(info.dst);
+        // Both chains, and whether the packet would open its flow: not
+        // when it is to be dropped for its TTL or for want of a vassal.
+        let decide = || {
+            if !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
+                return (Verdict::DeniedOut, false);
+            }
+            match dest {
+                Some(w) => {
                     let theirs = snap.rules.classifier.project_id(&w.project.name);
                     if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
-                        return w.project.counters.drop(DropReason::Firewall, n);
+                        return (Verdict::DeniedIn, false);
                     }
+                    (Verdict::Pass, icmp::hop_limit(frame.ip) > 1)
                 }
+                None => (Verdict::Pass, !own_subnet),
+            }
+        };
+        let established = snap.rules.classifier.defaults().established;
+        let seen = if follows {
+            Seen::Reply
+        } else if established {
+            let relate = icmp::may_relate(&info, false, false);
+            self.flows.track(&info, relate, v.project.slot, decide)
+        } else {
+            Seen::Decided(decide().0)
+        };
+        if seen != Seen::Reply && !(seen == Seen::Decided(Verdict::Pass) && own_subnet) {
+            note_port(&v.project, &info);
+        }
+        match seen {
+            Seen::Reply | Seen::Decided(Verdict::Pass) => {}
+            Seen::Decided(Verdict::DeniedOut) => return counters.drop(DropReason::Firewall, n),
+            Seen::Decided(Verdict::DeniedIn) => {
+                if let Some(w) = dest {
+                    w.project.counters.drop(DropReason::Firewall, n);
+                }
+                return;
+            }
+            Seen::Full => return counters.drop(DropReason::FlowTableFull, n),
+        }
+        match dest {
+            Some(w) => {
                 // Between vassals the router is the only hop (docs/design.md).
                 if icmp::hop_limit(frame.ip) <= 1 {
                     self.time_exceeded(v, &info, frame.ip);
                     return counters.drop(DropReason::TtlExceeded, n);
-                }
-                if !reply && established && self.flows.open(&info, v.project.slot).is_err() {
-                    return counters.drop(DropReason::FlowTableFull, n);
                 }
                 if self
                     .fragments
@@ -238,14 +264,8 @@ impl Router {
                     Delivery::Gone => counters.drop(DropReason::NoRoute, d.unsent(&plan)),
                 }
             }
-            None if self.in_own_subnet(info.dst) => counters.drop(DropReason::NoRoute, n),
+            None if own_subnet => counters.drop(DropReason::NoRoute, n),
             None => {
-                if !reply {
-                    note_port(&v.project, &info);
-                    if established && self.flows.open(&info, v.project.slot).is_err() {
-                        return counters.drop(DropReason::FlowTableFull, n);
-                    }
-                }
                 if self
                     .fragments
                     .passing(&info, v.project.slot, false)
@@ -266,8 +286,9 @@ impl Router {
         }
     }
 
-    /// Handles one packet read from the host tun.
-    pub fn from_host(&self, snap: &Snapshot, frame: Frame<'_>) {
+    /// Handles one packet read from the host tun; `vassals` is the
+    /// reader's view of the registry for this batch.
+    pub fn from_host(&self, snap: &Snapshot, vassals: &AddrMap, frame: Frame<'_>) {
         let Some((info, plan)) = inspect(&frame) else {
             return self.host.drop(DropReason::Malformed, 1);
         };
@@ -278,7 +299,7 @@ impl Router {
         if self.in_own_subnet(info.src) {
             return self.host.drop(DropReason::Spoofed, n);
         }
-        let Some(w) = self.registry.lookup(info.dst) else {
+        let Some(w) = vassals.get(&info.dst) else {
             // Checked first so that these drops never eat the budget of
             // the rule-match log lines when debug logging is off.
             if tracing::enabled!(tracing::Level::DEBUG) && log_budget() {
@@ -290,23 +311,29 @@ impl Router {
         let Ok(follows) = self.fragments.follows(&info, true) else {
             return counters.drop(DropReason::Fragment, n);
         };
-        let established = snap.rules.classifier.defaults().established;
-        let reply = follows
-            || (established
-                && icmp::may_relate(
-                    &info,
-                    true,
-                    info.quoted.is_some_and(|q| self.is_vassal_address(q.dst)),
-                )
-                && self.flows.is_reply(&info));
-        if !reply {
+        let decide = || {
             let theirs = snap.rules.classifier.project_id(&w.project.name);
-            if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
-                return counters.drop(DropReason::Firewall, n);
-            }
-            if established && self.flows.open(&info, w.project.slot).is_err() {
-                return counters.drop(DropReason::FlowTableFull, n);
-            }
+            let pass = self.allowed(snap, Chain::In, theirs, &w.project, &info);
+            (pass, pass)
+        };
+        let established = snap.rules.classifier.defaults().established;
+        let seen = if follows {
+            Seen::Reply
+        } else if established {
+            let relate = icmp::may_relate(
+                &info,
+                true,
+                info.quoted
+                    .is_some_and(|q| self.is_vassal_address(vassals, q.dst)),
+            );
+            self.flows.track(&info, relate, w.project.slot, decide)
+        } else {
+            Seen::Decided(decide().0)
+        };
+        match seen {
+            Seen::Reply | Seen::Decided(true) => {}
+            Seen::Decided(false) => return counters.drop(DropReason::Firewall, n),
+            Seen::Full => return counters.drop(DropReason::FlowTableFull, n),
         }
         if self.fragments.passing(&info, w.project.slot, true).is_err() {
             return counters.drop(DropReason::Fragment, n);
@@ -320,6 +347,17 @@ impl Router {
             Delivery::Gone => counters.drop(DropReason::NoRoute, d.unsent(&plan)),
         }
     }
+}
+
+/// The rules' verdict on a packet from a vassal that is not a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Both chains allow it.
+    Pass,
+    /// The out chain (its sender's) denied it.
+    DeniedOut,
+    /// The in chain (its recipient vassal's) denied it.
+    DeniedIn,
 }
 
 /// Notes the destination port of a packet that opens a flow or is denied:
@@ -423,12 +461,14 @@ mod tests {
 
         fn send(&self, v: &Vassal, pkt: &[u8]) {
             let snap = Snapshot::take(&self.router.firewall, Some(&v.project.name));
-            self.router.from_vassal(v, &snap, Frame::plain(pkt));
+            self.router
+                .from_vassal(v, &snap, &self.router.registry.view(), Frame::plain(pkt));
         }
 
         fn host_sends(&self, pkt: &[u8]) {
             let snap = Snapshot::take(&self.router.firewall, None);
-            self.router.from_host(&snap, Frame::plain(pkt));
+            self.router
+                .from_host(&snap, &self.router.registry.view(), Frame::plain(pkt));
         }
     }
 
@@ -758,6 +798,7 @@ mod tests {
         b.router.from_vassal(
             &v,
             &snap,
+            &b.router.registry.view(),
             Frame::plain(&udp([10, 9, 0, 2], 1, [203, 0, 113, 1], 53)),
         );
         assert_eq!(v.project.counters.dropped(DropReason::Firewall), 1);
@@ -806,7 +847,12 @@ mod tests {
         let (v, _) = b.vassal_with("alice", 2, true);
         let (hdr, pkt) = super_packet([10, 9, 0, 2], [203, 0, 113, 1]);
         let snap = Snapshot::take(&b.router.firewall, Some("alice"));
-        b.router.from_vassal(&v, &snap, Frame { hdr, ip: &pkt });
+        b.router.from_vassal(
+            &v,
+            &snap,
+            &b.router.registry.view(),
+            Frame { hdr, ip: &pkt },
+        );
         let mut expected = hdr.bytes().to_vec();
         expected.extend_from_slice(&pkt);
         let mut buf = vec![0u8; 70_000];
@@ -826,7 +872,8 @@ mod tests {
         let (v, v_peer) = b.vassal("alice", 2);
         let (hdr, pkt) = super_packet([203, 0, 113, 1], [10, 9, 0, 2]);
         let snap = Snapshot::take(&b.router.firewall, None);
-        b.router.from_host(&snap, Frame { hdr, ip: &pkt });
+        b.router
+            .from_host(&snap, &b.router.registry.view(), Frame { hdr, ip: &pkt });
         let sizes: Vec<usize> = std::iter::from_fn(|| received(&v_peer).map(|p| p.len())).collect();
         assert_eq!(sizes, vec![1040, 1040, 1040, 50]);
         let c = &v.project.counters;

@@ -5,6 +5,7 @@
 //! `vassal-router stats` can read it back without parsing the exposition.
 
 use crate::wire::offload::Wire;
+use crossbeam_utils::CachePadded;
 use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -68,17 +69,20 @@ impl DropReason {
     }
 }
 
-/// A Prometheus counter with a readable mirror.
+/// A Prometheus counter with a readable mirror. The mirror has a cache
+/// line of its own: a project's counters are written by its own reader
+/// (tx) and by whoever delivers to it (rx: the host readers, other
+/// vassals), and no two counters should bounce one line between them.
 pub struct Count {
     handle: Counter,
-    value: AtomicU64,
+    value: CachePadded<AtomicU64>,
 }
 
 impl Count {
     fn new(handle: Counter) -> Count {
         Count {
             handle,
-            value: AtomicU64::new(0),
+            value: CachePadded::new(AtomicU64::new(0)),
         }
     }
 

@@ -1,62 +1,105 @@
 //! The stateful flow table: which flows an allowed packet opened, so that
 //! their replies pass the opposite chain when `established = true`.
 //!
-//! One table for the whole router behind one mutex (two cores; a lookup is
-//! a hash probe), bounded in total and per project. The map is allocated at
-//! its full capacity up front, so inserting never allocates on the
-//! datapath. Time is a coarse seconds counter ticked by the sweeper, so the
-//! datapath makes no clock syscall.
+//! Sharded so that readers of different vassals do not contend: a flow
+//! lives in one of [`SHARDS`] shards, each a small mutex on its own cache
+//! line over a map allocated up front, chosen by a keyed hash of the flow's
+//! two endpoints taken in a fixed order, so a packet and its reply land on
+//! the same entry. A packet probes once ([`FlowTable::track`]): the same
+//! locked look-up tells whether it answers a flow and, if not, opens or
+//! refreshes the flow once the caller's rules have passed it. The bounds
+//! (total and per project) are counters reserved before an insert, exact
+//! under any interleaving, and touched only when a flow is created or
+//! expires. Expiry is incremental: [`FlowTable::sweep_step`] visits a few
+//! shards at a time. Time is a coarse seconds counter ticked by the
+//! sweeper, so the datapath makes no clock syscall.
 
 use crate::config::FlowConfig;
-use crate::wire::packet::{proto, PacketInfo, TCP_FIN, TCP_RST};
+use crate::wire::packet::{proto, PacketInfo, Quoted, TCP_FIN, TCP_RST};
+use crossbeam_utils::CachePadded;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
-/// Identity of a flow in its opening direction.
+/// Shards of the table (a power of two).
+pub const SHARDS: usize = 64;
+
+/// Projects the table can charge flows to (slots `0..MAX_SLOTS`); a
+/// project beyond opens no flow.
+pub const MAX_SLOTS: usize = 1 << 16;
+
+/// Per-project counters are allocated by chunks of this many slots.
+const SLOT_CHUNK: usize = 64;
+
+/// A flow's identity, its endpoints in a fixed order: for TCP, UDP and
+/// other protocols the smaller (address, port) first, so both directions
+/// share it; for an ICMP echo flow the requester first (the identifier as
+/// both ports), so two hosts pinging each other hold two flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    /// Protocol.
-    pub proto: u8,
-    /// Source address of the opening packet.
-    pub src: IpAddr,
-    /// Destination address of the opening packet.
-    pub dst: IpAddr,
-    /// Source port (echo id for ICMP).
-    pub src_port: u16,
-    /// Destination port (echo id for ICMP).
-    pub dst_port: u16,
+struct Canon {
+    proto: u8,
+    a: IpAddr,
+    b: IpAddr,
+    a_port: u16,
+    b_port: u16,
 }
 
-impl FlowKey {
-    /// The key of `p` as seen in its own direction.
-    pub fn of(p: &PacketInfo) -> FlowKey {
-        FlowKey {
-            proto: p.proto,
-            src: p.src,
-            dst: p.dst,
-            src_port: p.src_port,
-            dst_port: p.dst_port,
+/// A key with its hash computed once: the shard and the map both use it.
+#[derive(Debug, Clone, Copy)]
+struct Hashed {
+    hash: u64,
+    key: Canon,
+}
+
+impl Hash for Hashed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for Hashed {
+    fn eq(&self, other: &Hashed) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Hashed {}
+
+/// Hands a [`Hashed`] key's precomputed hash to the map unchanged.
+#[derive(Default)]
+struct PassHasher(u64);
+
+impl Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only write_u64 is used by Hashed; fold anything else.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
 
-    /// The key of the flow a reply to this packet would belong to.
-    pub fn reversed(&self) -> FlowKey {
-        FlowKey {
-            proto: self.proto,
-            src: self.dst,
-            dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-        }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
+
+type Map = HashMap<Hashed, Flow, BuildHasherDefault<PassHasher>>;
+
+/// The flow counters of [`SLOT_CHUNK`] consecutive slots.
+type SlotChunk = Box<[CachePadded<AtomicU32>]>;
 
 #[derive(Debug, Clone, Copy)]
 struct Flow {
     slot: u32,
     last_seen: u32,
+    /// Whether the opening packet came from endpoint `a`.
+    opener_is_a: bool,
     tcp_closing: bool,
 }
 
@@ -68,45 +111,173 @@ pub enum OpenError {
     Full,
 }
 
-struct Inner {
-    map: HashMap<FlowKey, Flow>,
-    per_slot: Vec<u32>,
+/// What the table made of a packet ([`FlowTable::track`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen<T> {
+    /// A reply of a known flow (or an ICMP error about one): it skips the
+    /// rules. The flow is refreshed.
+    Reply,
+    /// Not a reply: the caller's decision, and the flow it opened (or
+    /// refreshed) if the decision asked for one.
+    Decided(T),
+    /// Not a reply, the decision asked for a flow and the project's (or
+    /// the table's) bound refused it.
+    Full,
+}
+
+/// Where a packet falls in the table.
+struct Place {
+    key: Hashed,
+    /// Whether the packet's source is endpoint `a`.
+    from_a: bool,
+    /// Whether it may open a flow (ICMP: echo requests only).
+    opens: bool,
+    /// Whether it may answer a flow (ICMP: echo replies only).
+    answers: bool,
 }
 
 /// The flow table.
 pub struct FlowTable {
-    inner: Mutex<Inner>,
+    shards: Box<[CachePadded<Mutex<Map>>]>,
+    /// Flows charged to each slot, by chunks allocated at attach.
+    per_slot: Box<[OnceLock<SlotChunk>]>,
+    total: CachePadded<AtomicUsize>,
+    hasher: RandomState,
     config: FlowConfig,
     now: AtomicU32,
+    /// The next shard the incremental sweep visits.
+    cursor: AtomicUsize,
 }
 
 impl FlowTable {
-    /// An empty table with room for `config.max_total` flows.
+    /// An empty table with room for `config.max_total` flows, spread over
+    /// the shards with headroom so that no insert allocates.
     pub fn new(config: FlowConfig) -> FlowTable {
+        let per_shard = config.max_total.div_ceil(SHARDS);
+        let room = per_shard + per_shard / 4 + 8;
         FlowTable {
-            inner: Mutex::new(Inner {
-                map: HashMap::with_capacity(config.max_total),
-                per_slot: Vec::new(),
-            }),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    CachePadded::new(Mutex::new(Map::with_capacity_and_hasher(
+                        room,
+                        BuildHasherDefault::default(),
+                    )))
+                })
+                .collect(),
+            per_slot: (0..MAX_SLOTS / SLOT_CHUNK)
+                .map(|_| OnceLock::new())
+                .collect(),
+            total: CachePadded::new(AtomicUsize::new(0)),
+            hasher: RandomState::new(),
             config,
             now: AtomicU32::new(0),
+            cursor: AtomicUsize::new(0),
         }
     }
 
     /// Makes room for the per-project counter of `slot` (done at attach,
-    /// never on the datapath).
+    /// never on the datapath). A slot beyond [`MAX_SLOTS`] gets none: its
+    /// project opens no flow.
     pub fn ensure_slot(&self, slot: u32) {
-        let mut inner = self.lock();
-        let want = slot as usize + 1;
-        if inner.per_slot.len() < want {
-            inner.per_slot.resize(want, 0);
+        if let Some(chunk) = self.per_slot.get(slot as usize / SLOT_CHUNK) {
+            chunk.get_or_init(|| {
+                (0..SLOT_CHUNK)
+                    .map(|_| CachePadded::new(AtomicU32::new(0)))
+                    .collect()
+            });
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    /// The flow counter of `slot`, if made room for.
+    fn quota(&self, slot: u32) -> Option<&AtomicU32> {
+        let chunk = self.per_slot.get(slot as usize / SLOT_CHUNK)?.get()?;
+        chunk.get(slot as usize % SLOT_CHUNK).map(|c| &**c)
+    }
+
+    fn shard(&self, key: &Hashed) -> MutexGuard<'_, Map> {
+        // Bits the map uses neither for its buckets (low) nor its tags
+        // (top seven).
+        let i = (key.hash >> 32) as usize & (SHARDS - 1);
         // A panic while holding the lock cannot leave the map inconsistent
         // (every update is a single insert/remove), so keep going.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hashed(&self, key: Canon) -> Hashed {
+        Hashed {
+            hash: self.hasher.hash_one(key),
+            key,
+        }
+    }
+
+    /// Where `p` (not an ICMP error) falls, `None` for ICMP messages that
+    /// are neither echo requests nor replies (not tracked).
+    fn place(&self, p: &PacketInfo) -> Option<Place> {
+        if is_icmp(p.proto) {
+            let (request, key) = if p.icmp_echo_request {
+                (true, (p.src, p.dst, p.src_port, p.dst_port))
+            } else if p.icmp_echo_reply {
+                (false, (p.dst, p.src, p.dst_port, p.src_port))
+            } else {
+                return None;
+            };
+            let (a, b, a_port, b_port) = key;
+            return Some(Place {
+                key: self.hashed(Canon {
+                    proto: p.proto,
+                    a,
+                    b,
+                    a_port,
+                    b_port,
+                }),
+                from_a: request,
+                opens: request,
+                answers: !request,
+            });
+        }
+        let from_a = (p.src, p.src_port) <= (p.dst, p.dst_port);
+        let (a, b, a_port, b_port) = if from_a {
+            (p.src, p.dst, p.src_port, p.dst_port)
+        } else {
+            (p.dst, p.src, p.dst_port, p.src_port)
+        };
+        Some(Place {
+            key: self.hashed(Canon {
+                proto: p.proto,
+                a,
+                b,
+                a_port,
+                b_port,
+            }),
+            from_a,
+            opens: true,
+            answers: true,
+        })
+    }
+
+    /// Whether a flow exists that the packet `q` (quoted by an ICMP error)
+    /// belongs to, in either direction.
+    fn knows(&self, q: &Quoted) -> bool {
+        let forward = (q.src, q.dst, q.src_port, q.dst_port);
+        let backward = (q.dst, q.src, q.dst_port, q.src_port);
+        let keys: &[_] = if is_icmp(q.proto) {
+            // An echo flow is keyed by its requester, who may be either.
+            &[forward, backward]
+        } else if (q.src, q.src_port) <= (q.dst, q.dst_port) {
+            &[forward]
+        } else {
+            &[backward]
+        };
+        keys.iter().any(|&(a, b, a_port, b_port)| {
+            let key = self.hashed(Canon {
+                proto: q.proto,
+                a,
+                b,
+                a_port,
+                b_port,
+            });
+            self.shard(&key).contains_key(&key)
+        })
     }
 
     /// Advances the coarse clock to `secs` since start.
@@ -114,122 +285,158 @@ impl FlowTable {
         self.now.store(secs, Ordering::Relaxed);
     }
 
-    /// Whether `p` is a reply of a known flow; refreshes that flow. ICMP
-    /// echo requests are never replies.
-    pub fn is_reply(&self, p: &PacketInfo) -> bool {
+    /// The datapath's one probe for packet `p` of project `slot`. When
+    /// `relate` and `p` answers a known flow (or is an ICMP error quoting
+    /// one of its packets, sent to that packet's source), it is a
+    /// [`Seen::Reply`]. Otherwise `decide` runs (under the shard's lock:
+    /// keep it short) and returns the caller's verdict and whether the
+    /// packet should open its flow; then the flow is opened or refreshed
+    /// ([`Seen::Decided`]), or the bound refuses it ([`Seen::Full`]).
+    pub fn track<T>(
+        &self,
+        p: &PacketInfo,
+        relate: bool,
+        slot: u32,
+        decide: impl FnOnce() -> (T, bool),
+    ) -> Seen<T> {
         if let Some(q) = p.quoted {
             // An ICMP error about a packet of a known flow, in either
             // direction, is related to it (path MTU discovery needs this).
             // It must quote a packet its recipient sent: nobody may use a
-            // third party's flow to slip errors past the rules.
-            if q.src != p.dst {
-                return false;
+            // third party's flow to slip errors past the rules. Errors
+            // open no flow.
+            if relate && q.src == p.dst && self.knows(&q) {
+                return Seen::Reply;
             }
-            let key = FlowKey {
-                proto: q.proto,
-                src: q.src,
-                dst: q.dst,
-                src_port: q.src_port,
-                dst_port: q.dst_port,
-            };
-            let inner = self.lock();
-            return inner.map.contains_key(&key) || inner.map.contains_key(&key.reversed());
+            return Seen::Decided(decide().0);
         }
-        // Of ICMP messages only echo replies answer a flow (an echo
-        // request's); the identifier, 0 included, is the port.
-        if is_icmp(p.proto) && !p.icmp_echo_reply {
-            return false;
-        }
-        let key = FlowKey::of(p).reversed();
-        let now = self.now.load(Ordering::Relaxed);
-        let mut inner = self.lock();
-        match inner.map.get_mut(&key) {
-            Some(flow) => {
-                flow.last_seen = now;
-                if p.proto == proto::TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                    flow.tcp_closing = true;
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Opens (or refreshes) the flow `p` starts, charged to project `slot`.
-    pub fn open(&self, p: &PacketInfo, slot: u32) -> Result<(), OpenError> {
-        // Only echo requests open ICMP flows; other ICMP messages are not
-        // tracked (their replies, if any, go through the rules).
-        if is_icmp(p.proto) && !p.icmp_echo_request {
-            return Ok(());
-        }
-        let key = FlowKey::of(p);
+        let Some(place) = self.place(p) else {
+            return Seen::Decided(decide().0);
+        };
         let now = self.now.load(Ordering::Relaxed);
         let closing = p.proto == proto::TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-        let mut inner = self.lock();
-        if let Some(flow) = inner.map.get_mut(&key) {
+        let mut map = self.shard(&place.key);
+        if let Some(flow) = map.get_mut(&place.key) {
+            if relate && place.answers && flow.opener_is_a != place.from_a {
+                flow.last_seen = now;
+                flow.tcp_closing |= closing;
+                return Seen::Reply;
+            }
+        }
+        let (verdict, open) = decide();
+        if !open || !place.opens {
+            return Seen::Decided(verdict);
+        }
+        if let Some(flow) = map.get_mut(&place.key) {
             flow.last_seen = now;
             flow.tcp_closing |= closing;
-            return Ok(());
+            return Seen::Decided(verdict);
         }
-        let used = inner
-            .per_slot
-            .get(slot as usize)
-            .copied()
-            .ok_or(OpenError::Full)?;
-        if used as usize >= self.config.max_per_project || inner.map.len() >= self.config.max_total
-        {
-            return Err(OpenError::Full);
+        if !self.reserve(slot) {
+            return Seen::Full;
         }
-        inner.map.insert(
-            key,
+        map.insert(
+            place.key,
             Flow {
                 slot,
                 last_seen: now,
+                opener_is_a: place.from_a,
                 tcp_closing: closing,
             },
         );
-        if let Some(n) = inner.per_slot.get_mut(slot as usize) {
-            *n += 1;
-        }
-        Ok(())
+        Seen::Decided(verdict)
     }
 
-    /// Removes idle flows; returns the table size.
-    pub fn sweep(&self) -> usize {
+    /// Takes a place for a new flow of `slot` under both bounds.
+    fn reserve(&self, slot: u32) -> bool {
+        let Some(quota) = self.quota(slot) else {
+            return false;
+        };
+        let max = self.config.max_per_project;
+        if quota
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                ((n as usize) < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return false;
+        }
+        let max = self.config.max_total;
+        if self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            quota.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Whether `p` is a reply of a known flow; refreshes that flow. ICMP
+    /// echo requests are never replies. (The datapath uses [`Self::track`].)
+    pub fn is_reply(&self, p: &PacketInfo) -> bool {
+        matches!(self.track(p, true, 0, || ((), false)), Seen::Reply)
+    }
+
+    /// Opens (or refreshes) the flow `p` starts, charged to project `slot`,
+    /// whether or not it answers a flow. (The datapath uses [`Self::track`].)
+    pub fn open(&self, p: &PacketInfo, slot: u32) -> Result<(), OpenError> {
+        match self.track(p, false, slot, || ((), true)) {
+            Seen::Full => Err(OpenError::Full),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes idle flows from the next `shards` shards (round robin);
+    /// returns the table size. Each shard is locked on its own, so a
+    /// reader waits at most for one shard's pass.
+    pub fn sweep_step(&self, shards: usize) -> usize {
         let now = self.now.load(Ordering::Relaxed);
         let c = &self.config;
-        let mut inner = self.lock();
-        let Inner { map, per_slot } = &mut *inner;
-        map.retain(|key, flow| {
-            let timeout = match key.proto {
-                proto::TCP if flow.tcp_closing => c.tcp_closed_timeout,
-                proto::TCP => c.tcp_timeout,
-                proto::ICMP | proto::ICMPV6 => c.icmp_timeout,
-                _ => c.udp_timeout,
-            };
-            let keep = u64::from(now.saturating_sub(flow.last_seen)) < timeout;
-            if !keep {
-                if let Some(n) = per_slot.get_mut(flow.slot as usize) {
-                    *n = n.saturating_sub(1);
+        for _ in 0..shards.min(SHARDS) {
+            let i = self.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let mut map = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+            let mut removed = 0;
+            map.retain(|key, flow| {
+                let timeout = match key.key.proto {
+                    proto::TCP if flow.tcp_closing => c.tcp_closed_timeout,
+                    proto::TCP => c.tcp_timeout,
+                    proto::ICMP | proto::ICMPV6 => c.icmp_timeout,
+                    _ => c.udp_timeout,
+                };
+                let keep = u64::from(now.saturating_sub(flow.last_seen)) < timeout;
+                if !keep {
+                    removed += 1;
+                    if let Some(n) = self.quota(flow.slot) {
+                        n.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
-            }
-            keep
-        });
-        map.len()
+                keep
+            });
+            drop(map);
+            self.total.fetch_sub(removed, Ordering::Relaxed);
+        }
+        self.len()
+    }
+
+    /// Removes idle flows from every shard, one shard at a time; returns
+    /// the table size.
+    pub fn sweep(&self) -> usize {
+        self.sweep_step(SHARDS)
     }
 
     /// Flows charged to `slot`.
     pub fn count(&self, slot: u32) -> usize {
-        self.lock()
-            .per_slot
-            .get(slot as usize)
-            .copied()
-            .unwrap_or(0) as usize
+        self.quota(slot)
+            .map_or(0, |n| n.load(Ordering::Relaxed) as usize)
     }
 
     /// Flows in the table.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Whether the table is empty.
@@ -372,5 +579,117 @@ mod tests {
             .quoted
             .map(|q| crate::wire::packet::Quoted { dst_port: 54, ..q });
         assert!(!t.is_reply(&err));
+    }
+
+    #[test]
+    fn bounds_hold_exactly_under_concurrent_openers() {
+        let t = std::sync::Arc::new(FlowTable::new(FlowConfig {
+            max_total: 1000,
+            ..cfg(300)
+        }));
+        for slot in 0..4 {
+            t.ensure_slot(slot);
+        }
+        // Four projects on four threads, each trying 500 distinct flows:
+        // every project stops at exactly its bound; the total at 1000.
+        let threads: Vec<_> = (0..4u32)
+            .map(|slot| {
+                let t = std::sync::Arc::clone(&t);
+                std::thread::spawn(move || {
+                    let src = format!("10.0.{slot}.2");
+                    (0..500u16)
+                        .filter(|&port| {
+                            t.open(&udp(&src, 1000 + port, "203.0.113.1", 53), slot)
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let opened: Vec<usize> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(opened.iter().sum::<usize>(), 1000, "{opened:?}");
+        assert!(opened.iter().all(|&n| n <= 300), "{opened:?}");
+        assert_eq!(t.len(), 1000);
+        assert_eq!((0..4).map(|s| t.count(s)).sum::<usize>(), 1000);
+        // A full table still recognises replies and refreshes flows.
+        assert!(t.is_reply(&udp("203.0.113.1", 53, "10.0.0.2", 1000)));
+    }
+
+    #[test]
+    fn replies_and_openers_share_one_entry_in_one_shard() {
+        let t = FlowTable::new(cfg(5));
+        t.ensure_slot(0);
+        let out = udp("10.0.0.2", 1000, "203.0.113.1", 53);
+        let back = udp("203.0.113.1", 53, "10.0.0.2", 1000);
+        // One probe: the opening packet is decided and opens its flow.
+        let mut decided = 0;
+        let seen = t.track(&out, true, 0, || {
+            decided += 1;
+            ("allowed", true)
+        });
+        assert_eq!((seen, decided), (Seen::Decided("allowed"), 1));
+        // Its reply is a reply without a decision.
+        assert_eq!(
+            t.track(&back, true, 0, || unreachable!()),
+            Seen::<()>::Reply
+        );
+        // Not related (an ICMP error from the wrong sender): decided.
+        assert_eq!(t.track(&back, false, 0, || (1, false)), Seen::Decided(1));
+        // A refused decision opens nothing.
+        let other = udp("10.0.0.2", 1001, "203.0.113.1", 53);
+        assert_eq!(t.track(&other, true, 0, || (0, false)), Seen::Decided(0));
+        assert_eq!(t.len(), 1);
+        let shards_with_flows = t
+            .shards
+            .iter()
+            .filter(|s| !s.lock().unwrap().is_empty())
+            .count();
+        assert_eq!(shards_with_flows, 1);
+    }
+
+    #[test]
+    fn the_sweep_is_incremental() {
+        let t = FlowTable::new(FlowConfig {
+            max_total: 4096,
+            ..cfg(4096)
+        });
+        t.ensure_slot(0);
+        for port in 0..2048u16 {
+            t.open(&udp("10.0.0.2", port, "203.0.113.1", 53), 0)
+                .unwrap();
+        }
+        t.tick(1000);
+        // One shard a step: a step removes about 1/SHARDS of the table,
+        // never all of it, and SHARDS steps remove everything.
+        let left = t.sweep_step(1);
+        assert!(left < 2048 && left > 2048 - 2048 / SHARDS * 3, "{left}");
+        let mut steps = 1;
+        while !t.is_empty() {
+            t.sweep_step(1);
+            steps += 1;
+            assert!(steps <= SHARDS);
+        }
+        assert_eq!(t.count(0), 0);
+        // Expired flows free their project's places.
+        t.open(&udp("10.0.0.2", 1, "203.0.113.1", 53), 0).unwrap();
+    }
+
+    #[test]
+    fn two_hosts_pinging_each_other_hold_two_flows() {
+        let t = FlowTable::new(cfg(5));
+        t.ensure_slot(0);
+        let echo = |src: &str, dst: &str, request: bool| {
+            let mut p = udp(src, 7, dst, 7);
+            p.proto = proto::ICMP;
+            p.icmp_echo_request = request;
+            p.icmp_echo_reply = !request;
+            p
+        };
+        t.open(&echo("10.0.0.2", "10.0.0.3", true), 0).unwrap();
+        assert!(!t.is_reply(&echo("10.0.0.2", "10.0.0.3", false)));
+        t.open(&echo("10.0.0.3", "10.0.0.2", true), 0).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.is_reply(&echo("10.0.0.3", "10.0.0.2", false)));
+        assert!(t.is_reply(&echo("10.0.0.2", "10.0.0.3", false)));
     }
 }
