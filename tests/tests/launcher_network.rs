@@ -315,3 +315,64 @@ fn launcher_events_reach_the_router_promptly_as_counters() {
         assert!(stderr(&out).contains(&format!("\"event\":\"{event}\"")));
     }
 }
+
+/// A router that accepts the re-attach but never answers (wedged, or a
+/// stale process holding the socket) must not hold the launcher: while it
+/// waits for the hello's answer it forwards no signal, so the wait is
+/// bounded and an operator's SIGTERM still stops the vassal promptly.
+#[test]
+fn launcher_forwards_signals_while_the_router_is_wedged() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    let mut router = TestRouter::start(&RouterSpec {
+        rules: Some(OPEN_RULES.into()),
+        ..Default::default()
+    });
+    let n = name("lw");
+    let mut args = launch_args(&router, &n, 4);
+    args.extend(["--".into(), "/bin/sleep".into(), "1000".into()]);
+    let mut vassal = Launched::spawn(&n, &args, router.dir.join("wedged.stderr"));
+    let attached = format!("project=\"{n}\"");
+    assert!(wait_until(Duration::from_secs(10), || router
+        .metric("vassal_attached", &attached)
+        == 1.0));
+    router.stop(Signal::SIGKILL);
+    // The wedged "router": listens, never accepts, never answers.
+    let _ = std::fs::remove_file(&router.socket);
+    let wedged = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&wedged),
+        &nix::sys::socket::UnixAddr::new(&router.socket).unwrap(),
+    )
+    .unwrap();
+    listen(&wedged, Backlog::new(16).unwrap()).unwrap();
+    // A pending connection makes the listener readable: the launcher is
+    // now waiting for an answer that never comes.
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&wedged),
+        PollFlags::POLLIN,
+    )];
+    assert_eq!(
+        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
+        1,
+        "the launcher never tried to re-attach:\n{}",
+        vassal.stderr()
+    );
+    let status = vassal.stop(Duration::from_secs(5));
+    assert!(
+        status.is_some(),
+        "SIGTERM was not forwarded within 5 s while the router was wedged:\n{}",
+        vassal.stderr()
+    );
+    assert!(
+        vassal.stderr().contains("re-attaching"),
+        "{}",
+        vassal.stderr()
+    );
+}
