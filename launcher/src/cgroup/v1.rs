@@ -102,6 +102,14 @@ impl V1 {
             if memsw.exists() {
                 write("setting the memory+swap limit", &memsw, &m.to_string())?;
             }
+            // v1 charges TCP socket buffers to a memcg only once its own
+            // TCP limit is set (v2 always does): without it a vassal's
+            // sockets hold memory nobody's limit counts. Set before any
+            // socket exists, as the kernel requires.
+            let tcp = self.memory.join("memory.kmem.tcp.limit_in_bytes");
+            if tcp.exists() {
+                write("setting the TCP buffer limit", &tcp, &m.to_string())?;
+            }
         }
         if let Some(cores) = limits.cpu {
             let period = 100_000u64;
