@@ -425,3 +425,45 @@ print(total // (1 << 20), flush=True)
         "the vassal queued {queued} MiB in TCP buffers with a 48 MiB memory limit"
     );
 }
+
+#[test]
+fn counts_filling_tmp_is_stopped_by_the_vassals_own_memory_limit() {
+    let _serial = serial();
+    // /tmp is a tmpfs: its pages are charged to the writer's memory cgroup,
+    // so a /tmp larger than the memory limit fills only up to the limit
+    // (the writer is refused or OOM-killed), not into the host's memory.
+    let dir = TempDir::new();
+    let n = name("kf");
+    let file = vassal_file(
+        &dir,
+        &n,
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 160 ]; do dd if=/dev/zero of=/tmp/f$i bs=1M count=1 2>/dev/null || break; i=$((i+1)); echo $i; done",
+        ],
+        "[limits]\nmemory = \"32M\"\ntmp_size = \"512M\"\n",
+    );
+    let report_path = dir.0.join("report.json");
+    let out = launch(&[
+        "run",
+        "--config",
+        &file.display().to_string(),
+        "--report",
+        &report_path.display().to_string(),
+    ]);
+    // The MiB written so far, one line per MiB, until the writer stops.
+    let text = stdout(&out);
+    let filled: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    assert!(filled <= 32, "/tmp took {filled} MiB past a 32 MiB limit");
+    let report = vassal_tests::launcher_harness::report(&report_path);
+    assert!(
+        report["killed_by"] == "memory" || report["oom_kills"].as_u64().unwrap_or(0) > 0,
+        "the vassal was not stopped by its memory limit: {report}\n{}",
+        stderr(&out)
+    );
+}
