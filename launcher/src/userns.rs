@@ -84,32 +84,27 @@ fn ids(step: &'static str, rc: libc::c_int) -> Result<(), UsernsError> {
 /// The real and saved ids stay 0, so the switch back needs no privilege;
 /// the launcher is single-threaded, so no other thread runs meanwhile.
 pub fn as_owner<T>(uid: u32, gid: u32, clone: impl FnOnce() -> T) -> Result<T, UsernsError> {
-    let keep = u32::MAX; // -1: leave that id as it is
-                         // The gid first: changing it needs CAP_SETGID, gone with euid != 0.
-                         // SAFETY: setresgid/setresuid with integer arguments.
-    ids(
-        "setting the effective gid to the vassal's (setresgid)",
-        unsafe { libc::setresgid(keep, gid, keep) },
-    )?;
-    // SAFETY: as above.
-    if let Err(e) = ids(
-        "setting the effective uid to the vassal's (setresuid)",
-        unsafe { libc::setresuid(keep, uid, keep) },
-    ) {
-        // SAFETY: as above.
+    // -1: leave that id as it is.
+    let keep = u32::MAX;
+    // The gid first: changing it needs CAP_SETGID, gone with euid != 0.
+    // SAFETY: setresgid with integer arguments.
+    let rc = unsafe { libc::setresgid(keep, gid, keep) };
+    ids("setting the effective gid to the vassal's (setresgid)", rc)?;
+    // SAFETY: setresuid with integer arguments.
+    let rc = unsafe { libc::setresuid(keep, uid, keep) };
+    if let Err(e) = ids("setting the effective uid to the vassal's (setresuid)", rc) {
+        // SAFETY: setresgid with integer arguments.
         unsafe { libc::setresgid(keep, 0, keep) };
         return Err(e);
     }
     let out = clone();
     // Back to root: euid 0 again restores the effective capabilities from
     // the permitted set, which a change of the effective uid alone keeps.
-    // SAFETY: as above.
-    ids("restoring the effective uid 0 (setresuid)", unsafe {
-        libc::setresuid(keep, 0, keep)
-    })?;
-    // SAFETY: as above.
-    ids("restoring the effective gid 0 (setresgid)", unsafe {
-        libc::setresgid(keep, 0, keep)
-    })?;
+    // SAFETY: setresuid with integer arguments.
+    let rc = unsafe { libc::setresuid(keep, 0, keep) };
+    ids("restoring the effective uid 0 (setresuid)", rc)?;
+    // SAFETY: setresgid with integer arguments.
+    let rc = unsafe { libc::setresgid(keep, 0, keep) };
+    ids("restoring the effective gid 0 (setresgid)", rc)?;
     Ok(out)
 }
