@@ -283,3 +283,33 @@ impl Drop for State {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_live_only_with_its_launchers_pid_and_start_time() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).unwrap();
+        assert!(start > 0);
+        let record = |launcher_pid, launcher_start| Record {
+            name: "a".into(),
+            pid: 0,
+            launcher_pid,
+            uid: 1,
+            gid: 1,
+            user_namespace: false,
+            nofile: 1,
+            launcher_start,
+            host_uid: Some(1),
+        };
+        assert!(record(me, start).launcher_alive());
+        // The pid reused by another process: another start time.
+        assert!(!record(me, start + 1).launcher_alive());
+        // No start time recorded: the pid must be a vassal-launch.
+        assert!(!record(me, 0).launcher_alive());
+        assert!(!record(0, start).launcher_alive());
+        assert_eq!(start_time(-5), None);
+    }
+}
