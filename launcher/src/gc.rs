@@ -33,6 +33,11 @@ pub enum Reaped {
         /// The dead launcher's pid.
         launcher_pid: i32,
     },
+    /// A state file its launcher never finished writing, removed.
+    Unfinished {
+        /// The temporary file.
+        path: PathBuf,
+    },
     /// An empty cgroup directory of no live vassal, removed.
     Cgroup {
         /// The directory.
@@ -53,6 +58,11 @@ impl std::fmt::Display for Reaped {
             Reaped::State { path, launcher_pid } => write!(
                 f,
                 "removed {} (its launcher, pid {launcher_pid}, is gone)",
+                path.display()
+            ),
+            Reaped::Unfinished { path } => write!(
+                f,
+                "removed {} (a record its launcher never finished writing)",
                 path.display()
             ),
             Reaped::Cgroup { path } => {
@@ -118,6 +128,22 @@ pub fn reap_locked(mountinfo: &Path) -> Result<Vec<Reaped>, GcError> {
                     why: format!("removing it failed: {e}"),
                 });
                 live.push(name);
+            }
+        }
+    }
+    // A launcher killed between writing its record and renaming it into
+    // place leaves `<name>.tmp`.
+    if let Ok(entries) = std::fs::read_dir(state::STATE_DIR) {
+        for path in entries.flatten().map(|e| e.path()) {
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".tmp"))
+            else {
+                continue;
+            };
+            if !live.iter().any(|l| l == name) && std::fs::remove_file(&path).is_ok() {
+                done.push(Reaped::Unfinished { path });
             }
         }
     }

@@ -238,7 +238,10 @@ fn clone_supervisor(config: &VassalConfig, sync_fd: OwnedFd) -> Result<Pid, Laun
             }
             supervisor::run(config, sync_fd);
         }
-        rc
+        // The error now, before anything else can overwrite errno.
+        (rc >= 0)
+            .then_some(rc)
+            .ok_or_else(std::io::Error::last_os_error)
     };
     let rc = match (&config.uid_map, &config.gid_map) {
         (Some(uid_map), Some(gid_map)) => {
@@ -252,10 +255,8 @@ fn clone_supervisor(config: &VassalConfig, sync_fd: OwnedFd) -> Result<Pid, Laun
         }
         _ => clone(None),
     };
-    if rc < 0 {
-        return Err(LaunchError::Clone(std::io::Error::last_os_error()));
-    }
-    Ok(Pid::from_raw(rc as i32))
+    let pid = rc.map_err(LaunchError::Clone)?;
+    Ok(Pid::from_raw(pid as i32))
 }
 
 /// Warns (stderr) when another live vassal runs as the same host uid:
