@@ -350,6 +350,13 @@ fn gc_reaps_exactly_what_killed_launchers_left_and_says_so() {
     )
     .unwrap();
 
+    // A record its launcher never finished writing (killed between the
+    // write and the rename) goes too.
+    let unfinished = name("kg");
+    let unfinished_path = PathBuf::from(format!("/run/vassal/launch/{unfinished}.tmp"));
+    std::fs::write(&unfinished_path, "{").unwrap();
+    expected.push(unfinished_path.clone());
+
     let out = launch(&["gc"]);
     let _ = std::fs::remove_file(&kept_path);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -360,7 +367,7 @@ fn gc_reaps_exactly_what_killed_launchers_left_and_says_so() {
         .filter_map(|l| l.split(' ').next())
         .map(PathBuf::from)
         .filter(|p| {
-            [&dead[0], &dead[1], &reused, &kept, &live]
+            [&dead[0], &dead[1], &reused, &kept, &live, &unfinished]
                 .iter()
                 .any(|n| p.file_stem().is_some_and(|s| s == n.as_str()))
         })
@@ -375,7 +382,7 @@ fn gc_reaps_exactly_what_killed_launchers_left_and_says_so() {
     for n in &dead {
         assert_eq!(leftovers(n), Vec::<PathBuf>::new());
     }
-    assert!(!reused_path.exists());
+    assert!(!reused_path.exists() && !unfinished_path.exists());
     assert_untouched(&live, &live_state, &live_dirs);
 }
 
