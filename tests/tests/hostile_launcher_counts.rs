@@ -326,7 +326,7 @@ fn gc_reaps_exactly_what_killed_launchers_left_and_says_so() {
     let me = std::process::id();
     let record = |start: u64| {
         serde_json::json!({"name": reused, "pid": 0, "launcher_pid": me, "uid": PROJECT_UID,
-            "gid": PROJECT_UID, "user_namespace": false, "nofile": 1024, "launcher_start": start})
+            "gid": PROJECT_UID, "user_namespace": false, "nofile": 1024, "launcher_start": start, "seccomp": null})
         .to_string()
     };
     std::fs::write(&reused_path, record(1)).unwrap();
