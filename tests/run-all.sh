@@ -32,6 +32,13 @@ modprobe tun 2>/dev/null || true
 
 # The integration tests start the binaries; build them in the same profile.
 cargo build --workspace --bins
+# No file of a crate's src/ may import, through others, itself (issue 12;
+# what counts as an import: tools/import-cycles/src/graph.rs). It prints
+# every cycle with its lines and ends with one PASS or FAIL line.
+if ! cargo run -q -p vassal-import-cycles; then
+    echo "tests/run-all.sh: FAIL: import cycles (see above)" >&2
+    exit 1
+fi
 cargo test --workspace -- "$@"
 # Every parser that sees untrusted bytes, fuzzed for a bounded time
 # (FUZZ_SECONDS each, default 20; longer runs: docs/fuzzing.md).

@@ -89,8 +89,14 @@ fn launcher_vassal_survives_a_router_restart() {
     assert!(wait_until(Duration::from_secs(10), || router
         .metric("vassal_attached", &attached)
         == 1.0));
-    std::thread::sleep(Duration::from_secs(2));
+    // Its first connection done (SYN-ACK, pong, FIN, ACK: 4 packets in),
+    // the second begun.
+    assert!(wait_until(Duration::from_secs(10), || router
+        .metric("vassal_rx_packets_total", &attached)
+        >= 5.0));
     router.stop(Signal::SIGKILL);
+    // The outage itself: long enough for an attempt (0.3 s timeout, 0.2 s
+    // apart) to fail. A scenario's length, not a wait for readiness.
     std::thread::sleep(Duration::from_millis(500));
     router.spawn();
     assert!(
@@ -186,7 +192,15 @@ fn launcher_enter_gives_a_shell_on_a_pty_inside_the_vassal() {
     ])
     .status
     .success());
-    std::thread::sleep(Duration::from_millis(800));
+    // Keys typed before the shell reads its terminal can be flushed: wait
+    // for its prompt.
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || !pane().trim().is_empty()),
+        "no prompt from the entered shell"
+    );
     tmux(&[
         "send-keys",
         "-t",
