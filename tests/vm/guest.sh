@@ -15,11 +15,12 @@ for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || echo "vm: cannot enable $c"
 done
 echo "vm: cgroup2 controllers enabled: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-# The host's /lib/modules has no modules of this kernel: load them from the
-# unpacked package (request_module's own modprobe would not find them).
-for m in tun; do
-    modprobe -d "$kernel_tree" "$m" || echo "vm: cannot load module $m"
-done
+# The host's /lib/modules has no modules of this kernel: load them, and let
+# the kernel load them on demand (nftables, veth, ...), from the unpacked
+# package.
+echo "$kernel_tree" >/run/vassal-vm-kernel
+echo "$(dirname "$0")/modprobe" >/proc/sys/kernel/modprobe
+modprobe -d "$kernel_tree" tun || echo "vm: cannot load module tun"
 
 # plan: one "name path [filter]" line per test binary.
 while read -r name bin filter; do
@@ -34,4 +35,4 @@ done <"$scratch/plan"
 echo "vm: done at $(cut -d' ' -f1 /proc/uptime) s"
 sync
 echo o >/proc/sysrq-trigger
-sleep 60
+sleep 60 2>/dev/null
