@@ -57,6 +57,26 @@ fn launcher_memory_limit_kills_and_is_reported() {
     assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
 }
 
+#[test]
+fn launcher_worker_killed_for_memory_is_an_oom_kill_only() {
+    let dir = TempDir::new();
+    let n = name("lo");
+    let file = vassal(
+        &dir,
+        &n,
+        "/usr/bin/python3 -c 'x = bytearray(512 << 20)'; echo $?",
+        "memory = \"64M\"",
+    );
+    let (out, r) = run_reported(&dir, &file);
+    // The worker died; the command went on and ended well.
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "137\n");
+    assert_eq!(r["killed_by"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["oom_kills"], 1, "{r}");
+    assert_eq!(events(&out), [("oom_kill".into(), 1)], "{}", stderr(&out));
+    assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
+}
+
 /// The event lines (`{"event":..,"count":..}`) on the launcher's stderr.
 fn events(out: &std::process::Output) -> Vec<(String, u64)> {
     stderr(out)

@@ -9,7 +9,7 @@
 #   tests/vm/run.sh                 # the cgroup tests (as root)
 #   tests/vm/run.sh memory          # only tests whose name matches
 #
-# Environment: VASSAL_VM_TESTS (test files, default below), VASSAL_VM_CACHE
+# Environment: VASSAL_VM_TESTS (test files of tests/tests, default below), VASSAL_VM_CACHE
 # (where the kernel package is unpacked, default target/vm), VASSAL_VM_TIMEOUT
 # (seconds, default 1200). Needs qemu-system-x86 and busybox-static
 # (tests/run-all.sh installs them); the kernel is downloaded with
@@ -18,7 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 filter=${1:-}
-tests=(${VASSAL_VM_TESTS:-launcher_limits launcher_isolation})
+tests=(${VASSAL_VM_TESTS:-launcher_limits launcher_isolation launcher_network})
+# Tests that hold under TCG's slowdown only on a real CPU: this one waits 5 s
+# for a 512 MB allocation's OOM kill to reach the router, which takes about
+# 6 s emulated. Its events are tested in the guest by launcher_limits.
+declare -A skip=([launcher_network]=launcher_events_reach_the_router_promptly_as_counters)
 cache=${VASSAL_VM_CACHE:-$repo/target/vm}
 timeout_s=${VASSAL_VM_TIMEOUT:-1200}
 
@@ -87,7 +91,9 @@ for t in "${tests[@]}"; do
     bin=$(cargo test -p vassal-tests --test "$t" --no-run --message-format=json 2>/dev/null |
         grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4)
     [ -x "$bin" ] || { echo "tests/vm/run.sh: no test binary for $t" >&2; exit 1; }
-    echo "$t $bin $filter" >>"$scratch/plan"
+    args=$filter
+    for s in ${skip[$t]:-}; do args+=" --skip $s"; done
+    echo "$t $bin $args" >>"$scratch/plan"
 done
 
 echo "vm: booting $package (TCG, 2 cores, 2 GiB, cgroup_no_v1=all)"
