@@ -46,7 +46,9 @@ fi
 kdir=$cache/$package
 if [ ! -e "$kdir/.unpacked" ]; then
     rm -rf "$kdir" "$cache"/download && mkdir -p "$cache/download"
-    (cd "$cache/download" && apt-get download -q "$package" 2>&1 | grep -v "couldn't be accessed by user '_apt'" || true)
+    # A stale package list may name a version the mirror no longer has.
+    (cd "$cache/download" && { apt-get download -qq "$package" 2>/dev/null ||
+        { apt-get update -qq && apt-get download -qq "$package"; }; })
     dpkg -x "$cache"/download/"$package"_*.deb "$kdir"
     rm -rf "$cache/download"
     version=$(ls "$kdir/lib/modules")
