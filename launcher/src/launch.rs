@@ -6,6 +6,7 @@ use crate::config::{IdRange, VassalConfig};
 use crate::events::{self, Events};
 use crate::network::{self, Attachment, NetworkError};
 use crate::report::Report;
+use crate::rootfs::{self, RootfsError};
 use crate::state::{State, StateError};
 use crate::supervisor;
 use crate::sync::{self, Message, SyncError};
@@ -47,6 +48,9 @@ pub enum LaunchError {
     /// The supervisor reported a failed step.
     #[error("inside the vassal: {0}")]
     Inside(String),
+    /// The mount points under /run/vassal could not be made.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
     /// The sync socket failed.
     #[error(transparent)]
     Sync(#[from] SyncError),
@@ -94,6 +98,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     // 2. The cgroup, with its limits, before any process exists to escape it.
     let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;
     let cg = Cgroup::create(&hierarchy, &config.name, &config.limits)?;
+    rootfs::create_host_dirs()?;
 
     // 3. The sync socket; signals go to a signalfd.
     let (outer_end, inner_end) = sync::pair()?;

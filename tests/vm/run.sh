@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 filter=${1:-}
-tests=(${VASSAL_VM_TESTS:-launcher_limits launcher_isolation launcher_network})
+tests=(${VASSAL_VM_TESTS:-launcher_limits launcher_isolation launcher_network hostile_launcher_mounts})
 # Tests that hold under TCG's slowdown only on a real CPU: this one waits 5 s
 # for a 512 MB allocation's OOM kill to reach the router, which takes about
 # 6 s emulated. Its events are tested in the guest by launcher_limits.
@@ -76,7 +76,7 @@ initrd=$cache/initramfs-$version.cpio
         cp "$f" "$staging/modules/"
         order+=("$m")
     }
-    for m in virtio_pci 9pnet_virtio 9p; do add "$m"; done
+    for m in virtio_pci 9pnet_virtio 9p overlay; do add "$m"; done
     printf '%s\n' "${order[@]}" >"$staging/modules/order"
     echo "$kdir" >"$staging/modules/tree"
     echo "$repo" >"$staging/modules/repo"
