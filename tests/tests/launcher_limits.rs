@@ -204,8 +204,9 @@ fn launcher_cpu_limit_throttles_to_its_share() {
     let cpu_ms = r["cpu_time_ms"].as_u64().unwrap() as f64;
     let wall_ms = r["wall_time_ms"].as_u64().unwrap() as f64;
     // About half a CPU over the vassal's life (a little slack for the last
-    // period), and enough to show the loops ran.
-    assert!((0.2..=0.6).contains(&(cpu_ms / wall_ms)), "{r}");
+    // period), and enough to show the loops ran (the wall time includes the
+    // launch, slow in an emulated guest).
+    assert!((0.1..=0.6).contains(&(cpu_ms / wall_ms)), "{r}");
     assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
 }
 
