@@ -2,16 +2,17 @@
 # Runs the launcher's cgroup tests on a real cgroup v2 host: Debian's kernel
 # booted in a qemu guest under TCG with cgroup_no_v1=all, so only cgroup2 is
 # mounted, every controller enabled. The guest sees this machine's root
-# read-only over 9p (so the test binaries built here run there at the same
-# paths) and writes each test binary's output and exit status to a scratch
-# share. Fails when any test failed in the guest, or the guest did not finish.
+# read-only over 9p, under an overlay whose writes stay in the guest's memory
+# (so the test binaries built here run there at the same paths), and writes
+# each test binary's output and exit status to a scratch share. Fails when
+# any test failed in the guest, or the guest did not finish.
 #
 #   tests/vm/run.sh                 # the cgroup tests (as root)
-#   tests/vm/run.sh memory          # only tests whose name matches
+#   tests/vm/run.sh memory          # only tests whose name contains "memory"
 #
-# Environment: VASSAL_VM_TESTS (test files of tests/tests, default below), VASSAL_VM_CACHE
-# (where the kernel package is unpacked, default target/vm), VASSAL_VM_TIMEOUT
-# (seconds, default 1200). Needs qemu-system-x86 and busybox-static
+# Environment: VASSAL_VM_TESTS (test files of tests/tests, default below),
+# VASSAL_VM_CACHE (where the kernel package is unpacked, default target/vm),
+# VASSAL_VM_TIMEOUT (seconds, default 1200). Needs qemu-system-x86 and busybox-static
 # (tests/run-all.sh installs them); the kernel is downloaded with
 # `apt-get download` and unpacked, never installed on this host.
 set -euo pipefail
@@ -56,8 +57,8 @@ fi
 version=$(ls "$kdir/lib/modules")
 modules=$kdir/lib/modules/$version
 
-# The initramfs: static busybox, /init, and the modules for virtio-pci and
-# 9p in dependency order. Built anew each run: it takes well under a second.
+# The initramfs: static busybox, /init, and the modules for virtio-pci, 9p
+# and overlay in dependency order. Built anew each run: it takes well under a second.
 initrd=$cache/initramfs-$version.cpio
 {
     staging=$(mktemp -d)
