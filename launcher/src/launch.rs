@@ -7,6 +7,7 @@ use crate::events::{self, Events};
 use crate::gc;
 use crate::network::{self, Attachment, NetworkError};
 use crate::report::Report;
+use crate::rootfs::{self, RootfsError};
 use crate::state::{self, State, StateError};
 use crate::supervisor;
 use crate::sync::{self, Message, SyncError};
@@ -53,6 +54,9 @@ pub enum LaunchError {
     /// The supervisor reported a failed step.
     #[error("inside the vassal: {0}")]
     Inside(String),
+    /// The mount points under /run/vassal could not be made.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
     /// The sync socket failed.
     #[error(transparent)]
     Sync(#[from] SyncError),
@@ -104,6 +108,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     // 2. the cgroup, with its limits, before any process exists to escape it.
     let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;
     let cg = Cgroup::create(&hierarchy, &config.name, &config.limits)?;
+    rootfs::create_host_dirs()?;
     drop(lock);
     warn_shared_uid(config);
 
