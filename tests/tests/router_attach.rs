@@ -133,6 +133,12 @@ fn router_addresses_outside_the_subnet_and_project_table_mismatches_are_refused(
         h.version = 99;
     }
     assert_eq!(refused(ask(&old)), RefuseReason::BadVersion);
+    // A version-1 launcher (before version 2) still attaches.
+    let mut v1 = hello("bob", router.addr(12));
+    if let Request::Hello(h) = &mut v1 {
+        h.version = 1;
+    }
+    assert!(matches!(ask(&v1), Response::Accepted { .. }));
     // The right address is accepted.
     assert!(matches!(
         ask(&hello("alice", router.addr(10))),
