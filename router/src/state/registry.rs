@@ -271,4 +271,24 @@ mod tests {
         assert_eq!(r.project("alice").slot, alice.slot);
         assert_eq!(r.projects().len(), 3);
     }
+
+    #[test]
+    fn a_view_is_the_map_of_its_moment() {
+        let r = Registry::new(4);
+        let a = r
+            .attach(r.project("alice"), Ipv4Addr::new(10, 0, 0, 2), None, port())
+            .unwrap();
+        let before = r.view();
+        r.detach(&a);
+        let b = r
+            .attach(r.project("bob"), Ipv4Addr::new(10, 0, 0, 3), None, port())
+            .unwrap();
+        // A batch keeps the map it started with; the next one sees both
+        // changes, and no view is ever half-updated.
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[&IpAddr::from([10, 0, 0, 2])].id, a.id);
+        let after = r.view();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[&IpAddr::from([10, 0, 0, 3])].id, b.id);
+    }
 }
