@@ -127,6 +127,8 @@ pub struct Mount {
     pub target: PathBuf,
     /// Read-write when true.
     pub writable: bool,
+    /// Space quota in bytes (project quota; writable mounts only).
+    pub quota: Option<u64>,
 }
 
 /// Resource limits.
@@ -144,6 +146,34 @@ pub struct Limits {
     pub tmp_size: u64,
     /// Wall-clock limit of the command.
     pub wall_clock: Option<Duration>,
+    /// RLIMIT_FSIZE: the largest file the command may write, in bytes.
+    pub file_size: Option<u64>,
+    /// IO limits of the cgroup on the vassal's block devices.
+    pub io: IoLimits,
+}
+
+/// IO throttling of the vassal's cgroup, per block device under its
+/// filesystems (see `disk.rs`); `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoLimits {
+    /// Bytes read per second.
+    pub read_bps: Option<u64>,
+    /// Bytes written per second.
+    pub write_bps: Option<u64>,
+    /// Read operations per second.
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    pub write_iops: Option<u64>,
+}
+
+impl IoLimits {
+    /// Whether any of the four is set.
+    pub fn any(&self) -> bool {
+        self.read_bps.is_some()
+            || self.write_bps.is_some()
+            || self.read_iops.is_some()
+            || self.write_iops.is_some()
+    }
 }
 
 /// A validated vassal description.
@@ -244,6 +274,7 @@ struct RawMount {
     target: Spanned<PathBuf>,
     #[serde(default)]
     writable: bool,
+    quota: Option<Spanned<SizeOrInt>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,6 +286,11 @@ struct RawLimits {
     nofile: Option<Spanned<u64>>,
     tmp_size: Option<Spanned<SizeOrInt>>,
     wall_clock: Option<Spanned<String>>,
+    file_size: Option<Spanned<SizeOrInt>>,
+    io_read: Option<Spanned<SizeOrInt>>,
+    io_write: Option<Spanned<SizeOrInt>>,
+    io_read_iops: Option<Spanned<u64>>,
+    io_write_iops: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -697,10 +733,12 @@ fn validate(raw: RawFile, o: &Overrides, p: &mut Problems<'_>) -> Option<VassalC
                 );
             }
         }
+        let quota = mount_quota(m, i, p);
         mounts.push(Mount {
             source: m.source.get_ref().clone(),
             target: m.target.get_ref().clone(),
             writable: m.writable,
+            quota,
         });
     }
 
@@ -846,25 +884,27 @@ fn network(raw: Option<&RawNetwork>, o: &Overrides, p: &mut Problems<'_>) -> Opt
     })
 }
 
-fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
-    let size = |p: &mut Problems<'_>, field: &str, v: &Option<Spanned<SizeOrInt>>| -> Option<u64> {
-        let v = v.as_ref()?;
-        let parsed = match v.get_ref() {
-            SizeOrInt::Int(n) => Ok(*n),
-            SizeOrInt::Text(t) => parse_size(t),
-        };
-        match parsed {
-            Ok(0) => {
-                p.at(v.span(), field, "must be larger than zero");
-                None
-            }
-            Ok(n) => Some(n),
-            Err(e) => {
-                p.at(v.span(), field, e);
-                None
-            }
-        }
+/// A size field: bytes or a number with a unit, larger than zero.
+fn size(p: &mut Problems<'_>, field: &str, v: &Option<Spanned<SizeOrInt>>) -> Option<u64> {
+    let v = v.as_ref()?;
+    let parsed = match v.get_ref() {
+        SizeOrInt::Int(n) => Ok(*n),
+        SizeOrInt::Text(t) => parse_size(t),
     };
+    match parsed {
+        Ok(0) => {
+            p.at(v.span(), field, "must be larger than zero");
+            None
+        }
+        Ok(n) => Some(n),
+        Err(e) => {
+            p.at(v.span(), field, e);
+            None
+        }
+    }
+}
+
+fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
     let memory = size(p, "limits.memory", &raw.memory);
     if memory.is_some_and(|m| m < 4 << 20) {
         if let Some(v) = &raw.memory {
@@ -919,6 +959,7 @@ fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
                 None
             }
         });
+    let (file_size, io) = disk_limits(raw, p);
     Limits {
         memory: memory.or(Some(DEFAULT_MEMORY)),
         cpu,
@@ -926,7 +967,88 @@ fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
         nofile,
         tmp_size,
         wall_clock,
+        file_size,
+        io,
     }
+}
+
+// Disk: file_size, the io limits and mount quotas (issue 13, part 2).
+
+/// Below this a quota holds no more than a few inodes' blocks: a typo.
+const MIN_QUOTA: u64 = 1 << 20;
+
+/// Below this, IO throttling leaves a program unable to load itself.
+const MIN_IO_BPS: u64 = 64 << 10;
+
+/// `[limits] file_size` and the `io_*` keys.
+fn disk_limits(raw: &RawLimits, p: &mut Problems<'_>) -> (Option<u64>, IoLimits) {
+    let file_size = size(p, "limits.file_size", &raw.file_size);
+    let mut bps = |field: &str, v: &Option<Spanned<SizeOrInt>>| {
+        let n = size(p, field, v)?;
+        if n < MIN_IO_BPS {
+            if let Some(v) = v {
+                p.at(
+                    v.span(),
+                    field,
+                    format!("{n} bytes per second is too slow to run anything; expected at least \"64K\""),
+                );
+            }
+            return None;
+        }
+        Some(n)
+    };
+    let read_bps = bps("limits.io_read", &raw.io_read);
+    let write_bps = bps("limits.io_write", &raw.io_write);
+    let mut iops = |field: &str, v: &Option<Spanned<u64>>| {
+        let v = v.as_ref()?;
+        if *v.get_ref() < 10 {
+            p.at(
+                v.span(),
+                field,
+                format!(
+                    "{} operations per second is too few to run anything; expected at least 10",
+                    v.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(*v.get_ref())
+    };
+    let read_iops = iops("limits.io_read_iops", &raw.io_read_iops);
+    let write_iops = iops("limits.io_write_iops", &raw.io_write_iops);
+    (
+        file_size,
+        IoLimits {
+            read_bps,
+            write_bps,
+            read_iops,
+            write_iops,
+        },
+    )
+}
+
+/// `[[mount]] quota`: a size of at least [`MIN_QUOTA`], on a writable mount.
+fn mount_quota(m: &RawMount, i: usize, p: &mut Problems<'_>) -> Option<u64> {
+    let field = format!("mount[{i}].quota");
+    let quota = size(p, &field, &m.quota)?;
+    let span = m.quota.as_ref().map_or(0..0, |q| q.span());
+    if !m.writable {
+        p.at(
+            span,
+            &field,
+            "a quota limits what the vassal writes: only a writable mount can have one",
+        );
+        return None;
+    }
+    if quota < MIN_QUOTA {
+        p.at(
+            span,
+            &field,
+            format!("{quota} bytes is below the smallest quota; expected at least \"1M\""),
+        );
+        return None;
+    }
+    Some(quota)
 }
 
 #[cfg(test)]
@@ -1163,6 +1285,51 @@ profile = "default"
             "no /root in this root filesystem: {:?}",
             c.mask
         );
+    }
+
+    #[test]
+    fn disk_keys_are_parsed_and_checked_with_their_position() {
+        let c = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[[mount]]\nsource = \"/srv/a\"\ntarget = \"/srv\"\nwritable = true\nquota = \"1G\"\n[limits]\nfile_size = \"100M\"\nio_read = \"20M\"\nio_write = 1048576\nio_read_iops = 500\nio_write_iops = 200\n").unwrap();
+        assert_eq!(c.mounts[0].quota, Some(1 << 30));
+        assert_eq!(c.limits.file_size, Some(100 << 20));
+        assert_eq!(
+            c.limits.io,
+            IoLimits {
+                read_bps: Some(20 << 20),
+                write_bps: Some(1 << 20),
+                read_iops: Some(500),
+                write_iops: Some(200),
+            }
+        );
+        let d = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n").unwrap();
+        assert_eq!((d.limits.file_size, d.limits.io.any()), (None, false));
+        assert_eq!(d.mounts.len(), 0);
+        let e = errors("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[[mount]]\nsource = \"/srv/a\"\ntarget = \"/srv\"\nquota = \"1G\"\n[[mount]]\nsource = \"/srv/b\"\ntarget = \"/mnt\"\nwritable = true\nquota = \"10K\"\n[limits]\nfile_size = \"0\"\nio_read = \"1K\"\nio_write = \"fast\"\nio_read_iops = 1\n");
+        assert!(
+            e.contains("v.toml:7:9: mount[0].quota: a quota limits what the vassal writes: only a writable mount can have one"),
+            "{e}"
+        );
+        assert!(
+            e.contains("v.toml:12:9: mount[1].quota: 10240 bytes is below the smallest quota"),
+            "{e}"
+        );
+        assert!(
+            e.contains("v.toml:14:13: limits.file_size: must be larger than zero"),
+            "{e}"
+        );
+        assert!(
+            e.contains("v.toml:15:11: limits.io_read: 1024 bytes per second is too slow"),
+            "{e}"
+        );
+        assert!(
+            e.contains("v.toml:16:12: limits.io_write: \"fast\" is not a size"),
+            "{e}"
+        );
+        assert!(
+            e.contains("v.toml:17:16: limits.io_read_iops: 1 operations per second is too few"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 6, "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::cgroup::{self, Cgroup, CgroupError, Usage};
 use crate::config::{IdRange, VassalConfig};
+use crate::disk::{self, DiskError};
 use crate::events::{self, Events};
 use crate::network::{self, Attachment, NetworkError};
 use crate::report::Report;
@@ -31,6 +32,9 @@ pub enum LaunchError {
     /// Creating or limiting the cgroup failed.
     #[error("cgroup: {0}")]
     Cgroup(#[from] CgroupError),
+    /// The io limits' devices or a mount's quota could not be set.
+    #[error("disk: {0}")]
+    Disk(#[from] DiskError),
     /// Opening the tun device or attaching it failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
@@ -95,6 +99,13 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     // 2. The cgroup, with its limits, before any process exists to escape it.
     let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;
     let cg = Cgroup::create(&hierarchy, &config.name, &config.limits)?;
+    //    The io limits on the disks under the vassal's filesystems, and the
+    //    project quotas of its writable mounts (disk.rs).
+    if config.limits.io.any() {
+        let devices = disk::io_devices(config, Path::new(disk::SYSFS))?;
+        cg.throttle_io(&devices, &config.limits.io)?;
+    }
+    disk::apply_quotas(config)?;
 
     // 3. The sync socket; signals go to a signalfd.
     let (outer_end, inner_end) = sync::pair()?;

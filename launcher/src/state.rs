@@ -60,6 +60,9 @@ pub struct Record {
     pub user_namespace: bool,
     /// Its RLIMIT_NOFILE.
     pub nofile: u64,
+    /// Its RLIMIT_FSIZE (`limits.file_size`); absent from older records.
+    #[serde(default)]
+    pub file_size: Option<u64>,
     /// The seccomp filter its command runs under (`None`: profile "none"),
     /// compiled programs that `enter` installs as they are. A required
     /// field: a record without it is refused, not entered unfiltered.
@@ -145,6 +148,7 @@ impl State {
                 gid: config.gid,
                 user_namespace: config.uid_map.is_some(),
                 nofile: config.limits.nofile,
+                file_size: config.limits.file_size,
                 seccomp: config.filter.clone(),
             },
         };

@@ -371,9 +371,7 @@ impl Router {
         };
         let established = snap.rules.classifier.defaults().established;
         let reply = follows
-            || (established
-                && icmp::may_relate(&info, false, false)
-                && self.flows.is_reply(&info));
+            || (established && icmp::may_relate(&info, false, false) && self.flows.is_reply(&info));
         if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
             note_port(&v.project, &info);
             return counters.drop(DropReason::Firewall, n);
