@@ -4,7 +4,7 @@
 # uWSGI peers and vassals). Installs what the tests use on a fresh Debian
 # machine first. Must run as root.
 #
-#   tests/run-all.sh            # everything (as root)
+#   tests/run-all.sh            # everything (as root), cgroup v2 guest included
 #   tests/run-all.sh router_    # only tests whose name matches
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,18 +21,38 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
+# The cgroup v2 guest (tests/vm/run.sh): qemu, its initramfs's busybox, and
+# kmod for the kernel's modules; without the recommended GUI and firmware.
+vm_packages=(qemu-system-x86 busybox-static kmod)
+vm_missing=()
+for p in "${vm_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || vm_missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] || [ ${#vm_missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]} ${vm_missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ ${#missing[@]} -eq 0 ] || apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ ${#vm_missing[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${vm_missing[@]}" >/dev/null
 fi
 # The tun plugin ships with uwsgi-core but only loads with the module present.
 modprobe tun 2>/dev/null || true
 
 # The integration tests start the binaries; build them in the same profile.
 cargo build --workspace --bins
+# No file of a crate's src/ may import, through others, itself (issue 12;
+# what counts as an import: tools/import-cycles/src/graph.rs). It prints
+# every cycle with its lines and ends with one PASS or FAIL line.
+if ! cargo run -q -p vassal-import-cycles; then
+    echo "tests/run-all.sh: FAIL: import cycles (see above)" >&2
+    exit 1
+fi
 cargo test --workspace -- "$@"
+# The launcher's cgroup tests again on a cgroup v2 only kernel, in a qemu
+# guest (docs/design.md, "Testing on cgroup v2"; about 1.5 minutes).
+if [ $# -eq 0 ]; then
+    tests/vm/run.sh
+fi
 # Every parser that sees untrusted bytes, fuzzed for a bounded time
 # (FUZZ_SECONDS each, default 20; longer runs: docs/fuzzing.md).
 if [ $# -eq 0 ]; then

@@ -18,7 +18,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub mod transport;
 
 /// Version carried in every hello; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest hello version a router still accepts: a version-1 launcher
+/// attaches as it always did, and gets none of what version 2 added.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
+
+/// Whether a router speaking this crate's protocol accepts a hello of
+/// `version`.
+pub fn version_supported(version: u32) -> bool {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
 
 /// Largest message either side sends or accepts, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -88,7 +97,8 @@ impl VassalEventKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
-    /// Must equal [`PROTOCOL_VERSION`].
+    /// The client's protocol version, from [`OLDEST_PROTOCOL_VERSION`] to
+    /// [`PROTOCOL_VERSION`] (see [`version_supported`]).
     pub version: u32,
     /// The project this vassal belongs to; see [`validate_project_name`].
     pub project: String,
@@ -150,7 +160,7 @@ pub enum Response {
 pub enum RefuseReason {
     /// The peer's uid is not in `launcher_uids`.
     Unauthorized,
-    /// The hello's version is not [`PROTOCOL_VERSION`].
+    /// The hello's version is not one this router speaks.
     BadVersion,
     /// The message could not be parsed or broke a rule of the format.
     Malformed,
@@ -349,7 +359,7 @@ mod tests {
         let bytes = encode(&hello("alice"));
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            r#"{"type":"hello","version":1,"project":"alice","ipv4":"10.200.0.2"}"#
+            r#"{"type":"hello","version":2,"project":"alice","ipv4":"10.200.0.2"}"#
         );
         assert_eq!(decode_request(&bytes).unwrap(), hello("alice"));
     }

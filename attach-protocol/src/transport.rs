@@ -53,6 +53,17 @@ pub enum TransportError {
 
 /// Connects a new blocking, close-on-exec seqpacket socket to `path`.
 pub fn connect(path: &Path) -> Result<OwnedFd, TransportError> {
+    connect_within(path, None)
+}
+
+/// [`connect`], with every blocking step on the socket (the connect
+/// itself, each send and each receive) bounded by `timeout`: a wedged
+/// peer then answers [`TransportError::WouldBlock`] instead of holding
+/// the caller forever.
+pub fn connect_within(
+    path: &Path,
+    timeout: Option<std::time::Duration>,
+) -> Result<OwnedFd, TransportError> {
     let fd = socket::socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -60,6 +71,18 @@ pub fn connect(path: &Path) -> Result<OwnedFd, TransportError> {
         None,
     )
     .map_err(TransportError::Socket)?;
+    if let Some(t) = timeout {
+        let tv = nix::sys::time::TimeVal::new(
+            t.as_secs() as libc::time_t,
+            t.subsec_micros() as libc::suseconds_t,
+        );
+        // A unix connect waits on the send timeout when the listener's
+        // backlog is full; sends and receives on their own timeouts.
+        socket::setsockopt(&fd, socket::sockopt::SendTimeout, &tv)
+            .map_err(TransportError::Socket)?;
+        socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(TransportError::Socket)?;
+    }
     let addr = UnixAddr::new(path).map_err(|errno| TransportError::Connect {
         path: path.to_owned(),
         errno,

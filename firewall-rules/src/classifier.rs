@@ -37,6 +37,13 @@ pub struct ClassifierStats {
     pub bytes: usize,
 }
 
+impl RuleSet {
+    /// Builds the fast classifier.
+    pub fn compile(&self) -> Classifier {
+        Classifier::new(self)
+    }
+}
+
 impl Classifier {
     pub(crate) fn new(rules: &RuleSet) -> Classifier {
         let projects = ProjectTable::new(rules);

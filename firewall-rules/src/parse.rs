@@ -86,6 +86,27 @@ fn article_type(value: &DeValue<'_>) -> &'static str {
     }
 }
 
+impl RuleSet {
+    /// Parses and validates rule-file text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<RuleSet, RuleErrors> {
+        parse(text, origin)
+    }
+
+    /// Reads, parses and validates a rule file.
+    pub fn load(path: &Path) -> Result<RuleSet, RuleErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            RuleErrors::single(
+                path,
+                "file",
+                RuleErrorKind::Read {
+                    reason: e.to_string(),
+                },
+            )
+        })?;
+        parse(&text, path)
+    }
+}
+
 pub(crate) fn parse(text: &str, origin: &Path) -> Result<RuleSet, RuleErrors> {
     let mut report = Report::new(text, origin);
     let (doc, syntax) = DeTable::parse_recoverable(text);

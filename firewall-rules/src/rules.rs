@@ -1,4 +1,7 @@
 //! The validated rule set: what a rule file means once it has been checked.
+//! The model only: `RuleSet::parse`/`load` live in `parse.rs` and
+//! `RuleSet::compile` in `classifier.rs`, so that the modules above the
+//! model import it and it imports none of them.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -215,25 +218,6 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// Parses and validates rule-file text; `origin` names the file in errors.
-    pub fn parse(text: &str, origin: &Path) -> Result<RuleSet, crate::RuleErrors> {
-        crate::parse::parse(text, origin)
-    }
-
-    /// Reads, parses and validates a rule file.
-    pub fn load(path: &Path) -> Result<RuleSet, crate::RuleErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::RuleErrors::single(
-                path,
-                "file",
-                crate::RuleErrorKind::Read {
-                    reason: e.to_string(),
-                },
-            )
-        })?;
-        RuleSet::parse(&text, path)
-    }
-
     /// The file this rule set came from.
     pub fn origin(&self) -> &Path {
         &self.origin
@@ -298,10 +282,5 @@ impl RuleSet {
             }
         );
         s
-    }
-
-    /// Builds the fast classifier.
-    pub fn compile(&self) -> crate::Classifier {
-        crate::Classifier::new(self)
     }
 }

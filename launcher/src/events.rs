@@ -6,7 +6,7 @@
 //!
 //! The cgroup's counters are read once a second while the vassal runs, so a
 //! worker killed for memory in a long-lived vassal is reported within a
-//! second, not when the vassal ends. A vassal without a network, or whose
+//! second or two (see [`Events::check`]), not when the vassal ends. A vassal without a network, or whose
 //! router is away, has its events on stderr only.
 
 use crate::cgroup::Usage;
@@ -23,7 +23,10 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Events {
     name: String,
+    /// OOM kills reported as `oom_kill`.
     oom_kills: u64,
+    /// OOM kills seen by the last check, reported by the next one.
+    oom_seen: u64,
     pids_limit_hits: u64,
 }
 
@@ -33,47 +36,69 @@ impl Events {
         Events {
             name: name.to_owned(),
             oom_kills: 0,
+            oom_seen: 0,
             pids_limit_hits: 0,
         }
     }
 
     /// Reports what the counters gained since the last check.
     pub fn check(&mut self, usage: &Usage, router: Option<&Attachment>) {
-        let oom = usage.oom_kills.saturating_sub(self.oom_kills);
-        let pids = usage.pids_limit_hits.saturating_sub(self.pids_limit_hits);
-        self.oom_kills = self.oom_kills.max(usage.oom_kills);
-        self.pids_limit_hits = self.pids_limit_hits.max(usage.pids_limit_hits);
-        if oom > 0 {
-            self.report(VassalEventKind::OomKill, oom, router);
+        for (kind, count) in self.gains(usage) {
+            self.report(kind, count, router);
         }
-        if pids > 0 {
-            self.report(VassalEventKind::PidsLimit, pids, router);
-        }
+    }
+
+    /// The events of a periodic check. An OOM kill is reported one check
+    /// after it is first seen: if it was the command's own, the command's
+    /// end arrives in between and [`Events::finish`] reports it as a
+    /// `memory_kill` only. (Reporting it at once raced with that end.)
+    fn gains(&mut self, usage: &Usage) -> Vec<(VassalEventKind, u64)> {
+        let confirmed = self.oom_seen.min(usage.oom_kills);
+        self.oom_seen = self.oom_seen.max(usage.oom_kills);
+        let mut events = Vec::new();
+        events.extend(self.oom_gain(confirmed));
+        events.extend(self.pids_gain(usage.pids_limit_hits));
+        events
+    }
+
+    fn oom_gain(&mut self, total: u64) -> Option<(VassalEventKind, u64)> {
+        let gain = total.saturating_sub(self.oom_kills);
+        self.oom_kills = self.oom_kills.max(total);
+        (gain > 0).then_some((VassalEventKind::OomKill, gain))
+    }
+
+    fn pids_gain(&mut self, total: u64) -> Option<(VassalEventKind, u64)> {
+        let gain = total.saturating_sub(self.pids_limit_hits);
+        self.pids_limit_hits = self.pids_limit_hits.max(total);
+        (gain > 0).then_some((VassalEventKind::PidsLimit, gain))
     }
 
     /// Reports the end: the counters' last gains and what killed the
     /// command, if anything did. (An OOM kill of the command itself is a
     /// `memory_kill`, not also an `oom_kill`.)
     pub fn finish(&mut self, report: &Report, router: Option<&Attachment>) {
-        let usage = Usage {
-            oom_kills: report.oom_kills,
-            pids_limit_hits: report.pids_limit_hits,
-            ..Usage::default()
-        };
+        for (kind, count) in self.end(report) {
+            self.report(kind, count, router);
+        }
+    }
+
+    fn end(&mut self, report: &Report) -> Vec<(VassalEventKind, u64)> {
         let killed = match report.killed_by {
             Some("wall_clock") => Some(VassalEventKind::WallClockKill),
             Some("seccomp") => Some(VassalEventKind::SeccompKill),
             Some("memory") => Some(VassalEventKind::MemoryKill),
             _ => None,
         };
+        let mut oom_kills = report.oom_kills;
         if killed == Some(VassalEventKind::MemoryKill) {
             // The command's own OOM kill: not an oom_kill as well.
-            self.oom_kills = self.oom_kills.max(usage.oom_kills.saturating_sub(1));
+            oom_kills = oom_kills.saturating_sub(1);
         }
-        self.check(&usage, router);
-        if let Some(kind) = killed {
-            self.report(kind, 1, router);
-        }
+        let mut events = Vec::new();
+        events.extend(self.oom_gain(oom_kills));
+        events.extend(self.pids_gain(report.pids_limit_hits));
+        events.extend(killed.map(|kind| (kind, 1)));
+        events
     }
 
     fn report(&self, kind: VassalEventKind, count: u64, router: Option<&Attachment>) {
@@ -87,5 +112,58 @@ impl Events {
             // Best effort: a router that is away has the line on stderr.
             let _ = transport::send_datagram(a.socket.as_fd(), &message, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use VassalEventKind::{MemoryKill, OomKill, PidsLimit};
+
+    fn usage(oom_kills: u64, pids_limit_hits: u64) -> Usage {
+        Usage {
+            oom_kills,
+            pids_limit_hits,
+            ..Usage::default()
+        }
+    }
+
+    fn report(oom_kills: u64, killed_by: Option<&'static str>) -> Report {
+        Report {
+            name: "t".into(),
+            exit_code: None,
+            signal: Some(9),
+            wall_time_ms: 1,
+            cpu_time_ms: None,
+            peak_memory_bytes: None,
+            oom_kills,
+            pids_limit_hits: 0,
+            killed_by,
+        }
+    }
+
+    #[test]
+    fn the_commands_own_oom_kill_is_a_memory_kill_only() {
+        let mut e = Events::new("t");
+        // Seen by a check just before the command's end arrived.
+        assert_eq!(e.gains(&usage(1, 0)), vec![]);
+        assert_eq!(e.end(&report(1, Some("memory"))), vec![(MemoryKill, 1)]);
+        // Not seen by any check.
+        let mut e = Events::new("t");
+        assert_eq!(e.end(&report(1, Some("memory"))), vec![(MemoryKill, 1)]);
+    }
+
+    #[test]
+    fn a_workers_oom_kill_is_reported_by_the_next_check_once() {
+        let mut e = Events::new("t");
+        assert_eq!(e.gains(&usage(1, 2)), vec![(PidsLimit, 2)]);
+        assert_eq!(e.gains(&usage(1, 2)), vec![(OomKill, 1)]);
+        assert_eq!(e.gains(&usage(1, 2)), vec![]);
+        // Then the command is killed too: one more, a memory_kill.
+        assert_eq!(e.end(&report(2, Some("memory"))), vec![(MemoryKill, 1)]);
+        // A worker killed just before a normal end is still reported.
+        let mut e = Events::new("t");
+        assert_eq!(e.gains(&usage(1, 0)), vec![]);
+        assert_eq!(e.end(&report(3, None)), vec![(OomKill, 3)]);
     }
 }

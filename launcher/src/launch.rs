@@ -2,15 +2,18 @@
 //! order of docs/design.md ("Launch order"). [`run`] is that order.
 
 use crate::cgroup::{self, Cgroup, CgroupError, Usage};
-use crate::config::{IdRange, VassalConfig};
+use crate::config::{map_to_host, IdRange, VassalConfig};
 use crate::disk::{self, DiskError};
 use crate::events::{self, Events};
+use crate::gc;
 use crate::network::{self, Attachment, NetworkError};
 use crate::report::Report;
-use crate::state::{State, StateError};
+use crate::rootfs::{self, RootfsError};
+use crate::state::{self, State, StateError};
 use crate::supervisor;
 use crate::sync::{self, Message, SyncError};
 use crate::terminal::{Relay, Stdio};
+use crate::userns::{self, UsernsError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -41,6 +44,9 @@ pub enum LaunchError {
     /// clone(2) of the supervisor failed.
     #[error("creating the vassal's namespaces (clone): {0}")]
     Clone(#[source] std::io::Error),
+    /// Creating the user namespace as the vassal's host uid failed.
+    #[error("creating the user namespace as its owner: {0}")]
+    Owner(#[from] UsernsError),
     /// Writing the user namespace maps failed.
     #[error("writing {path}: {source}")]
     IdMap {
@@ -52,6 +58,9 @@ pub enum LaunchError {
     /// The supervisor reported a failed step.
     #[error("inside the vassal: {0}")]
     Inside(String),
+    /// The mount points under /run/vassal could not be made.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
     /// The sync socket failed.
     #[error(transparent)]
     Sync(#[from] SyncError),
@@ -93,14 +102,22 @@ impl Drop for ChildGuard {
 /// Runs a vassal to its end. The order of steps is the one documented.
 pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome, LaunchError> {
     let started = Instant::now();
-    // 1. Claim the name: one running vassal per name.
+    // 1. Under the state directory's lock: reap what dead launchers left
+    //    (best effort: a launch does not fail for it), claim the name (one
+    //    running vassal per name), and
+    let lock = state::lock()?;
+    let _ = gc::reap_locked(Path::new(MOUNTINFO));
     let state = State::claim(config)?;
 
-    // 2. The cgroup, with its limits, before any process exists to escape it.
+    // 2. the cgroup, with its limits, before any process exists to escape it.
     let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;
     let cg = Cgroup::create(&hierarchy, &config.name, &config.limits)?;
+    rootfs::create_host_dirs()?;
+    drop(lock);
+    warn_shared_uid(config);
     //    The io limits on the disks under the vassal's filesystems, and the
-    //    project quotas of its writable mounts (disk.rs).
+    //    project quotas of its writable mounts (disk.rs); outside the lock,
+    //    as tagging a large tree takes a while.
     if config.limits.io.any() {
         let devices = disk::io_devices(config, Path::new(disk::SYSFS))?;
         cg.throttle_io(&devices, &config.limits.io)?;
@@ -154,18 +171,20 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
 
     // 6. Attach the tun device to the router; then the command may start.
     let mut attachment = match (&config.network, &tun) {
-        (Some(net), Some(tun)) => match network::attach(&config.name, net, tun.as_fd()) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                let _ = sync::send(
-                    outer_end.as_fd(),
-                    &Message::Failed {
-                        error: e.to_string(),
-                    },
-                );
-                return Err(e.into());
+        (Some(net), Some(tun)) => {
+            match network::attach(&config.name, net, tun.as_fd(), network::ATTACH_TIMEOUT) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = sync::send(
+                        outer_end.as_fd(),
+                        &Message::Failed {
+                            error: e.to_string(),
+                        },
+                    );
+                    return Err(e.into());
+                }
             }
-        },
+        }
         _ => None,
     };
     sync::send(outer_end.as_fd(), &Message::Start)?;
@@ -217,26 +236,71 @@ fn clone_supervisor(config: &VassalConfig, sync_fd: OwnedFd) -> Result<Pid, Laun
     if config.uid_map.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
-    // SAFETY: a raw clone with no new stack behaves like fork: the child
-    // runs on a copy of our stack. The launcher is single-threaded, so the
-    // child inherits no locks held by other threads.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
+    let clone = |limits: Option<&userns::Limits>| {
+        // SAFETY: a raw clone with no new stack behaves like fork: the
+        // child runs on a copy of our stack. The launcher is
+        // single-threaded, so the child inherits no locks held by other
+        // threads.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (flags | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if rc == 0 {
+            // The child, first process of its user namespace (if any):
+            // set the namespace's own limits while it holds every
+            // capability in it, then become the supervisor.
+            if let Some(Err(e)) = limits.map(userns::Limits::apply) {
+                let error = e.to_string();
+                let _ = sync::send(sync_fd.as_fd(), &Message::Failed { error });
+                // SAFETY: _exit ends this fork without running the
+                // parent's atexit handlers or flushing shared buffers.
+                unsafe { libc::_exit(1) };
+            }
+            supervisor::run(config, sync_fd);
+        }
+        // The error now, before anything else can overwrite errno.
+        (rc >= 0)
+            .then_some(rc)
+            .ok_or_else(std::io::Error::last_os_error)
     };
-    if rc < 0 {
-        return Err(LaunchError::Clone(std::io::Error::last_os_error()));
+    let rc = match (&config.uid_map, &config.gid_map) {
+        (Some(uid_map), Some(gid_map)) => {
+            // The user namespace's owner is the vassal's host uid and gid:
+            // the kernel's per-user counts (inotify, mqueue bytes, ...) of
+            // everything inside are charged to them, not to root.
+            let uid = map_to_host(uid_map, config.uid).unwrap_or(config.uid);
+            let gid = map_to_host(gid_map, config.gid).unwrap_or(config.gid);
+            let limits = userns::Limits::of_host();
+            userns::as_owner(uid, gid, || clone(Some(&limits)))?
+        }
+        _ => clone(None),
+    };
+    let pid = rc.map_err(LaunchError::Clone)?;
+    Ok(Pid::from_raw(pid as i32))
+}
+
+/// Warns (stderr) when another live vassal runs as the same host uid:
+/// without a user namespace of its own the kernel's per-user counts
+/// (processes, inotify, message queues, pipe pages, keys) are per uid, so
+/// the two share them and one can use up the other's.
+fn warn_shared_uid(config: &VassalConfig) {
+    for other in state::sharing_uid(config) {
+        eprintln!(
+            "vassal-launch: {}: warning: host uid {} is also the uid of running vassal {} (launcher pid {}); \
+             the kernel's per-user counts (processes, inotify, message queues, pipe pages, keys) are shared \
+             between them: give each project a uid of its own",
+            config.name,
+            state::host_uid(config),
+            other.name,
+            other.launcher_pid
+        );
     }
-    if rc == 0 {
-        supervisor::run(config, sync_fd);
-    }
-    Ok(Pid::from_raw(rc as i32))
 }
 
 fn write_id_maps(child: Pid, uid_map: &[IdRange], gid_map: &[IdRange]) -> Result<(), LaunchError> {
@@ -366,7 +430,7 @@ fn watch(
         }
         if let (Some(at), Some(net), Some(tun)) = (retry_at, &config.network, tun) {
             if Instant::now() >= at {
-                match network::attach(&config.name, net, tun.as_fd()) {
+                match network::attach(&config.name, net, tun.as_fd(), network::REATTACH_TIMEOUT) {
                     Ok(a) => {
                         eprintln!(
                             "vassal-launch: {}: re-attached to {}",

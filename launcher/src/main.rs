@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vassal_launch::config::{Overrides, VassalConfig};
-use vassal_launch::{enter, launch};
+use vassal_launch::{enter, gc, launch};
 
 /// Runs a customer's command as a vassal: its own namespaces, a read-only
 /// root, cgroup limits, no privileges, and a network attached to
@@ -26,6 +26,7 @@ Examples:
   vassal-launch check /etc/vassal/alice.toml
   vassal-launch enter alice                 # a shell inside alice, as her user
   vassal-launch enter alice -- ps ax
+  vassal-launch gc                          # remove what killed launchers left
 
 The vassal file reference and the order of every privileged step are in
 docs/design.md; run as root.";
@@ -80,6 +81,10 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Remove the state files and empty cgroups that killed launchers left
+    /// (every launch does this too); prints one line per file or cgroup
+    /// removed or kept. A live vassal's are never touched.
+    Gc,
 }
 
 fn main() -> ExitCode {
@@ -168,6 +173,19 @@ fn real_main() -> Result<i32> {
             let outcome = launch::run(&vassal, report.as_deref())
                 .with_context(|| format!("launching vassal {}", vassal.name))?;
             Ok(outcome.status)
+        }
+        Command::Gc => {
+            let done = gc::gc(std::path::Path::new(launch::MOUNTINFO))
+                .context("reaping dead launchers' leftovers")?;
+            for item in &done {
+                println!("{item}");
+            }
+            let removed = done
+                .iter()
+                .filter(|d| !matches!(d, gc::Reaped::Kept { .. }))
+                .count();
+            println!("gc: removed {removed}");
+            Ok(0)
         }
         Command::Enter { name, command } => {
             let command = if command.is_empty() {

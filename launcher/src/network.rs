@@ -8,6 +8,7 @@ use crate::netlink::{Netlink, NetlinkError};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::Duration;
 use vassal_attach::{transport, Hello, Request, Response, PROTOCOL_VERSION};
 
 /// Name of the tun device inside every vassal.
@@ -180,16 +181,27 @@ pub struct Attachment {
     pub socket: OwnedFd,
 }
 
-/// Sends the hello with the tun fd and waits for the answer.
+/// How long a launch waits for the router's answer to its hello.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a re-attach from the watch loop may block it: while it waits,
+/// signals are not forwarded to the vassal, so a wedged router must not
+/// hold it longer than this.
+pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Sends the hello with the tun fd and waits for the answer, every step
+/// bounded by `timeout` (which also bounds later sends on the attachment).
 pub fn attach(
     project: &str,
     net: &Network,
     tun: BorrowedFd<'_>,
+    timeout: Duration,
 ) -> Result<Attachment, NetworkError> {
     let path = net.router.clone();
-    let socket = transport::connect(&path).map_err(|source| NetworkError::Connect {
-        path: path.clone(),
-        source,
+    let socket = transport::connect_within(&path, Some(timeout)).map_err(|source| {
+        NetworkError::Connect {
+            path: path.clone(),
+            source,
+        }
     })?;
     let hello = Request::Hello(Hello {
         version: PROTOCOL_VERSION,

@@ -1,5 +1,6 @@
-//! What `--report FILE` writes when a vassal ends (the events it implies
-//! are reported by [`crate::events`]).
+//! What `--report FILE` writes when a vassal ends. The events module
+//! reads it to report the end's events; this module knows nothing of them,
+//! so the dependency points one way (events above report).
 
 use crate::cgroup::Usage;
 use crate::config::VassalConfig;

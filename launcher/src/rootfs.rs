@@ -29,6 +29,18 @@ pub const STAGING: &str = "/run/vassal/.root";
 /// vassal's mount namespace outside the new root, gone with the old root.
 pub const MASK_SOURCE: &str = "/run/vassal/.mask";
 
+/// Creates [`STAGING`] and [`MASK_SOURCE`] on the host, as its root, before
+/// the supervisor exists: in a user namespace the supervisor cannot (the
+/// host's root owns `/run/vassal` and is not mapped there), so the first
+/// such vassal after a boot would fail.
+pub fn create_host_dirs() -> Result<(), RootfsError> {
+    create_dir("creating the staging directory", Path::new(STAGING))?;
+    create_dir(
+        "making the empty file that masks files",
+        Path::new(MASK_SOURCE),
+    )
+}
+
 /// A mount step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {

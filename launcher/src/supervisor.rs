@@ -72,6 +72,10 @@ fn setup(config: &VassalConfig, sync_fd: &OwnedFd) -> Result<CommandTty, String>
             .map_err(|e| format!("becoming root of the user namespace (setresgid): {e}"))?;
         nix::unistd::setresuid(0.into(), 0.into(), 0.into())
             .map_err(|e| format!("becoming root of the user namespace (setresuid): {e}"))?;
+        // A change of the effective uid clears the parent-death signal:
+        // set it again (a launcher already dead is seen at the next recv).
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| format!("creating the cgroup namespace: {e}"))?;
     }

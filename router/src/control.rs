@@ -291,12 +291,13 @@ fn attach(
     fd: Option<OwnedFd>,
 ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
     let config = &router.config;
-    if hello.version != PROTOCOL_VERSION {
+    if !vassal_attach::version_supported(hello.version) {
         return Err((
             RefuseReason::BadVersion,
             format!(
-                "protocol version {} is not supported; this router speaks {PROTOCOL_VERSION}",
-                hello.version
+                "protocol version {} is not supported; this router speaks {}..={PROTOCOL_VERSION}",
+                hello.version,
+                vassal_attach::OLDEST_PROTOCOL_VERSION
             ),
         ));
     }

@@ -111,6 +111,27 @@ pub fn leftovers(name: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Forks the pids limit of running vassal `name` has refused so far (its
+/// cgroup's `pids.events`, v2 or v1), 0 while there is no such cgroup.
+pub fn pids_limit_hits(name: &str) -> u64 {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/pids"]
+        .iter()
+        .filter_map(|base| {
+            let path = PathBuf::from(base)
+                .join("vassal")
+                .join(name)
+                .join("pids.events");
+            std::fs::read_to_string(path).ok()
+        })
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("max ")?.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Spawns `vassal-launch ARGS...` with stdout piped and waits for the first
 /// line the vassal prints (its "I am up" signal); returns the running
 /// process (killed on drop), that line and the rest of its stdout.

@@ -9,6 +9,7 @@
 pub mod launcher_harness;
 pub mod router_harness;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -80,6 +81,76 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The TCP sockets in LISTEN state, from the kernel's own tables: those of
+/// process `pid` (matched by socket inode, in its network namespace), or
+/// every listener of the test's network namespace for `None`. Lets a test
+/// wait for a server to listen, and learn the port a process bound to port
+/// 0, instead of sleeping or guessing a free port.
+pub fn tcp_listeners(pid: Option<u32>) -> Vec<SocketAddr> {
+    let base = pid.map_or_else(|| "/proc/self".to_owned(), |p| format!("/proc/{p}"));
+    let inodes: Option<std::collections::HashSet<u64>> = pid.map(|_| {
+        std::fs::read_dir(format!("{base}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter_map(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    });
+    // The kernel prints each 32-bit word of the address in host order.
+    let word = |hex: &str| u32::from_str_radix(hex, 16).ok().map(u32::to_ne_bytes);
+    let mut found = Vec::new();
+    for (table, v6) in [("net/tcp", false), ("net/tcp6", true)] {
+        let text = std::fs::read_to_string(format!("{base}/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let Ok(inode) = f[9].parse::<u64>() else {
+                continue;
+            };
+            if inodes.as_ref().is_some_and(|set| !set.contains(&inode)) {
+                continue;
+            }
+            let Some((addr, port)) = f[1].split_once(':') else {
+                continue;
+            };
+            let Ok(port) = u16::from_str_radix(port, 16) else {
+                continue;
+            };
+            let ip = if v6 {
+                let words: Option<Vec<[u8; 4]>> = (0..4)
+                    .map(|i| addr.get(i * 8..i * 8 + 8).and_then(word))
+                    .collect();
+                let Some(words) = words else { continue };
+                let mut bytes = [0u8; 16];
+                for (chunk, w) in bytes.chunks_mut(4).zip(words) {
+                    chunk.copy_from_slice(&w);
+                }
+                IpAddr::V6(Ipv6Addr::from(bytes))
+            } else {
+                let Some(w) = word(addr) else { continue };
+                IpAddr::V4(Ipv4Addr::from(w))
+            };
+            found.push(SocketAddr::new(ip, port));
+        }
+    }
+    found
+}
+
+/// Whether anything in the test's network namespace listens on TCP `port`.
+pub fn tcp_listening(port: u16) -> bool {
+    tcp_listeners(None).iter().any(|a| a.port() == port)
 }
 
 /// A network namespace made with `ip netns add`, deleted on drop.

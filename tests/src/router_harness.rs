@@ -45,7 +45,10 @@ pub struct TestRouter {
     pub socket: PathBuf,
     /// Compat socket path (when enabled).
     pub compat_socket: PathBuf,
-    /// `127.0.0.1:<port>` of /metrics.
+    /// `127.0.0.1:<port>` of /metrics: the router binds port 0 and the
+    /// harness reads the port the kernel gave it (no free port guessed
+    /// beforehand, which another process could take first); set again at
+    /// every (re)start.
     pub metrics: String,
     /// The rule file path (written even for the defaults, for reloads).
     pub rules_path: PathBuf,
@@ -55,11 +58,6 @@ pub struct TestRouter {
     pub child: Option<KillOnDrop>,
     /// Its stderr log file.
     pub log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local_addr").port()
 }
 
 fn next_subnet() -> (u8, u8) {
@@ -82,11 +80,10 @@ impl TestRouter {
         std::fs::create_dir_all(&dir).unwrap();
         let rules_path = dir.join("rules.toml");
         let mut config = format!(
-            "device = \"{device}\"\ngateway = \"10.{}.{}.1/24\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+            "device = \"{device}\"\ngateway = \"10.{}.{}.1/24\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
             net.0,
             net.1,
             dir.join("run/router.sock").display(),
-            free_port()
         );
         if let Some(rules) = &spec.rules {
             std::fs::write(&rules_path, rules).unwrap();
@@ -116,11 +113,6 @@ impl TestRouter {
         config.push_str(&spec.extra);
         let config_path = dir.join("router.toml");
         std::fs::write(&config_path, &config).unwrap();
-        let metrics = config
-            .lines()
-            .find_map(|l| l.strip_prefix("metrics_listen = \""))
-            .map(|l| l.trim_end_matches('"').to_owned())
-            .unwrap();
         let mut router = TestRouter {
             socket: dir.join("run/router.sock"),
             compat_socket: dir.join("run/tuntap.sock"),
@@ -128,7 +120,7 @@ impl TestRouter {
             dir,
             device,
             net,
-            metrics,
+            metrics: String::new(),
             rules_path,
             config_path,
             child: None,
@@ -152,17 +144,25 @@ impl TestRouter {
                 .stdout(Stdio::null())
                 .stderr(log),
         );
+        let pid = child.pid();
         self.child = Some(child);
+        let mut metrics = None;
         let ready = wait_until(Duration::from_secs(10), || {
+            // The exporter listens before the control socket does.
+            metrics = crate::tcp_listeners(Some(pid))
+                .into_iter()
+                .find(|a| a.ip() == std::net::IpAddr::V4(Ipv4Addr::LOCALHOST));
             // Connect, not just exists: a killed router leaves its socket file.
-            transport::connect(&self.socket).is_ok()
-                && std::net::TcpStream::connect(&self.metrics).is_ok()
+            metrics.is_some() && transport::connect(&self.socket).is_ok()
         });
         assert!(
             ready,
             "router did not become ready; log:\n{}",
             self.log_text()
         );
+        if let Some(addr) = metrics {
+            self.metrics = addr.to_string();
+        }
     }
 
     /// The router's stderr so far.
@@ -533,28 +533,31 @@ sys.exit(0 if got == data else 1)
         .is_ok_and(|s| s.success())
 }
 
-/// Runs `f` in a forked child that first switches to `uid` (and gid), and
-/// returns its exit status code. The child exits with `f`'s return value.
-pub fn as_uid(uid: u32, f: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the test process may be multi-threaded; the child only calls
-    // async-signal-safe-enough code (setgid/setuid, socket calls, _exit)
-    // and never returns into the test harness.
-    match unsafe { nix::unistd::fork() }.expect("fork") {
-        nix::unistd::ForkResult::Child => {
-            let code = (|| {
-                nix::unistd::setgid(nix::unistd::Gid::from_raw(uid)).ok()?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).ok()?;
-                Some(f())
-            })()
-            .unwrap_or(100);
-            // SAFETY: _exit never returns and skips the parent's atexit work.
-            unsafe { libc::_exit(code) }
+/// Runs `f` as `uid` (gid `uid`, no supplementary groups) and returns its
+/// value, or 100 when the switch failed. `f` runs on a thread of its own
+/// whose credentials alone change: the raw syscalls are per thread (libc's
+/// `setuid` would switch every thread of the test process). No fork: in a
+/// forked child of this multi-threaded process only async-signal-safe
+/// calls are allowed, and `f` allocates.
+pub fn as_uid(uid: u32, f: impl FnOnce() -> i32 + Send + 'static) -> i32 {
+    std::thread::spawn(move || {
+        let id = libc::c_long::from(uid);
+        // SAFETY: setgroups with an empty list and a null pointer, then
+        // setresgid/setresuid with integer ids: no memory is passed, and
+        // the raw syscalls change only this thread, which ends with `f`.
+        let switched = unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+                && libc::syscall(libc::SYS_setresgid, id, id, id) == 0
+                && libc::syscall(libc::SYS_setresuid, id, id, id) == 0
+        };
+        if switched {
+            f()
+        } else {
+            100
         }
-        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
-            other => panic!("child {other:?}"),
-        },
-    }
+    })
+    .join()
+    .expect("the as_uid thread panicked")
 }
 
 /// Raw `ip` in the host, ignoring failure (cleanup).

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_attach::{RefuseReason, Response};
 use vassal_tests::launcher_harness::{
-    code, launch, leftovers, name, report, stderr, stdout, vassal_file, TempDir,
+    code, launch, leftovers, name, pids_limit_hits, report, stderr, stdout, vassal_file, TempDir,
 };
 use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal, PYTHON};
 use vassal_tests::KillOnDrop;
@@ -46,11 +46,17 @@ fn abuse_ten_thousand_attach_detach_cycles_leak_nothing() {
     let router = TestRouter::start(&RouterSpec::default());
     let pid = router.child.as_ref().unwrap().pid();
     let mut v = TestVassal::create(&router, "churn", 2, false);
+    // The idle router's descriptors: every attachment's are gone once its
+    // detach has landed.
+    let fds = fds_of(pid);
     for _ in 0..500 {
         cycle(&mut v, &router);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let (fds, rss) = (fds_of(pid), rss_kib(pid));
+    assert!(
+        vassal_tests::wait_until(Duration::from_secs(5), || fds_of(pid) <= fds),
+        "file descriptors leaked over the first 500 cycles"
+    );
+    let rss = rss_kib(pid);
     for _ in 0..10_000 {
         cycle(&mut v, &router);
     }
@@ -95,8 +101,12 @@ fn abuse_fork_bomb_stays_inside_its_vassal() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    std::thread::sleep(Duration::from_millis(1000));
-    // Meanwhile a neighbour starts, forks and finishes normally.
+    // Once the bomb hits its limit, a neighbour starts, forks and finishes
+    // normally.
+    assert!(
+        vassal_tests::wait_until(Duration::from_secs(10), || pids_limit_hits(&bomb) > 0),
+        "the fork bomb never reached its pids limit"
+    );
     let out = launch(&[
         "run",
         "--name",
@@ -157,7 +167,9 @@ fn abuse_a_flooding_vassal_does_not_starve_its_neighbour() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(vassal_tests::wait_until(Duration::from_secs(5), || {
+        vassal_tests::tcp_listening(5299)
+    }));
     let flood = KillOnDrop::spawn(
         flooder
             .ns
@@ -168,8 +180,11 @@ fn abuse_a_flooding_vassal_does_not_starve_its_neighbour() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    std::thread::sleep(Duration::from_millis(1000));
-    // 20 pings at 0.1 s during the flood: nearly all must come back.
+    // 20 pings at 0.1 s during the flood (once it is under way): nearly all
+    // must come back.
+    assert!(vassal_tests::wait_until(Duration::from_secs(5), || {
+        router.metric("vassal_tx_packets_total", "project=\"flood\"") > 5_000.0
+    }));
     let out = neighbour
         .ns
         .command("ping")
@@ -211,7 +226,9 @@ fn abuse_two_vassals_streaming_at_full_speed_share_the_router() {
             )
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(vassal_tests::wait_until(Duration::from_secs(5), || {
+        vassal_tests::tcp_listening(5297) && vassal_tests::tcp_listening(5298)
+    }));
     // Both send TCP as fast as they can, at the same time, for 4 s.
     let clients: Vec<KillOnDrop> = [(&a, "5297"), (&b, "5298")]
         .iter()

@@ -244,3 +244,29 @@ fn launcher_forwards_sigterm_to_the_command() {
     assert_eq!(rest, "got-term\n");
     assert_eq!(status.code(), Some(3));
 }
+
+#[test]
+fn launcher_first_user_namespace_vassal_after_a_boot_starts() {
+    // A fresh /run/vassal, as after a boot, in a mount namespace of its
+    // own: the first vassal is one in a user namespace, with a mask, whose
+    // supervisor cannot create the mount points there itself.
+    let dir = TempDir::new();
+    let file = dir.write(
+        "v.toml",
+        &format!(
+            "name = \"{}\"\ncommand = [\"/bin/sh\", \"-c\", \"echo ran; wc -c </etc/passwd\"]\nmask = [\"/etc/passwd\"]\n[user_namespace]\nuid_map = \"0:200000:65536\"\ngid_map = \"0:200000:65536\"\n",
+            name("lb")
+        ),
+    );
+    vassal_tests::require_root();
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0755 fresh /run/vassal && exec \"$0\" run --config \"$1\"")
+        .arg(vassal_tests::binary("vassal-launch"))
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ran\n0\n");
+}

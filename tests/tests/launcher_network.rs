@@ -89,8 +89,14 @@ fn launcher_vassal_survives_a_router_restart() {
     assert!(wait_until(Duration::from_secs(10), || router
         .metric("vassal_attached", &attached)
         == 1.0));
-    std::thread::sleep(Duration::from_secs(2));
+    // Its first connection done (SYN-ACK, pong, FIN, ACK: 4 packets in),
+    // the second begun.
+    assert!(wait_until(Duration::from_secs(10), || router
+        .metric("vassal_rx_packets_total", &attached)
+        >= 5.0));
     router.stop(Signal::SIGKILL);
+    // The outage itself: long enough for an attempt (0.3 s timeout, 0.2 s
+    // apart) to fail. A scenario's length, not a wait for readiness.
     std::thread::sleep(Duration::from_millis(500));
     router.spawn();
     assert!(
@@ -186,7 +192,15 @@ fn launcher_enter_gives_a_shell_on_a_pty_inside_the_vassal() {
     ])
     .status
     .success());
-    std::thread::sleep(Duration::from_millis(800));
+    // Keys typed before the shell reads its terminal can be flushed: wait
+    // for its prompt.
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || !pane().trim().is_empty()),
+        "no prompt from the entered shell"
+    );
     tmux(&[
         "send-keys",
         "-t",
@@ -314,4 +328,65 @@ fn launcher_events_reach_the_router_promptly_as_counters() {
         );
         assert!(stderr(&out).contains(&format!("\"event\":\"{event}\"")));
     }
+}
+
+/// A router that accepts the re-attach but never answers (wedged, or a
+/// stale process holding the socket) must not hold the launcher: while it
+/// waits for the hello's answer it forwards no signal, so the wait is
+/// bounded and an operator's SIGTERM still stops the vassal promptly.
+#[test]
+fn launcher_forwards_signals_while_the_router_is_wedged() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    let mut router = TestRouter::start(&RouterSpec {
+        rules: Some(OPEN_RULES.into()),
+        ..Default::default()
+    });
+    let n = name("lw");
+    let mut args = launch_args(&router, &n, 4);
+    args.extend(["--".into(), "/bin/sleep".into(), "1000".into()]);
+    let mut vassal = Launched::spawn(&n, &args, router.dir.join("wedged.stderr"));
+    let attached = format!("project=\"{n}\"");
+    assert!(wait_until(Duration::from_secs(10), || router
+        .metric("vassal_attached", &attached)
+        == 1.0));
+    router.stop(Signal::SIGKILL);
+    // The wedged "router": listens, never accepts, never answers.
+    let _ = std::fs::remove_file(&router.socket);
+    let wedged = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&wedged),
+        &nix::sys::socket::UnixAddr::new(&router.socket).unwrap(),
+    )
+    .unwrap();
+    listen(&wedged, Backlog::new(16).unwrap()).unwrap();
+    // A pending connection makes the listener readable: the launcher is
+    // now waiting for an answer that never comes.
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&wedged),
+        PollFlags::POLLIN,
+    )];
+    assert_eq!(
+        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
+        1,
+        "the launcher never tried to re-attach:\n{}",
+        vassal.stderr()
+    );
+    let status = vassal.stop(Duration::from_secs(5));
+    assert!(
+        status.is_some(),
+        "SIGTERM was not forwarded within 5 s while the router was wedged:\n{}",
+        vassal.stderr()
+    );
+    assert!(
+        vassal.stderr().contains("re-attaching"),
+        "{}",
+        vassal.stderr()
+    );
 }

@@ -63,6 +63,11 @@ fn ops_systemd_units_verify_without_warnings() {
     assert_eq!(router_bin.parent(), launch_bin.parent());
     let bins = router_bin.parent().unwrap().display().to_string();
 
+    // A vassal's unit reaps dead launchers' leftovers before it starts.
+    assert!(
+        documented("vassal@.service").contains("ExecStartPre=/usr/local/bin/vassal-launch gc\n"),
+        "vassal@.service runs `vassal-launch gc` at start"
+    );
     let router = unit_copy(dir, "vassal-router.service", "vassal-router.service", &bins);
     // A template is verified through an instance of it.
     let vassal = unit_copy(dir, "vassal@.service", "vassal@alice.service", &bins);

@@ -147,25 +147,33 @@ fn kill_and_remove(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Finds the hierarchy to use from a mountinfo file.
-pub fn detect(mountinfo: &Path) -> Result<Hierarchy, CgroupError> {
-    let text = std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Mountinfo {
-        path: mountinfo.to_owned(),
-        source,
-    })?;
-    let mut v1 = v1::Mounts::default();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount_point) = left.split(' ').nth(4) else {
-            continue;
-        };
+/// Every cgroup mount of a mountinfo text: (mount point, fstype, super
+/// options).
+fn cgroup_mounts(text: &str) -> impl Iterator<Item = (PathBuf, &str, &str)> {
+    text.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
         let mut right = right.split(' ');
         let (Some(fstype), _, Some(options)) = (right.next(), right.next(), right.next()) else {
-            continue;
+            return None;
         };
-        let mount_point = PathBuf::from(mount_point);
+        matches!(fstype, "cgroup" | "cgroup2")
+            .then(|| (PathBuf::from(mount_point), fstype, options))
+    })
+}
+
+fn read_mountinfo(mountinfo: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Mountinfo {
+        path: mountinfo.to_owned(),
+        source,
+    })
+}
+
+/// Finds the hierarchy to use from a mountinfo file.
+pub fn detect(mountinfo: &Path) -> Result<Hierarchy, CgroupError> {
+    let text = read_mountinfo(mountinfo)?;
+    let mut v1 = v1::Mounts::default();
+    for (mount_point, fstype, options) in cgroup_mounts(&text) {
         match fstype {
             "cgroup2" if v2::usable(&mount_point) => return Ok(Hierarchy::V2(mount_point)),
             "cgroup" => v1.note(&mount_point, options),
@@ -177,6 +185,52 @@ pub fn detect(mountinfo: &Path) -> Result<Hierarchy, CgroupError> {
     } else {
         Err(CgroupError::NoHierarchy)
     }
+}
+
+/// Every vassal cgroup directory (`<mount>/vassal/<name>`) under every
+/// cgroup v1 and v2 mount, with the vassal's name: what a reap of dead
+/// launchers' leftovers looks through, whichever hierarchy made them.
+pub fn all_vassal_dirs(mountinfo: &Path) -> Result<Vec<(String, PathBuf)>, CgroupError> {
+    let text = read_mountinfo(mountinfo)?;
+    let mut parents: Vec<PathBuf> = cgroup_mounts(&text)
+        .map(|(mount_point, _, _)| mount_point.join(PARENT))
+        .collect();
+    parents.sort();
+    parents.dedup();
+    let mut found = Vec::new();
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                found.push((name.to_owned(), path.clone()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether a cgroup directory holds processes.
+pub fn busy(dir: &Path) -> bool {
+    has_procs(dir)
+}
+
+/// Removes a cgroup directory that holds no processes (rmdir: the kernel
+/// refuses one with processes or child cgroups, so a live vassal's
+/// cgroup is never removed).
+pub fn remove_empty(dir: &Path) -> Result<(), CgroupError> {
+    if has_procs(dir) {
+        return Err(CgroupError::Busy {
+            path: dir.to_owned(),
+        });
+    }
+    std::fs::remove_dir(dir).map_err(io("removing a dead vassal's cgroup", dir))
 }
 
 /// The directories of a running vassal's cgroup, for `enter` to join.

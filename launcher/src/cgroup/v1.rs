@@ -110,6 +110,14 @@ impl V1 {
             if memsw.exists() {
                 write("setting the memory+swap limit", &memsw, &m.to_string())?;
             }
+            // v1 charges TCP socket buffers to a memcg only once its own
+            // TCP limit is set (v2 always does): without it a vassal's
+            // sockets hold memory nobody's limit counts. Set before any
+            // socket exists, as the kernel requires.
+            let tcp = self.memory.join("memory.kmem.tcp.limit_in_bytes");
+            if tcp.exists() {
+                write("setting the TCP buffer limit", &tcp, &m.to_string())?;
+            }
         }
         if let Some(cores) = limits.cpu {
             let period = 100_000u64;
@@ -325,7 +333,7 @@ mod tests {
              32 25 0:28 / BASE/cpu rw - cgroup cgroup rw,cpu,cpuacct\n\
              34 25 0:30 / BASE/pids rw - cgroup cgroup rw,pids\n\
              35 25 0:31 / BASE/blkio rw - cgroup cgroup rw,blkio\n",
-            &["memory", "cpu", "pids", "blkio", "x", "y"],
+            &["memory", "cpu", "pids", "blkio", "x", "y", "z"],
         );
         let h = detect(&info).unwrap();
         let cg = Cgroup::create(&h, "carol", &limits()).unwrap();
@@ -364,6 +372,44 @@ mod tests {
             std::fs::read_to_string(base.join("cg/vassal/cgroup.subtree_control")).unwrap(),
             "+io"
         );
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn v1_tcp_buffers_get_the_memory_limit_and_every_mount_is_listed_for_reaping() {
+        let (base, info) = fake_tree(
+            "31 25 0:27 / BASE/memory rw - cgroup cgroup rw,memory\n\
+             32 25 0:28 / BASE/cpu rw - cgroup cgroup rw,cpu,cpuacct\n\
+             34 25 0:30 / BASE/pids rw - cgroup cgroup rw,pids\n\
+             35 25 0:31 / BASE/unified rw - cgroup2 cgroup2 rw\n",
+            &[
+                "memory/vassal/carol",
+                "cpu",
+                "pids",
+                "unified/vassal/dave",
+                "unified/vassal/erin",
+                // (six entries: fake_tree names its directory by the count)
+                "spare",
+            ],
+        );
+        let tcp = base.join("memory/vassal/carol/memory.kmem.tcp.limit_in_bytes");
+        std::fs::write(&tcp, "max").unwrap();
+        let h = detect(&info).unwrap();
+        let _cg = Cgroup::create(&h, "carol", &limits()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&tcp).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        let names: Vec<(String, PathBuf)> = all_vassal_dirs(&info).unwrap();
+        let mut want = vec![
+            ("carol".to_string(), base.join("cpu/vassal/carol")),
+            ("carol".to_string(), base.join("memory/vassal/carol")),
+            ("carol".to_string(), base.join("pids/vassal/carol")),
+            ("dave".to_string(), base.join("unified/vassal/dave")),
+            ("erin".to_string(), base.join("unified/vassal/erin")),
+        ];
+        want.sort();
+        assert_eq!(names, want);
         let _ = std::fs::remove_dir_all(&base);
     }
 
