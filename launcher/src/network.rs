@@ -3,7 +3,7 @@
 //! route; and the attachment of that device to vassal-router, kept alive
 //! across router restarts by the outer launcher.
 
-use crate::config::Network;
+use crate::config::{Limits, Network};
 use crate::netlink::{Netlink, NetlinkError};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -193,6 +193,7 @@ pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(1);
 pub fn attach(
     project: &str,
     net: &Network,
+    limits: &Limits,
     tun: BorrowedFd<'_>,
     timeout: Duration,
 ) -> Result<Attachment, NetworkError> {
@@ -208,6 +209,8 @@ pub fn attach(
         project: project.to_string(),
         ipv4: net.address,
         ipv6: net.address6,
+        net_out: limits.net_out,
+        net_in: limits.net_in,
     });
     let answer = transport::call(socket.as_fd(), &hello, Some(tun)).map_err(|source| {
         NetworkError::Connect {

@@ -398,6 +398,8 @@ impl TestVassal {
             project: self.project.clone(),
             ipv4: self.addr,
             ipv6: self.addr6.as_ref().map(|a| a.parse().unwrap()),
+            net_out: None,
+            net_in: None,
         });
         let answer =
             transport::call(conn.as_fd(), &hello, Some(self.tun.as_fd())).expect("hello exchange");

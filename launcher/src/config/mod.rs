@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use units::{
-    map_to_host, parse_duration, parse_id_map, parse_size, IdRange, MAX_ID_MAP_RANGES,
+    map_to_host, parse_duration, parse_id_map, parse_rate, parse_size, IdRange, MAX_ID_MAP_RANGES,
 };
+pub use vassal_attach::RateLimit;
 
 /// Default control socket of vassal-router.
 pub const DEFAULT_ROUTER_SOCKET: &str = "/run/vassal/router.sock";
@@ -140,6 +141,19 @@ pub struct Limits {
     pub tmp_size: u64,
     /// Wall-clock limit of the command.
     pub wall_clock: Option<Duration>,
+    /// What the vassal may send, asked of the router in the hello; `None`
+    /// leaves it to the router's project default.
+    pub net_out: Option<RateLimit>,
+    /// What the vassal may receive.
+    pub net_in: Option<RateLimit>,
+}
+
+/// The burst of a network limit whose file gives none: 100 ms at the rate,
+/// at least 128 KiB (two 64 KiB super-packets). Enough for TCP to keep an
+/// ingress policer's rate without collapsing, and adding at most
+/// `burst` once to what passes over any span.
+pub fn default_burst(rate: u64) -> u64 {
+    (rate / 8 / 10).clamp(128 << 10, vassal_attach::MAX_BURST)
 }
 
 /// A validated vassal description.

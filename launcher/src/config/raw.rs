@@ -57,6 +57,10 @@ pub(super) struct RawLimits {
     pub(super) nofile: Option<Spanned<u64>>,
     pub(super) tmp_size: Option<Spanned<SizeOrInt>>,
     pub(super) wall_clock: Option<Spanned<String>>,
+    pub(super) net_out: Option<Spanned<SizeOrInt>>,
+    pub(super) net_out_burst: Option<Spanned<SizeOrInt>>,
+    pub(super) net_in: Option<Spanned<SizeOrInt>>,
+    pub(super) net_in_burst: Option<Spanned<SizeOrInt>>,
 }
 
 #[derive(Deserialize)]
