@@ -139,6 +139,43 @@ pub const MIN_BURST: u64 = 1500;
 /// overflow a u64.
 pub const MAX_BURST: u64 = 1 << 30;
 
+/// Parses a network rate in bits per second: an integer or a number with a
+/// K, M, G or T suffix in powers of 1000, as links are sold (`"50M"` is
+/// 50 000 000 bit/s); a trailing `bit` or `bps` is allowed.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("bps")
+        .or_else(|| t.strip_suffix("bit"))
+        .unwrap_or(t);
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{text:?} is not a rate; expected bits per second or a number with K, M, G or T, like \"50M\"")
+    })?;
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit; expected K, M, G or T (powers of 1000)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// The burst of a rate whose burst is not given: 100 ms at the rate, at
+/// least 128 KiB (two 64 KiB super-packets), at most [`MAX_BURST`]. Enough
+/// for TCP to keep the rate of a policer without collapsing, while adding
+/// at most one burst to what passes over any span.
+pub fn default_burst(rate: u64) -> u64 {
+    (rate / 8 / 10).clamp(128 << 10, MAX_BURST)
+}
+
 impl RateLimit {
     /// Checks the bounds of [`MIN_RATE`], [`MIN_BURST`] and [`MAX_BURST`].
     pub fn check(&self) -> Result<(), String> {

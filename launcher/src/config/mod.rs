@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use units::{
-    map_to_host, parse_duration, parse_id_map, parse_rate, parse_size, IdRange, MAX_ID_MAP_RANGES,
+    map_to_host, parse_duration, parse_id_map, parse_size, IdRange, MAX_ID_MAP_RANGES,
 };
-pub use vassal_attach::RateLimit;
+pub use vassal_attach::{default_burst, parse_rate, RateLimit};
 
 /// Default control socket of vassal-router.
 pub const DEFAULT_ROUTER_SOCKET: &str = "/run/vassal/router.sock";
@@ -152,14 +152,6 @@ pub struct Limits {
     pub file_size: Option<u64>,
     /// IO limits of the cgroup on the vassal's block devices.
     pub io: IoLimits,
-}
-
-/// The burst of a network limit whose file gives none: 100 ms at the rate,
-/// at least 128 KiB (two 64 KiB super-packets). Enough for TCP to keep an
-/// ingress policer's rate without collapsing, and adding at most
-/// `burst` once to what passes over any span.
-pub fn default_burst(rate: u64) -> u64 {
-    (rate / 8 / 10).clamp(128 << 10, vassal_attach::MAX_BURST)
 }
 
 /// IO throttling of the vassal's cgroup, per block device under its

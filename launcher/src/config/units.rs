@@ -52,35 +52,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Parses a network rate in bits per second: an integer or a number with a
-/// K, M, G or T suffix in powers of 1000, as links are sold (`"50M"` is
-/// 50 000 000 bit/s); a trailing `bit` or `bps` is allowed.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let t = t
-        .strip_suffix("bps")
-        .or_else(|| t.strip_suffix("bit"))
-        .unwrap_or(t);
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("{text:?} is not a rate; expected bits per second or a number with K, M, G or T, like \"50M\"")
-    })?;
-    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
-        "" => 1,
-        "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit; expected K, M, G or T (powers of 1000)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
 /// Parses a duration: a number with ms, s, m, h or d, like `1h` or `500ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();

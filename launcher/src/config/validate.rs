@@ -2,10 +2,10 @@
 //! [`VassalConfig`], each problem recorded with its position and field.
 
 use super::raw::{RawFile, RawLimits, RawMount, RawNetwork, SizeOrInt};
-use super::units::{map_to_host, parse_duration, parse_id_map, parse_rate, parse_size, IdRange};
+use super::units::{map_to_host, parse_duration, parse_id_map, parse_size, IdRange};
 use super::{
-    default_burst, ConfigProblem, IoLimits, Limits, Mount, Network, Overrides, RateLimit,
-    SeccompProfile, VassalConfig, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_ROUTER_SOCKET,
+    default_burst, parse_rate, ConfigProblem, IoLimits, Limits, Mount, Network, Overrides,
+    RateLimit, SeccompProfile, VassalConfig, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_ROUTER_SOCKET,
 };
 use crate::seccomp::Filter;
 use std::collections::BTreeMap;
