@@ -208,6 +208,14 @@ pub enum Response {
         /// The IPv6 gateway, when the router has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gateway6: Option<Ipv6Addr>,
+        /// Version 2: the `net_out` limit in force (what was asked, or the
+        /// project's default, capped by its ceiling); absent: unlimited.
+        /// Never sent to a version-1 hello.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        net_out: Option<RateLimit>,
+        /// Version 2: the `net_in` limit in force.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        net_in: Option<RateLimit>,
     },
     /// The request was refused; the router closes the connection after this.
     Refused {
@@ -614,6 +622,18 @@ mod tests {
                 version: 1,
                 gateway: Ipv4Addr::new(10, 200, 0, 1),
                 gateway6: None,
+                net_out: None,
+                net_in: None,
+            },
+            Response::Accepted {
+                version: 2,
+                gateway: Ipv4Addr::new(10, 200, 0, 1),
+                gateway6: None,
+                net_out: Some(RateLimit {
+                    rate: 8000,
+                    burst: 1500,
+                }),
+                net_in: None,
             },
             Response::Refused {
                 reason: RefuseReason::AddressInUse,
