@@ -248,7 +248,7 @@ fn network_limits_parse_with_default_bursts() {
         c.limits.net_out,
         Some(RateLimit {
             rate: 50_000_000,
-            burst: 625_000
+            burst: 1_562_500
         })
     );
     assert_eq!(

@@ -875,12 +875,12 @@ uid = 10001
             net.out_default,
             Some(RateLimit {
                 rate: 10_000_000,
-                burst: 128 << 10
+                burst: 312_500
             })
         );
         assert_eq!(
             net.out_ceiling.map(|l| (l.rate, l.burst)),
-            Some((50_000_000, 625_000))
+            Some((50_000_000, 1_562_500))
         );
         assert_eq!(net.in_ceiling.map(|l| l.rate), Some(100_000_000));
         assert_eq!(net.in_default, None);

@@ -384,6 +384,9 @@ fn attach(
         vnet: device.vnet,
     };
     let (out, inn) = limits_of(config, hello);
+    let bits = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64);
+    project.counters.limit_net_out.set(bits(out));
+    project.counters.limit_net_in.set(bits(inn));
     router.registry.attach_limited(
         project,
         hello.ipv4,

@@ -123,6 +123,11 @@ pub struct ProjectCounters {
     /// `vassal_rate_limited_microseconds_total{project}`: time its reader
     /// held off its tun, waiting for its `net_out` bucket.
     pub shaped_us: Count,
+    /// `vassal_limit_net_out_bits_per_second{project}`: the `net_out` of
+    /// its latest attached vassal, 0 when unlimited.
+    pub limit_net_out: Gauge,
+    /// `vassal_limit_net_in_bits_per_second{project}`.
+    pub limit_net_in: Gauge,
 }
 
 impl ProjectCounters {
@@ -140,7 +145,9 @@ impl ProjectCounters {
             compat_rule_blocks: Count::new(counter!("vassal_compat_rule_blocks_total", "project" => p.clone())),
             attached: gauge!("vassal_attached", "project" => p.clone()),
             flows: gauge!("vassal_flows", "project" => p.clone()),
-            shaped_us: Count::new(counter!("vassal_rate_limited_microseconds_total", "project" => p)),
+            shaped_us: Count::new(counter!("vassal_rate_limited_microseconds_total", "project" => p.clone())),
+            limit_net_out: gauge!("vassal_limit_net_out_bits_per_second", "project" => p.clone()),
+            limit_net_in: gauge!("vassal_limit_net_in_bits_per_second", "project" => p),
         }
     }
 
