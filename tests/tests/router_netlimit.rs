@@ -7,8 +7,9 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_attach::{transport, Hello, RateLimit, Request, Response};
+use vassal_tests::launcher_harness::{code, name, network_table, stderr, vassal_file, TempDir};
 use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal};
-use vassal_tests::KillOnDrop;
+use vassal_tests::{binary, KillOnDrop};
 
 const RULES: &str = "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n";
 
@@ -285,4 +286,64 @@ fn router_net_limit_a_version_1_hello_attaches_unlimited_and_tiers_cap_the_rest(
         "the ceiling let {:.1} Mbit/s through",
         run.bps / 1e6
     );
+}
+
+#[test]
+fn router_net_limit_holds_a_launched_vassal_flooding_past_its_file_limit() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(RULES.into()),
+        ..Default::default()
+    });
+    let _server = server(&router, 5204);
+    let dir = TempDir::new();
+    let n = name("nl");
+    // The tenant asks 20 Mbit/s in its file, then sends UDP as fast as
+    // it can for 3 s.
+    let file = vassal_file(
+        &dir,
+        &n,
+        &[
+            "iperf3",
+            "-c",
+            &router.gateway().to_string(),
+            "-p",
+            "5204",
+            "-u",
+            "-b",
+            "2G",
+            "-l",
+            "1400",
+            "-t",
+            "3",
+        ],
+        &format!(
+            "{}[limits]\nnet_out = \"20M\"\nnet_in = \"30M\"\n",
+            network_table(&router.socket, router.addr(2))
+        ),
+    );
+    let out = Command::new(binary("vassal-launch"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), router.log_text());
+    let project = format!("project=\"{n}\"");
+    assert_eq!(
+        router.metric("vassal_limit_net_out_bits_per_second", &project),
+        20e6
+    );
+    assert_eq!(
+        router.metric("vassal_limit_net_in_bits_per_second", &project),
+        30e6
+    );
+    // What the router forwarded: 3 s at 20 Mbit/s plus the burst, not the
+    // flood (the rest waited in, and overflowed, the vassal's own queue).
+    let sent = router.metric("vassal_tx_bytes_total", &project);
+    let most = 20e6 / 8.0 * 3.5 + vassal_attach::default_burst(20_000_000) as f64;
+    assert!(
+        sent > 20e6 / 8.0 * 2.0 && sent < most,
+        "forwarded {sent} bytes in 3 s at 20 Mbit/s"
+    );
+    let shaped = router.metric("vassal_rate_limited_microseconds_total", &project);
+    assert!(shaped > 1e6, "shaped {shaped} us\n{}", router.scrape());
 }

@@ -99,10 +99,14 @@ async fn read_loop(
     let mut snap = Snapshot::take(firewall, project);
     loop {
         if let Some(v) = egress {
-            let wait = v.egress.wait(rate::now_ns());
+            let before = rate::now_ns();
+            let wait = v.egress.wait(before);
             if !wait.is_zero() {
-                v.project.counters.shaped_us.add(wait.as_micros() as u64);
+                // The timer rounds up (to a millisecond): count the time
+                // really spent off the tun, not the time asked.
                 tokio::time::sleep(wait).await;
+                let waited = rate::now_ns().saturating_sub(before);
+                v.project.counters.shaped_us.add(waited / 1000);
             }
         }
         let mut guard = match afd.readable().await {
