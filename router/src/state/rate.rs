@@ -23,7 +23,7 @@ use vassal_attach::RateLimit;
 
 const NS_PER_S: u128 = 1_000_000_000;
 
-/// One direction's bucket. [`TokenBucket::UNLIMITED`] passes everything
+/// One direction's bucket. [`TokenBucket::unlimited`] passes everything
 /// without touching its atomic.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -37,16 +37,18 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A bucket that never limits.
-    pub const UNLIMITED: TokenBucket = TokenBucket {
-        rate: 0,
-        tau: 0,
-        tat: AtomicU64::new(0),
-    };
+    pub const fn unlimited() -> TokenBucket {
+        TokenBucket {
+            rate: 0,
+            tau: 0,
+            tat: AtomicU64::new(0),
+        }
+    }
 
     /// A full bucket for `limit` (`None`: unlimited).
     pub fn new(limit: Option<RateLimit>) -> TokenBucket {
         match limit {
-            None => TokenBucket::UNLIMITED,
+            None => TokenBucket::unlimited(),
             Some(l) => {
                 // At least 1 byte per second: a zero rate would mean unlimited.
                 let rate = (l.rate / 8).max(1);

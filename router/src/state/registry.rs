@@ -153,7 +153,7 @@ impl Registry {
         ipv6: Option<Ipv6Addr>,
         port: Port,
     ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
-        let unlimited = [TokenBucket::UNLIMITED, TokenBucket::UNLIMITED];
+        let unlimited = [TokenBucket::unlimited(), TokenBucket::unlimited()];
         self.attach_limited(project, ipv4, ipv6, port, unlimited)
     }
 
