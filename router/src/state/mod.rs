@@ -8,4 +8,5 @@ pub mod evidence;
 pub mod firewall;
 pub mod flows;
 pub mod fragments;
+pub mod rate;
 pub mod registry;
