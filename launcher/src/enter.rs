@@ -288,9 +288,13 @@ fn child(slave: OwnedFd, record: &state::Record, exec: &Exec) -> ! {
         unsafe { libc::dup2(slave.as_raw_fd(), target) };
     }
     drop(slave);
-    if let Err(e) =
-        privileges::drop_to(record.uid, record.gid, record.nofile, record.user_namespace)
-    {
+    if let Err(e) = privileges::drop_to(
+        record.uid,
+        record.gid,
+        record.nofile,
+        record.file_size,
+        record.user_namespace,
+    ) {
         fail("dropping privileges", &e);
     }
     let _ = std::env::set_current_dir("/");

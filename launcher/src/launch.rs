@@ -3,6 +3,7 @@
 
 use crate::cgroup::{self, Cgroup, CgroupError, Usage};
 use crate::config::{map_to_host, IdRange, VassalConfig};
+use crate::disk::{self, DiskError};
 use crate::events::{self, Events};
 use crate::gc;
 use crate::network::{self, Attachment, NetworkError};
@@ -34,6 +35,9 @@ pub enum LaunchError {
     /// Creating or limiting the cgroup failed.
     #[error("cgroup: {0}")]
     Cgroup(#[from] CgroupError),
+    /// The io limits' devices or a mount's quota could not be set.
+    #[error("disk: {0}")]
+    Disk(#[from] DiskError),
     /// Opening the tun device or attaching it failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
@@ -111,6 +115,14 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     rootfs::create_host_dirs()?;
     drop(lock);
     warn_shared_uid(config);
+    //    The io limits on the disks under the vassal's filesystems, and the
+    //    project quotas of its writable mounts (disk.rs); outside the lock,
+    //    as tagging a large tree takes a while.
+    if config.limits.io.any() {
+        let devices = disk::io_devices(config, Path::new(disk::SYSFS))?;
+        cg.throttle_io(&devices, &config.limits.io)?;
+    }
+    disk::apply_quotas(config)?;
 
     // 3. The sync socket; signals go to a signalfd.
     let (outer_end, inner_end) = sync::pair()?;

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod disk;
 pub mod enter;
 pub mod events;
 pub mod gc;

@@ -37,9 +37,15 @@ fn last_cap() -> u32 {
 
 /// Runs the drop sequence: after it the process is `uid`/`gid` with no
 /// supplementary groups (see [`drop_to`]'s note on user namespaces), no capabilities in any set (bounding and ambient
-/// included), no_new_privs, and the given open-file limit; every fd above
+/// included), no_new_privs, and the given open-file and file-size limits; every fd above
 /// stderr is closed.
-pub fn drop_to(uid: u32, gid: u32, nofile: u64, user_namespace: bool) -> Result<(), DropError> {
+pub fn drop_to(
+    uid: u32,
+    gid: u32,
+    nofile: u64,
+    file_size: Option<u64>,
+    user_namespace: bool,
+) -> Result<(), DropError> {
     // Bounding set first: dropping from it needs CAP_SETPCAP, gone after setuid.
     for cap in 0..=last_cap() {
         // SAFETY: prctl with integer arguments.
@@ -92,6 +98,17 @@ pub fn drop_to(uid: u32, gid: u32, nofile: u64, user_namespace: bool) -> Result<
     check("setting RLIMIT_NOFILE", unsafe {
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
     })?;
+    // Beyond it a write fails with EFBIG and raises SIGXFSZ.
+    if let Some(bytes) = file_size {
+        let fsize = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: fsize is a valid rlimit for the call's duration.
+        check("setting RLIMIT_FSIZE", unsafe {
+            libc::setrlimit(libc::RLIMIT_FSIZE, &fsize)
+        })?;
+    }
     let no_core = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -18,7 +18,7 @@
 //! - **EAFNOSUPPORT**: `socket` and `socketpair` outside [`FAMILIES`], and
 //!   netlink other than `NETLINK_ROUTE`: libraries probe families and must
 //!   see "not supported", not die.
-//! - **EPERM**: the terminal ioctls [`REFUSED_IOCTLS`] (keystroke injection,
+//! - **EPERM**: the ioctls [`REFUSED_IOCTLS`] (keystroke injection, quota escapes,
 //!   line disciplines) on any fd, and `personality` other than
 //!   [`PERSONAS`].
 //!
@@ -146,11 +146,25 @@ pub const FAMILIES: &[libc::c_int] = &[
     libc::AF_NETLINK,
 ];
 
-/// Terminal ioctls refused on any fd: TIOCSTI (push input into a
-/// terminal), TIOCLINUX (the same on a virtual console, and selection
-/// tricks), TIOCSETD (line disciplines: module autoloading, a long CVE
-/// history).
-pub const REFUSED_IOCTLS: &[libc::c_ulong] = &[libc::TIOCSTI, libc::TIOCLINUX, libc::TIOCSETD];
+/// Ioctls refused on any fd: TIOCSTI (push input into a terminal),
+/// TIOCLINUX (the same on a virtual console, and selection tricks),
+/// TIOCSETD (line disciplines: module autoloading, a long CVE history);
+/// FS_IOC_FSSETXATTR and FS_IOC_SETFLAGS, with which the owner of a file
+/// in the host's user namespace may change its project id or clear a
+/// directory's project-inherit flag, escaping a `[[mount]] quota`
+/// (disk.rs).
+pub const REFUSED_IOCTLS: &[libc::c_ulong] = &[
+    libc::TIOCSTI,
+    libc::TIOCLINUX,
+    libc::TIOCSETD,
+    FS_IOC_FSSETXATTR,
+    FS_IOC_SETFLAGS,
+];
+
+/// `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+/// `_IOW('f', 2, long)`.
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
 
 /// The personas `personality` may set (Docker's list): Linux, 32-bit,
 /// UNAME26, and the query 0xffffffff. The rest (ADDR_NO_RANDOMIZE,

@@ -62,6 +62,9 @@ pub struct Record {
     pub user_namespace: bool,
     /// Its RLIMIT_NOFILE.
     pub nofile: u64,
+    /// Its RLIMIT_FSIZE (`limits.file_size`); absent from older records.
+    #[serde(default)]
+    pub file_size: Option<u64>,
     /// The seccomp filter its command runs under (`None`: profile "none"),
     /// compiled programs that `enter` installs as they are. A required
     /// field: a record without it is refused, not entered unfiltered.
@@ -264,6 +267,7 @@ impl State {
                 gid: config.gid,
                 user_namespace: config.uid_map.is_some(),
                 nofile: config.limits.nofile,
+                file_size: config.limits.file_size,
                 seccomp: config.filter.clone(),
                 launcher_start: start_time(std::process::id() as i32).unwrap_or(0),
                 host_uid: Some(host_uid(config)),
@@ -308,6 +312,7 @@ mod tests {
             gid: 1,
             user_namespace: false,
             nofile: 1,
+            file_size: None,
             seccomp: None,
             launcher_start,
             host_uid: Some(1),

@@ -345,6 +345,7 @@ fn exec_command(config: &VassalConfig, exec: &Exec, tty: Option<&(OwnedFd, Stdio
         config.uid,
         config.gid,
         config.limits.nofile,
+        config.limits.file_size,
         config.uid_map.is_some(),
     ) {
         fail("dropping privileges", &e);

@@ -4,6 +4,30 @@
 //! anti-spoofing, a stateful firewall and per-project accounting, NAT
 //! egress through nftables, and uWSGI tuntap compatibility. See
 //! docs/design.md, section "Router datapath".
+//!
+//! # Layers
+//!
+//! Each folder is a layer; a file imports only from layers below its own
+//! (or from files of its own folder that do not import it back), never up:
+//!
+//! 1. [`config`]: the configuration, read by every layer; imports nothing
+//!    of the router.
+//! 2. [`wire`]: packet, offload header and ICMP views, pure (no I/O).
+//! 3. [`os`]: OS resources: tun devices, the host tun, unix sockets, the
+//!    nftables table, the event sink.
+//! 4. [`port`]: what a packet can be written to (a vassal tun, a compat
+//!    peer's output queue, the host tun) and what became of the write.
+//! 5. [`state`]: the registry (projects, attached vassals and their ports),
+//!    flows, fragments, rules in force, counters, evidence, budgets.
+//! 6. [`datapath`]: the packet path ([`datapath::router`]) and the tun
+//!    readers that feed it ([`datapath::reader`]).
+//! 7. Front-ends: [`control`] (attach protocol server), [`compat`] (uWSGI
+//!    peers), [`metrics`] (Prometheus exporter), [`client`] (the CLI's side
+//!    of the control socket).
+//! 8. [`daemon`]: start order, signals, the sweeper and the event watch.
+//!
+//! The items re-exported below keep the paths other crates of the
+//! workspace (tests, fuzz targets) use.
 
 pub mod client;
 pub mod compat;
@@ -11,16 +35,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
-pub mod events;
-pub mod firewall;
-pub mod flows;
-pub mod fragments;
-pub mod host_tun;
-pub mod icmp;
 pub mod metrics;
-pub mod nat;
-pub mod offload;
-pub mod packet;
-pub mod socket;
-pub mod tun;
-pub mod vassals;
+pub mod os;
+pub mod port;
+pub mod state;
+pub mod wire;
+
+pub use os::nat;
+pub use state::fragments;
+pub use wire::{icmp, offload, packet};

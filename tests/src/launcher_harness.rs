@@ -96,6 +96,7 @@ pub fn leftovers(name: &str) -> Vec<PathBuf> {
         "/sys/fs/cgroup/cpu",
         "/sys/fs/cgroup/pids",
         "/sys/fs/cgroup/cpuacct",
+        "/sys/fs/cgroup/blkio",
         "/sys/fs/cgroup/unified",
     ] {
         let p = PathBuf::from(base).join("vassal").join(name);

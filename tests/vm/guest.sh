@@ -7,6 +7,8 @@ scratch=$1
 kernel_tree=$2
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 VASSAL_EXPECT_CGROUP=v2 RUST_BACKTRACE=1
+# This kernel has project quotas: launcher_disk fails without them.
+export VASSAL_EXPECT_PROJECT_QUOTA=1
 cd /
 
 echo "vm: booted in $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)"
@@ -21,6 +23,11 @@ echo "vm: cgroup2 controllers enabled: $(cat /sys/fs/cgroup/cgroup.subtree_contr
 echo "$kernel_tree" >/run/vassal-vm-kernel
 echo "$(dirname "$0")/modprobe" >/proc/sys/kernel/modprobe
 modprobe -d "$kernel_tree" tun || echo "vm: cannot load module tun"
+# launcher_disk: loop devices (their /dev nodes appear with the module) and
+# ext4's quota format.
+for m in loop ext4 quota_v2; do
+    modprobe -d "$kernel_tree" $m || echo "vm: cannot load module $m"
+done
 
 # plan: one "name path [filter]" line per test binary.
 while read -r name bin filter; do

@@ -8,7 +8,7 @@
 mod v1;
 mod v2;
 
-use crate::config::Limits;
+use crate::config::{IoLimits, Limits};
 use std::path::{Path, PathBuf};
 
 /// Directory under each hierarchy holding every vassal's cgroup.
@@ -34,6 +34,9 @@ pub enum CgroupError {
         /// The cgroup directory.
         path: PathBuf,
     },
+    /// IO limits are set and the host has no io (v2) or blkio (v1) controller.
+    #[error("the io limits need the io controller (cgroup v2) or a blkio mount (cgroup v1), and this host has neither")]
+    NoIoController,
     /// Writing or creating a cgroup file failed.
     #[error("{step}: {path}: {source}")]
     Io {
@@ -44,6 +47,21 @@ pub enum CgroupError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// A block device's number, as the io controllers name it (`MAJ:MIN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceNumber {
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+}
+
+impl std::fmt::Display for DeviceNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
 }
 
 /// What the vassal used, read when it ends.
@@ -219,7 +237,7 @@ pub fn remove_empty(dir: &Path) -> Result<(), CgroupError> {
 pub fn existing_dirs(hierarchy: &Hierarchy, name: &str) -> Vec<PathBuf> {
     match hierarchy {
         Hierarchy::V2(root) => vec![root.join(PARENT).join(name)],
-        Hierarchy::V1(m) => [&m.memory, &m.cpu, &m.pids, &m.cpuacct]
+        Hierarchy::V1(m) => [&m.memory, &m.cpu, &m.pids, &m.cpuacct, &m.blkio]
             .into_iter()
             .flatten()
             .map(|d| d.join(PARENT).join(name))
@@ -239,6 +257,18 @@ impl Cgroup {
         match hierarchy {
             Hierarchy::V2(root) => v2::V2::create(root, name, limits).map(Cgroup::V2),
             Hierarchy::V1(mounts) => v1::V1::create(mounts, name, limits).map(Cgroup::V1),
+        }
+    }
+
+    /// Throttles the cgroup's IO on each of `devices` (whole disks) to
+    /// `io`; nothing to do when `io` sets no limit.
+    pub fn throttle_io(&self, devices: &[DeviceNumber], io: &IoLimits) -> Result<(), CgroupError> {
+        if !io.any() {
+            return Ok(());
+        }
+        match self {
+            Cgroup::V2(c) => c.throttle_io(devices, io),
+            Cgroup::V1(c) => c.throttle_io(devices, io),
         }
     }
 

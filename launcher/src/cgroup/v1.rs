@@ -1,7 +1,9 @@
 //! cgroup v1: one directory per controller hierarchy.
 
-use super::{has_procs, keyed, kill_and_remove, read_u64, write, CgroupError, Usage, PARENT};
-use crate::config::Limits;
+use super::{
+    has_procs, keyed, kill_and_remove, read_u64, write, CgroupError, DeviceNumber, Usage, PARENT,
+};
+use crate::config::{IoLimits, Limits};
 use std::path::{Path, PathBuf};
 
 /// Mount points of the v1 controllers we use.
@@ -15,6 +17,8 @@ pub struct Mounts {
     pub cpuacct: Option<PathBuf>,
     /// The pids controller.
     pub pids: Option<PathBuf>,
+    /// The blkio controller (IO throttling), when mounted.
+    pub blkio: Option<PathBuf>,
 }
 
 impl Mounts {
@@ -26,6 +30,7 @@ impl Mounts {
                 "cpu" => &mut self.cpu,
                 "cpuacct" => &mut self.cpuacct,
                 "pids" => &mut self.pids,
+                "blkio" => &mut self.blkio,
                 _ => continue,
             };
             slot.get_or_insert_with(|| mount_point.to_owned());
@@ -45,6 +50,7 @@ pub struct V1 {
     cpu: PathBuf,
     cpuacct: Option<PathBuf>,
     pids: PathBuf,
+    blkio: Option<PathBuf>,
 }
 
 impl V1 {
@@ -57,11 +63,13 @@ impl V1 {
             return Err(CgroupError::NoHierarchy);
         };
         let cpuacct = dir(&mounts.cpuacct).filter(|d| *d != cpu);
+        let blkio = dir(&mounts.blkio).filter(|d| ![&memory, &cpu, &pids].contains(&d));
         let cg = V1 {
             memory,
             cpu,
             cpuacct,
             pids,
+            blkio,
         };
         let dirs = cg.dirs();
         if let Some(busy) = dirs.iter().find(|d| has_procs(d)) {
@@ -139,7 +147,29 @@ impl V1 {
     pub fn dirs(&self) -> Vec<PathBuf> {
         let mut d = vec![self.memory.clone(), self.cpu.clone(), self.pids.clone()];
         d.extend(self.cpuacct.clone());
+        d.extend(self.blkio.clone());
         d
+    }
+
+    /// Writes `blkio.throttle.*_device` for each device.
+    pub fn throttle_io(&self, devices: &[DeviceNumber], io: &IoLimits) -> Result<(), CgroupError> {
+        let blkio = self.blkio.as_ref().ok_or(CgroupError::NoIoController)?;
+        for (file, value) in [
+            ("blkio.throttle.read_bps_device", io.read_bps),
+            ("blkio.throttle.write_bps_device", io.write_bps),
+            ("blkio.throttle.read_iops_device", io.read_iops),
+            ("blkio.throttle.write_iops_device", io.write_iops),
+        ] {
+            let Some(value) = value else { continue };
+            for d in devices {
+                write(
+                    "setting an io limit",
+                    &blkio.join(file),
+                    &format!("{d} {value}"),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Usage so far.
@@ -157,7 +187,7 @@ impl V1 {
 #[cfg(test)]
 mod tests {
     use super::super::*;
-    use crate::config::Limits;
+    use crate::config::{IoLimits, Limits};
 
     fn limits() -> Limits {
         Limits {
@@ -167,6 +197,8 @@ mod tests {
             nofile: 1024,
             tmp_size: 1 << 20,
             wall_clock: None,
+            file_size: None,
+            io: IoLimits::default(),
         }
     }
 
@@ -278,6 +310,68 @@ mod tests {
             Cgroup::create(&h, "bob", &limits()),
             Err(CgroupError::Busy { .. })
         ));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn io_limits_are_written_per_device_on_v1_and_v2() {
+        let io = IoLimits {
+            read_bps: Some(20 << 20),
+            write_bps: Some(4 << 20),
+            read_iops: None,
+            write_iops: Some(100),
+        };
+        let devices = [
+            DeviceNumber {
+                major: 254,
+                minor: 0,
+            },
+            DeviceNumber { major: 7, minor: 3 },
+        ];
+        let (base, info) = fake_tree(
+            "31 25 0:27 / BASE/memory rw - cgroup cgroup rw,memory\n\
+             32 25 0:28 / BASE/cpu rw - cgroup cgroup rw,cpu,cpuacct\n\
+             34 25 0:30 / BASE/pids rw - cgroup cgroup rw,pids\n\
+             35 25 0:31 / BASE/blkio rw - cgroup cgroup rw,blkio\n",
+            &["memory", "cpu", "pids", "blkio", "x", "y", "z"],
+        );
+        let h = detect(&info).unwrap();
+        let cg = Cgroup::create(&h, "carol", &limits()).unwrap();
+        assert_eq!(cg.dirs().len(), 4);
+        cg.throttle_io(&devices, &io).unwrap();
+        let dir = base.join("blkio/vassal/carol");
+        // A fake file keeps the last write; the kernel keeps one per device.
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("blkio.throttle.read_bps_device"), "7:3 20971520");
+        assert_eq!(read("blkio.throttle.write_bps_device"), "7:3 4194304");
+        assert_eq!(read("blkio.throttle.write_iops_device"), "7:3 100");
+        assert!(!dir.join("blkio.throttle.read_iops_device").exists());
+        assert!(existing_dirs(&h, "carol").contains(&dir));
+        let _ = std::fs::remove_dir_all(&base);
+
+        let (base, info) = fake_tree(
+            "30 25 0:26 / BASE/cg rw - cgroup2 cgroup2 rw\n",
+            &["cg", "x", "y"],
+        );
+        std::fs::write(base.join("cg/cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let h = detect(&info).unwrap();
+        let cg = Cgroup::create(&h, "dave", &limits()).unwrap();
+        assert!(matches!(
+            cg.throttle_io(&devices, &io),
+            Err(CgroupError::NoIoController)
+        ));
+        // No limit asks for nothing, whatever the host has.
+        cg.throttle_io(&devices, &IoLimits::default()).unwrap();
+        std::fs::write(base.join("cg/cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        cg.throttle_io(&devices[..1], &io).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(base.join("cg/vassal/dave/io.max")).unwrap(),
+            "254:0 rbps=20971520 wbps=4194304 wiops=100"
+        );
+        assert_eq!(
+            std::fs::read_to_string(base.join("cg/vassal/cgroup.subtree_control")).unwrap(),
+            "+io"
+        );
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -1,7 +1,10 @@
 //! cgroup v2: one directory, controllers enabled down the path.
 
-use super::{has_procs, io, keyed, kill_and_remove, read_u64, write, CgroupError, Usage, PARENT};
-use crate::config::Limits;
+use super::{
+    has_procs, io, keyed, kill_and_remove, read_u64, write, CgroupError, DeviceNumber, Usage,
+    PARENT,
+};
+use crate::config::{IoLimits, Limits};
 use std::path::{Path, PathBuf};
 
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
@@ -83,6 +86,45 @@ impl V2 {
                 "setting the pids limit",
                 &self.dir.join("pids.max"),
                 &p.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Enables the io controller down to the vassal's cgroup (only when
+    /// limits ask for it: it costs on every IO) and writes `io.max` for
+    /// each device.
+    pub fn throttle_io(&self, devices: &[DeviceNumber], io: &IoLimits) -> Result<(), CgroupError> {
+        let (Some(parent), Some(root)) =
+            (self.dir.parent(), self.dir.parent().and_then(Path::parent))
+        else {
+            return Err(CgroupError::NoIoController);
+        };
+        let available =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if !available.split_whitespace().any(|c| c == "io") {
+            return Err(CgroupError::NoIoController);
+        }
+        for d in [root, parent] {
+            write(
+                "enabling the io controller",
+                &d.join("cgroup.subtree_control"),
+                "+io",
+            )?;
+        }
+        let key =
+            |name: &str, v: Option<u64>| v.map(|v| format!(" {name}={v}")).unwrap_or_default();
+        for d in devices {
+            write(
+                "setting the io limits",
+                &self.dir.join("io.max"),
+                &format!(
+                    "{d}{}{}{}{}",
+                    key("rbps", io.read_bps),
+                    key("wbps", io.write_bps),
+                    key("riops", io.read_iops),
+                    key("wiops", io.write_iops)
+                ),
             )?;
         }
         Ok(())

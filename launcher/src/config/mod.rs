@@ -123,6 +123,8 @@ pub struct Mount {
     pub target: PathBuf,
     /// Read-write when true.
     pub writable: bool,
+    /// Space quota in bytes (project quota; writable mounts only).
+    pub quota: Option<u64>,
 }
 
 /// Resource limits.
@@ -140,6 +142,34 @@ pub struct Limits {
     pub tmp_size: u64,
     /// Wall-clock limit of the command.
     pub wall_clock: Option<Duration>,
+    /// RLIMIT_FSIZE: the largest file the command may write, in bytes.
+    pub file_size: Option<u64>,
+    /// IO limits of the cgroup on the vassal's block devices.
+    pub io: IoLimits,
+}
+
+/// IO throttling of the vassal's cgroup, per block device under its
+/// filesystems (see `disk.rs`); `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoLimits {
+    /// Bytes read per second.
+    pub read_bps: Option<u64>,
+    /// Bytes written per second.
+    pub write_bps: Option<u64>,
+    /// Read operations per second.
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    pub write_iops: Option<u64>,
+}
+
+impl IoLimits {
+    /// Whether any of the four is set.
+    pub fn any(&self) -> bool {
+        self.read_bps.is_some()
+            || self.write_bps.is_some()
+            || self.read_iops.is_some()
+            || self.write_iops.is_some()
+    }
 }
 
 /// A validated vassal description.

@@ -46,6 +46,7 @@ pub(super) struct RawMount {
     pub(super) target: Spanned<PathBuf>,
     #[serde(default)]
     pub(super) writable: bool,
+    pub(super) quota: Option<Spanned<SizeOrInt>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -57,6 +58,11 @@ pub(super) struct RawLimits {
     pub(super) nofile: Option<Spanned<u64>>,
     pub(super) tmp_size: Option<Spanned<SizeOrInt>>,
     pub(super) wall_clock: Option<Spanned<String>>,
+    pub(super) file_size: Option<Spanned<SizeOrInt>>,
+    pub(super) io_read: Option<Spanned<SizeOrInt>>,
+    pub(super) io_write: Option<Spanned<SizeOrInt>>,
+    pub(super) io_read_iops: Option<Spanned<u64>>,
+    pub(super) io_write_iops: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -236,3 +236,48 @@ fn mounts_must_be_absolute_without_dotdot() {
     assert!(e.contains("v.toml:5:10: mount[0].source"), "{e}");
     assert!(e.contains("v.toml:6:10: mount[0].target"), "{e}");
 }
+
+#[test]
+fn disk_keys_are_parsed_and_checked_with_their_position() {
+    let c = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[[mount]]\nsource = \"/srv/a\"\ntarget = \"/srv\"\nwritable = true\nquota = \"1G\"\n[limits]\nfile_size = \"100M\"\nio_read = \"20M\"\nio_write = 1048576\nio_read_iops = 500\nio_write_iops = 200\n").unwrap();
+    assert_eq!(c.mounts[0].quota, Some(1 << 30));
+    assert_eq!(c.limits.file_size, Some(100 << 20));
+    assert_eq!(
+        c.limits.io,
+        IoLimits {
+            read_bps: Some(20 << 20),
+            write_bps: Some(1 << 20),
+            read_iops: Some(500),
+            write_iops: Some(200),
+        }
+    );
+    let d = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n").unwrap();
+    assert_eq!((d.limits.file_size, d.limits.io.any()), (None, false));
+    assert_eq!(d.mounts.len(), 0);
+    let e = errors("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[[mount]]\nsource = \"/srv/a\"\ntarget = \"/srv\"\nquota = \"1G\"\n[[mount]]\nsource = \"/srv/b\"\ntarget = \"/mnt\"\nwritable = true\nquota = \"10K\"\n[limits]\nfile_size = \"0\"\nio_read = \"1K\"\nio_write = \"fast\"\nio_read_iops = 1\n");
+    assert!(
+        e.contains("v.toml:7:9: mount[0].quota: a quota limits what the vassal writes: only a writable mount can have one"),
+        "{e}"
+    );
+    assert!(
+        e.contains("v.toml:12:9: mount[1].quota: 10240 bytes is below the smallest quota"),
+        "{e}"
+    );
+    assert!(
+        e.contains("v.toml:14:13: limits.file_size: must be larger than zero"),
+        "{e}"
+    );
+    assert!(
+        e.contains("v.toml:15:11: limits.io_read: 1024 bytes per second is too slow"),
+        "{e}"
+    );
+    assert!(
+        e.contains("v.toml:16:12: limits.io_write: \"fast\" is not a size"),
+        "{e}"
+    );
+    assert!(
+        e.contains("v.toml:17:16: limits.io_read_iops: 1 operations per second is too few"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 6, "{e}");
+}

@@ -1,11 +1,11 @@
 //! Validation: the raw file and the command line's overrides to a
 //! [`VassalConfig`], each problem recorded with its position and field.
 
-use super::raw::{RawFile, RawLimits, RawNetwork, SizeOrInt};
+use super::raw::{RawFile, RawLimits, RawMount, RawNetwork, SizeOrInt};
 use super::units::{map_to_host, parse_duration, parse_id_map, parse_size, IdRange};
 use super::{
-    ConfigProblem, Limits, Mount, Network, Overrides, SeccompProfile, VassalConfig, DEFAULT_MEMORY,
-    DEFAULT_PIDS, DEFAULT_ROUTER_SOCKET,
+    ConfigProblem, IoLimits, Limits, Mount, Network, Overrides, SeccompProfile, VassalConfig,
+    DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_ROUTER_SOCKET,
 };
 use crate::seccomp::Filter;
 use std::collections::BTreeMap;
@@ -363,10 +363,12 @@ fn mounts(raw: &RawFile, p: &mut Problems<'_>) -> Vec<Mount> {
                 );
             }
         }
+        let quota = mount_quota(m, i, p);
         mounts.push(Mount {
             source: m.source.get_ref().clone(),
             target: m.target.get_ref().clone(),
             writable: m.writable,
+            quota,
         });
     }
     mounts
@@ -501,25 +503,27 @@ fn network(raw: Option<&RawNetwork>, o: &Overrides, p: &mut Problems<'_>) -> Opt
     })
 }
 
-fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
-    let size = |p: &mut Problems<'_>, field: &str, v: &Option<Spanned<SizeOrInt>>| -> Option<u64> {
-        let v = v.as_ref()?;
-        let parsed = match v.get_ref() {
-            SizeOrInt::Int(n) => Ok(*n),
-            SizeOrInt::Text(t) => parse_size(t),
-        };
-        match parsed {
-            Ok(0) => {
-                p.at(v.span(), field, "must be larger than zero");
-                None
-            }
-            Ok(n) => Some(n),
-            Err(e) => {
-                p.at(v.span(), field, e);
-                None
-            }
-        }
+/// A size field: bytes or a number with a unit, larger than zero.
+fn size(p: &mut Problems<'_>, field: &str, v: &Option<Spanned<SizeOrInt>>) -> Option<u64> {
+    let v = v.as_ref()?;
+    let parsed = match v.get_ref() {
+        SizeOrInt::Int(n) => Ok(*n),
+        SizeOrInt::Text(t) => parse_size(t),
     };
+    match parsed {
+        Ok(0) => {
+            p.at(v.span(), field, "must be larger than zero");
+            None
+        }
+        Ok(n) => Some(n),
+        Err(e) => {
+            p.at(v.span(), field, e);
+            None
+        }
+    }
+}
+
+fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
     let memory = size(p, "limits.memory", &raw.memory);
     if memory.is_some_and(|m| m < 4 << 20) {
         if let Some(v) = &raw.memory {
@@ -574,6 +578,7 @@ fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
                 None
             }
         });
+    let (file_size, io) = disk_limits(raw, p);
     Limits {
         memory: memory.or(Some(DEFAULT_MEMORY)),
         cpu,
@@ -581,5 +586,86 @@ fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
         nofile,
         tmp_size,
         wall_clock,
+        file_size,
+        io,
     }
+}
+
+// Disk: file_size, the io limits and mount quotas (issue 13, part 2).
+
+/// Below this a quota holds no more than a few inodes' blocks: a typo.
+const MIN_QUOTA: u64 = 1 << 20;
+
+/// Below this, IO throttling leaves a program unable to load itself.
+const MIN_IO_BPS: u64 = 64 << 10;
+
+/// `[limits] file_size` and the `io_*` keys.
+fn disk_limits(raw: &RawLimits, p: &mut Problems<'_>) -> (Option<u64>, IoLimits) {
+    let file_size = size(p, "limits.file_size", &raw.file_size);
+    let mut bps = |field: &str, v: &Option<Spanned<SizeOrInt>>| {
+        let n = size(p, field, v)?;
+        if n < MIN_IO_BPS {
+            if let Some(v) = v {
+                p.at(
+                    v.span(),
+                    field,
+                    format!("{n} bytes per second is too slow to run anything; expected at least \"64K\""),
+                );
+            }
+            return None;
+        }
+        Some(n)
+    };
+    let read_bps = bps("limits.io_read", &raw.io_read);
+    let write_bps = bps("limits.io_write", &raw.io_write);
+    let mut iops = |field: &str, v: &Option<Spanned<u64>>| {
+        let v = v.as_ref()?;
+        if *v.get_ref() < 10 {
+            p.at(
+                v.span(),
+                field,
+                format!(
+                    "{} operations per second is too few to run anything; expected at least 10",
+                    v.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(*v.get_ref())
+    };
+    let read_iops = iops("limits.io_read_iops", &raw.io_read_iops);
+    let write_iops = iops("limits.io_write_iops", &raw.io_write_iops);
+    (
+        file_size,
+        IoLimits {
+            read_bps,
+            write_bps,
+            read_iops,
+            write_iops,
+        },
+    )
+}
+
+/// `[[mount]] quota`: a size of at least [`MIN_QUOTA`], on a writable mount.
+fn mount_quota(m: &RawMount, i: usize, p: &mut Problems<'_>) -> Option<u64> {
+    let field = format!("mount[{i}].quota");
+    let quota = size(p, &field, &m.quota)?;
+    let span = m.quota.as_ref().map_or(0..0, |q| q.span());
+    if !m.writable {
+        p.at(
+            span,
+            &field,
+            "a quota limits what the vassal writes: only a writable mount can have one",
+        );
+        return None;
+    }
+    if quota < MIN_QUOTA {
+        p.at(
+            span,
+            &field,
+            format!("{quota} bytes is below the smallest quota; expected at least \"1M\""),
+        );
+        return None;
+    }
+    Some(quota)
 }

@@ -30,7 +30,7 @@
 //! at full capacity up front, and reads a coarse clock the sweeper ticks.
 
 use crate::config::FragmentConfig;
-use crate::packet::{Fragment, PacketInfo};
+use crate::wire::packet::{Fragment, PacketInfo};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -256,7 +256,7 @@ fn uncharge(per_slot: &mut [u32], slot: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::proto;
+    use crate::wire::packet::proto;
 
     fn cfg(per_project: usize, total: usize) -> FragmentConfig {
         FragmentConfig {

@@ -115,7 +115,7 @@ pub struct Quoted {
 /// transport header (the tiny-fragment attack hides TCP flags or ports in
 /// the second one); a non-first fragment carries no ports: they read as 0,
 /// and the datapath makes it follow its first fragment
-/// ([`crate::fragments`]).
+/// (`state::fragments`).
 pub fn parse(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
     match pkt.first().map(|b| b >> 4) {
         Some(4) => parse_v4(pkt),

@@ -1,11 +1,16 @@
-//! The rules in force: a compiled classifier swapped whole on reload. The
-//! datapath reads the current `Arc` once per batch, so a reload takes
-//! effect between batches and never drops a packet.
+//! The rules in force: a compiled classifier swapped whole on reload
+//! (`arc-swap`). Each reader keeps its own snapshot and re-takes it only
+//! when the published generation moved (one plain load per batch, of a
+//! word written only by reloads), so a reload takes effect between batches
+//! and never drops a packet. Compiling is the caller's to keep off the
+//! runtime's workers (the daemon runs [`Firewall::reload`] on a blocking
+//! thread).
 
+use arc_swap::ArcSwap;
 use firewall_rules::{Chain, Classifier, RuleErrors, RuleSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 /// The embedded default rules (see `default-rules.toml`).
 pub const DEFAULT_RULES: &str = include_str!("default-rules.toml");
@@ -55,8 +60,11 @@ pub fn load_rule_set(path: Option<&Path>) -> Result<RuleSet, FirewallError> {
 /// The swappable rules of a running router.
 pub struct Firewall {
     path: Option<PathBuf>,
-    current: RwLock<Arc<ActiveRules>>,
+    current: ArcSwap<ActiveRules>,
+    /// The generation of `current`, published after it.
     generation: AtomicU64,
+    /// Serialises reloads, so generations are published in order.
+    reloading: Mutex<()>,
 }
 
 impl Firewall {
@@ -69,31 +77,32 @@ impl Firewall {
     /// Starts from an already parsed rule set; `path` is what reloads read.
     pub fn with_rules(set: &RuleSet, path: Option<PathBuf>) -> Firewall {
         Firewall {
-            current: RwLock::new(Arc::new(active(set, 0))),
+            current: ArcSwap::from_pointee(active(set, 0)),
             path,
             generation: AtomicU64::new(0),
+            reloading: Mutex::new(()),
         }
     }
 
     /// The rules in force now.
     pub fn current(&self) -> Arc<ActiveRules> {
-        // The lock only guards an Arc swap; a poisoned lock still holds a
-        // valid Arc.
-        match self.current.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(e) => Arc::clone(&e.into_inner()),
-        }
+        self.current.load_full()
+    }
+
+    /// The generation of the rules in force: a snapshot of an older one
+    /// is stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Re-reads the rule file; on error the old rules stay.
     pub fn reload(&self) -> Result<Arc<ActiveRules>, FirewallError> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let set = load_rule_set(self.path.as_deref())?;
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
         let new = Arc::new(active(&set, generation));
-        match self.current.write() {
-            Ok(mut g) => *g = Arc::clone(&new),
-            Err(e) => *e.into_inner() = Arc::clone(&new),
-        }
+        self.current.store(Arc::clone(&new));
+        self.generation.store(generation, Ordering::Release);
         Ok(new)
     }
 }

@@ -18,7 +18,7 @@
 //! the one it read: a checksum is only ever finished in the TCP or UDP
 //! checksum field, never in the addresses the anti-spoofing check read.
 
-use crate::packet::{proto, PacketInfo};
+use crate::wire::packet::{proto, PacketInfo};
 
 /// Length of `struct virtio_net_hdr`, the header size the router sets
 /// (`TUNSETVNETHDRSZ`) on every tun it uses with `IFF_VNET_HDR`.
@@ -411,7 +411,7 @@ fn fold(mut acc: u64) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet;
+    use crate::wire::packet;
     use etherparse::{
         IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, TcpOptionElement,
     };

@@ -1,58 +1,36 @@
-//! The packet path: per-vassal readers, the host tun reader, anti-spoofing,
-//! both firewall chains, the flow table and switching.
-//!
-//! Every reader is a tokio task; it drains its fd until EAGAIN (at most
-//! [`BATCH`] packets, then yields for fairness) into its worker thread's
-//! read buffer and handles each packet synchronously: parse, check the
-//! offload header, check, look the destination up, and write it with one
-//! non-blocking `write(2)` straight into the destination's tun (or compat
-//! queue). A full destination drops the packet (`queue_full`) instead of
-//! blocking the reader, so one slow vassal never stalls another. Buffers
-//! belong to worker threads, not to vassals, and nothing here allocates per
-//! packet.
+//! The packet path: anti-spoofing, both firewall chains, the flow table and
+//! switching, for one packet at a time. [`Router`] is the state every task
+//! shares; the readers (`datapath::reader`) call [`Router::from_vassal`] and
+//! [`Router::from_host`] on each packet they read, synchronously: parse,
+//! check the offload header, check, look the destination up, and write it
+//! through the destination's port with one non-blocking write. A full
+//! destination drops the packet (`queue_full`) instead of blocking the
+//! reader, so one slow vassal never stalls another. Nothing here allocates
+//! per packet.
 //!
 //! With offloads (`limits.offload`, docs/design.md) a packet may be a TCP
 //! super-packet of up to 64 KiB: it is checked once, moved whole, and
-//! counted as the segments it stands for (see [`crate::offload`]).
+//! counted as the segments it stands for (see `wire::offload`).
 
-use crate::config::{Config, MAX_MTU};
-use crate::events::Logged;
-use crate::firewall::{ActiveRules, Firewall};
-use crate::flows::FlowTable;
-use crate::fragments::FragmentTable;
-use crate::host_tun::HostTun;
-use crate::icmp;
-use crate::metrics::{DropReason, HostCounters};
-use crate::offload::{self, Plan, VnetHdr, Wire, HDR_LEN};
-use crate::packet::{self, PacketInfo};
-use crate::tun::{self, Io};
-use crate::vassals::{Port, Project, Registry, Vassal};
+use crate::config::Config;
+use crate::os::host_tun::HostTun;
+use crate::port::delivery::{Delivered, Delivery};
+use crate::port::write_tun;
+use crate::state::budget;
+use crate::state::counters::{DropReason, HostCounters};
+use crate::state::evidence::Logged;
+use crate::state::firewall::{ActiveRules, Firewall};
+use crate::state::flows::{FlowTable, Seen};
+use crate::state::fragments::FragmentTable;
+use crate::state::registry::{AddrMap, Project, Registry, Vassal};
+use crate::wire::frame::Frame;
+use crate::wire::icmp;
+use crate::wire::offload::{self, Plan};
+use crate::wire::packet::{self, PacketInfo};
 use firewall_rules::{Action, Chain, PacketKey, ProjectId};
-use std::cell::RefCell;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-
-/// Packets handled per wake-up before a reader yields to the others.
-pub const BATCH: usize = 64;
-
-/// Room for the largest read: a header and a 64 KiB super-packet.
-const READ_BUFFER: usize = HDR_LEN + MAX_MTU + 1;
-
-thread_local! {
-    /// The read buffer of every reader running on this worker thread. A
-    /// reader borrows it for one synchronous batch, never across an await.
-    static READ: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER]);
-    /// Where segments are built for destinations without offloads.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MTU]);
-    /// Where a packet switched between vassals is copied to have its TTL
-    /// decremented, when it cannot be written in parts (see
-    /// [`deliver_hop`]); allocated on a thread's first such packet.
-    static HOP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// State shared by every task of a running router.
 pub struct Router {
@@ -72,159 +50,6 @@ pub struct Router {
     pub host_tun: HostTun,
 }
 
-/// One packet as read: its offload header ([`VnetHdr::NONE`] when its
-/// source has none) and its IP bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct Frame<'a> {
-    /// The `virtio_net_hdr` it came with.
-    pub hdr: VnetHdr,
-    /// The IP packet.
-    pub ip: &'a [u8],
-}
-
-impl<'a> Frame<'a> {
-    /// A complete packet with no offload header.
-    pub fn plain(ip: &'a [u8]) -> Frame<'a> {
-        Frame {
-            hdr: VnetHdr::NONE,
-            ip,
-        }
-    }
-}
-
-/// What happened to a packet written toward a destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Written (or queued, for a compat peer).
-    Sent,
-    /// The destination's queue is full.
-    Full,
-    /// The destination is gone or refused the packet.
-    Gone,
-}
-
-impl From<Io> for Delivery {
-    fn from(io: Io) -> Delivery {
-        match io {
-            Io::Done(_) => Delivery::Sent,
-            Io::WouldBlock => Delivery::Full,
-            Io::Closed | Io::Failed(_) => Delivery::Gone,
-        }
-    }
-}
-
-/// The outcome of a write and what of the packet went through (all of it
-/// but for a super-packet cut into segments and refused part way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    /// How it ended.
-    pub outcome: Delivery,
-    /// Packets and bytes written.
-    pub sent: Wire,
-}
-
-impl Delivered {
-    /// Segments of `plan` that did not go through.
-    fn unsent(&self, plan: &Plan) -> u64 {
-        plan.wire.packets.saturating_sub(self.sent.packets)
-    }
-}
-
-/// Writes `frame` into a tun: whole with its header when the tun takes
-/// one, else as plain packets cut and checksummed here.
-fn write_tun(fd: BorrowedFd<'_>, vnet: bool, frame: &Frame<'_>, plan: &Plan) -> Delivered {
-    if vnet || plan.is_plain() {
-        let io = if vnet {
-            tun::write_with_header(fd, &plan.header().bytes(), frame.ip)
-        } else {
-            tun::write(fd, frame.ip)
-        };
-        let outcome = Delivery::from(io);
-        let sent = if outcome == Delivery::Sent {
-            plan.wire
-        } else {
-            Wire::default()
-        };
-        return Delivered { outcome, sent };
-    }
-    cut(frame, plan, |segment| {
-        Delivery::from(tun::write(fd, segment))
-    })
-}
-
-/// Cuts `frame` into plain packets and writes each with `write` until one
-/// is refused.
-fn cut(frame: &Frame<'_>, plan: &Plan, mut write: impl FnMut(&[u8]) -> Delivery) -> Delivered {
-    SCRATCH.with_borrow_mut(|scratch| {
-        let mut outcome = Delivery::Sent;
-        let sent = offload::segments(frame.ip, plan, scratch, |segment| {
-            outcome = write(segment);
-            outcome == Delivery::Sent
-        });
-        if sent.packets < plan.wire.packets && outcome == Delivery::Sent {
-            // Larger than the scratch buffer: only a forged header asks it.
-            outcome = Delivery::Gone;
-        }
-        Delivered { outcome, sent }
-    })
-}
-
-/// Writes `frame` to `vassal`'s port.
-pub fn deliver(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
-    match &vassal.port {
-        Port::Tun { fd, vnet } => write_tun(fd.as_fd(), *vnet, frame, plan),
-        Port::Compat(out) if plan.is_plain() => {
-            let outcome = out.push(frame.ip);
-            let sent = if outcome == Delivery::Sent {
-                plan.wire
-            } else {
-                Wire::default()
-            };
-            Delivered { outcome, sent }
-        }
-        Port::Compat(out) => cut(frame, plan, |segment| out.push(segment)),
-    }
-}
-
-/// Writes `frame` to `vassal` as the next hop gets it: TTL or hop limit one
-/// less (the caller checked it is at least 2). A whole packet into a tun
-/// goes out with its rewritten head in front of the rest, uncopied; a
-/// packet to cut or to queue for a compat peer is copied first.
-fn deliver_hop(vassal: &Vassal, frame: &Frame<'_>, plan: &Plan) -> Delivered {
-    let mut head = [0u8; icmp::HOP_HEAD];
-    let len = icmp::decrement(frame.ip, &mut head);
-    if let Port::Tun { fd, vnet } = &vassal.port {
-        if *vnet || plan.is_plain() {
-            let (head, rest) = (&head[..len], &frame.ip[len..]);
-            let io = if *vnet {
-                tun::write_parts(fd.as_fd(), &[&plan.header().bytes(), head, rest])
-            } else {
-                tun::write_parts(fd.as_fd(), &[head, rest])
-            };
-            let outcome = Delivery::from(io);
-            let sent = if outcome == Delivery::Sent {
-                plan.wire
-            } else {
-                Wire::default()
-            };
-            return Delivered { outcome, sent };
-        }
-    }
-    HOP.with_borrow_mut(|buf| {
-        if buf.len() < frame.ip.len() {
-            buf.resize(frame.ip.len().max(READ_BUFFER), 0);
-        }
-        let copy = &mut buf[..frame.ip.len()];
-        copy.copy_from_slice(frame.ip);
-        copy[..len].copy_from_slice(&head[..len]);
-        let frame = Frame {
-            hdr: frame.hdr,
-            ip: copy,
-        };
-        deliver(vassal, &frame, plan)
-    })
-}
-
 /// The rules snapshot a reader uses for one batch, with its own project's
 /// id resolved against them.
 pub struct Snapshot {
@@ -241,10 +66,10 @@ impl Snapshot {
         Snapshot { rules, own }
     }
 
-    /// Re-takes the snapshot only when the rules changed (one read lock).
+    /// Re-takes the snapshot only when the rules changed (one load of the
+    /// published generation, a word only reloads write).
     pub fn refresh(&mut self, firewall: &Firewall, project: Option<&str>) {
-        let rules = firewall.current();
-        if rules.generation != self.rules.generation {
+        if firewall.generation() != self.rules.generation {
             *self = Snapshot::take(firewall, project);
         }
     }
@@ -328,8 +153,8 @@ impl Router {
     }
 
     /// Whether `dst` is a vassal's address (attached or not).
-    fn is_vassal_address(&self, dst: IpAddr) -> bool {
-        self.in_own_subnet(dst) || self.registry.lookup(dst).is_some()
+    fn is_vassal_address(&self, vassals: &AddrMap, dst: IpAddr) -> bool {
+        self.in_own_subnet(dst) || vassals.contains_key(&dst)
     }
 
     /// Answers `pkt` from vassal `v`, whose TTL or hop limit ran out at the
@@ -342,18 +167,19 @@ impl Router {
                 None => return,
             },
         };
-        if !icmp::TIME_EXCEEDED.take() {
+        if !budget::TIME_EXCEEDED.take() {
             return;
         }
         let mut out = [0u8; icmp::ERROR_MAX];
         if let Some(len) = icmp::time_exceeded(pkt, info, from, &mut out) {
-            let d = deliver(v, &Frame::plain(&out[..len]), &Plan::plain(len));
+            let d = v.port.write(&Frame::plain(&out[..len]), &Plan::plain(len));
             v.project.counters.rx(d.sent);
         }
     }
 
-    /// Handles one packet read from vassal `v`.
-    pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, frame: Frame<'_>) {
+    /// Handles one packet read from vassal `v`; `vassals` is the reader's
+    /// view of the registry for this batch.
+    pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, vassals: &AddrMap, frame: Frame<'_>) {
         let counters = &v.project.counters;
         let Some((info, plan)) = inspect(&frame) else {
             return counters.drop(DropReason::Malformed, 1);
@@ -369,29 +195,54 @@ impl Router {
         let Ok(follows) = self.fragments.follows(&info, false) else {
             return counters.drop(DropReason::Fragment, n);
         };
-        let established = snap.rules.classifier.defaults().established;
-        let reply = follows
-            || (established && icmp::may_relate(&info, false, false) && self.flows.is_reply(&info));
-        if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
-            note_port(&v.project, &info);
-            return counters.drop(DropReason::Firewall, n);
-        }
-        match self.registry.lookup(info.dst) {
-            Some(w) => {
-                if !reply {
-                    note_port(&v.project, &info);
+        let dest = vassals.get(&info.dst);
+        let own_subnet = dest.is_none() && self.in_own_subnet(info.dst);
+        // Both chains, and whether the packet would open its flow: not
+        // when it is to be dropped for its TTL or for want of a vassal.
+        let decide = || {
+            if !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
+                return (Verdict::DeniedOut, false);
+            }
+            match dest {
+                Some(w) => {
                     let theirs = snap.rules.classifier.project_id(&w.project.name);
                     if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
-                        return w.project.counters.drop(DropReason::Firewall, n);
+                        return (Verdict::DeniedIn, false);
                     }
+                    (Verdict::Pass, icmp::hop_limit(frame.ip) > 1)
                 }
+                None => (Verdict::Pass, !own_subnet),
+            }
+        };
+        let established = snap.rules.classifier.defaults().established;
+        let seen = if follows {
+            Seen::Reply
+        } else if established {
+            let relate = icmp::may_relate(&info, false, false);
+            self.flows.track(&info, relate, v.project.slot, decide)
+        } else {
+            Seen::Decided(decide().0)
+        };
+        if seen != Seen::Reply && !(seen == Seen::Decided(Verdict::Pass) && own_subnet) {
+            note_port(&v.project, &info);
+        }
+        match seen {
+            Seen::Reply | Seen::Decided(Verdict::Pass) => {}
+            Seen::Decided(Verdict::DeniedOut) => return counters.drop(DropReason::Firewall, n),
+            Seen::Decided(Verdict::DeniedIn) => {
+                if let Some(w) = dest {
+                    w.project.counters.drop(DropReason::Firewall, n);
+                }
+                return;
+            }
+            Seen::Full => return counters.drop(DropReason::FlowTableFull, n),
+        }
+        match dest {
+            Some(w) => {
                 // Between vassals the router is the only hop (docs/design.md).
                 if icmp::hop_limit(frame.ip) <= 1 {
                     self.time_exceeded(v, &info, frame.ip);
                     return counters.drop(DropReason::TtlExceeded, n);
-                }
-                if !reply && established && self.flows.open(&info, v.project.slot).is_err() {
-                    return counters.drop(DropReason::FlowTableFull, n);
                 }
                 if self
                     .fragments
@@ -400,7 +251,7 @@ impl Router {
                 {
                     return counters.drop(DropReason::Fragment, n);
                 }
-                let d = deliver_hop(&w, &frame, &plan);
+                let d = w.port.write_hop(&frame, &plan);
                 self.count_offload(&plan, &d, !w.port_has_offloads());
                 counters.tx(d.sent);
                 w.project.counters.rx(d.sent);
@@ -413,14 +264,8 @@ impl Router {
                     Delivery::Gone => counters.drop(DropReason::NoRoute, d.unsent(&plan)),
                 }
             }
-            None if self.in_own_subnet(info.dst) => counters.drop(DropReason::NoRoute, n),
+            None if own_subnet => counters.drop(DropReason::NoRoute, n),
             None => {
-                if !reply {
-                    note_port(&v.project, &info);
-                    if established && self.flows.open(&info, v.project.slot).is_err() {
-                        return counters.drop(DropReason::FlowTableFull, n);
-                    }
-                }
                 if self
                     .fragments
                     .passing(&info, v.project.slot, false)
@@ -441,8 +286,9 @@ impl Router {
         }
     }
 
-    /// Handles one packet read from the host tun.
-    pub fn from_host(&self, snap: &Snapshot, frame: Frame<'_>) {
+    /// Handles one packet read from the host tun; `vassals` is the
+    /// reader's view of the registry for this batch.
+    pub fn from_host(&self, snap: &Snapshot, vassals: &AddrMap, frame: Frame<'_>) {
         let Some((info, plan)) = inspect(&frame) else {
             return self.host.drop(DropReason::Malformed, 1);
         };
@@ -453,7 +299,7 @@ impl Router {
         if self.in_own_subnet(info.src) {
             return self.host.drop(DropReason::Spoofed, n);
         }
-        let Some(w) = self.registry.lookup(info.dst) else {
+        let Some(w) = vassals.get(&info.dst) else {
             // Checked first so that these drops never eat the budget of
             // the rule-match log lines when debug logging is off.
             if tracing::enabled!(tracing::Level::DEBUG) && log_budget() {
@@ -465,28 +311,34 @@ impl Router {
         let Ok(follows) = self.fragments.follows(&info, true) else {
             return counters.drop(DropReason::Fragment, n);
         };
-        let established = snap.rules.classifier.defaults().established;
-        let reply = follows
-            || (established
-                && icmp::may_relate(
-                    &info,
-                    true,
-                    info.quoted.is_some_and(|q| self.is_vassal_address(q.dst)),
-                )
-                && self.flows.is_reply(&info));
-        if !reply {
+        let decide = || {
             let theirs = snap.rules.classifier.project_id(&w.project.name);
-            if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
-                return counters.drop(DropReason::Firewall, n);
-            }
-            if established && self.flows.open(&info, w.project.slot).is_err() {
-                return counters.drop(DropReason::FlowTableFull, n);
-            }
+            let pass = self.allowed(snap, Chain::In, theirs, &w.project, &info);
+            (pass, pass)
+        };
+        let established = snap.rules.classifier.defaults().established;
+        let seen = if follows {
+            Seen::Reply
+        } else if established {
+            let relate = icmp::may_relate(
+                &info,
+                true,
+                info.quoted
+                    .is_some_and(|q| self.is_vassal_address(vassals, q.dst)),
+            );
+            self.flows.track(&info, relate, w.project.slot, decide)
+        } else {
+            Seen::Decided(decide().0)
+        };
+        match seen {
+            Seen::Reply | Seen::Decided(true) => {}
+            Seen::Decided(false) => return counters.drop(DropReason::Firewall, n),
+            Seen::Full => return counters.drop(DropReason::FlowTableFull, n),
         }
         if self.fragments.passing(&info, w.project.slot, true).is_err() {
             return counters.drop(DropReason::Fragment, n);
         }
-        let d = deliver(&w, &frame, &plan);
+        let d = w.port.write(&frame, &plan);
         self.count_offload(&plan, &d, !w.port_has_offloads());
         counters.rx(d.sent);
         match d.outcome {
@@ -497,117 +349,22 @@ impl Router {
     }
 }
 
+/// The rules' verdict on a packet from a vassal that is not a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Both chains allow it.
+    Pass,
+    /// The out chain (its sender's) denied it.
+    DeniedOut,
+    /// The in chain (its recipient vassal's) denied it.
+    DeniedIn,
+}
+
 /// Notes the destination port of a packet that opens a flow or is denied:
 /// the watch reports a project reaching for many ports at once (a scan).
 fn note_port(project: &Project, info: &PacketInfo) {
     if info.proto == packet::proto::TCP || info.proto == packet::proto::UDP {
         project.evidence.port(info.dst_port);
-    }
-}
-
-/// A raw fd kept open by someone else (the `Arc<Vassal>` or the router),
-/// registered with tokio's reactor.
-struct Watched(RawFd);
-
-impl AsRawFd for Watched {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Reads a vassal's tun until it closes. The caller keeps `vassal` (and so
-/// the fd) alive for at least as long as this task.
-pub async fn vassal_reader(router: Arc<Router>, vassal: Arc<Vassal>) {
-    let Port::Tun { fd, vnet } = &vassal.port else {
-        return;
-    };
-    let name = vassal.project.name.as_str();
-    let end = read_loop(
-        fd.as_fd(),
-        *vnet,
-        &router.firewall,
-        Some(name),
-        |snap, frame| router.from_vassal(&vassal, snap, frame),
-    )
-    .await;
-    tracing::debug!(project = name, address = %vassal.ipv4, ?end, "vassal tun reader stopped");
-}
-
-/// Reads queue `queue` of the host tun until the router stops.
-pub async fn host_reader(router: Arc<Router>, queue: usize) {
-    let Some(fd) = router.host_tun.queues().nth(queue) else {
-        return;
-    };
-    let vnet = router.host_tun.vnet();
-    let end = read_loop(fd, vnet, &router.firewall, None, |snap, frame| {
-        router.from_host(snap, frame)
-    })
-    .await;
-    tracing::error!(queue, ?end, "host tun reader stopped");
-}
-
-/// Splits what a read returned into its frame: a vnet header first when
-/// the tun carries one. `None` when too short to hold that header.
-fn frame_of(read: &[u8], vnet: bool) -> Option<Frame<'_>> {
-    if !vnet {
-        return Some(Frame::plain(read));
-    }
-    let (hdr, ip) = read.split_first_chunk::<HDR_LEN>()?;
-    Some(Frame {
-        hdr: VnetHdr::read(hdr),
-        ip,
-    })
-}
-
-/// The drain loop shared by every tun reader; returns why it stopped.
-async fn read_loop(
-    fd: BorrowedFd<'_>,
-    vnet: bool,
-    firewall: &Firewall,
-    project: Option<&str>,
-    mut handle: impl FnMut(&Snapshot, Frame<'_>),
-) -> Io {
-    // SAFETY: `fd` is borrowed for this whole function, so it stays open
-    // (and the same description) for the AsyncFd's lifetime.
-    let afd = match unsafe {
-        AsyncFd::register_with_interest(Watched(fd.as_raw_fd()), Interest::READABLE)
-    } {
-        Ok(afd) => afd,
-        Err(e) => return Io::Failed(std::io::Error::from(e).raw_os_error().unwrap_or(0)),
-    };
-    let mut snap = Snapshot::take(firewall, project);
-    loop {
-        let mut guard = match afd.readable().await {
-            Ok(g) => g,
-            Err(e) => return Io::Failed(e.raw_os_error().unwrap_or(0)),
-        };
-        snap.refresh(firewall, project);
-        // The batch is synchronous: no await while the thread's buffer is
-        // borrowed.
-        let batch = READ.with_borrow_mut(|buf| {
-            for _ in 0..BATCH {
-                match tun::read(fd, buf) {
-                    Io::Done(n) => match frame_of(&buf[..n], vnet) {
-                        Some(frame) => handle(&snap, frame),
-                        None => continue,
-                    },
-                    Io::WouldBlock => return Ok(true),
-                    end => return Err(end),
-                }
-            }
-            Ok(false)
-        });
-        match batch {
-            Ok(true) => {
-                guard.clear_ready();
-                drop(guard);
-            }
-            Ok(false) => {
-                drop(guard);
-                tokio::task::yield_now().await;
-            }
-            Err(end) => return end,
-        }
     }
 }
 
@@ -629,11 +386,13 @@ mod tests {
     //! The packet path without privileges: datagram socketpairs stand in for
     //! tun devices (one packet per read or write, EAGAIN when full).
     use super::*;
-    use crate::config::Config;
-    use crate::metrics::HostCounters;
+    use crate::os::tun::{self, Io};
+    use crate::port::Port;
+    use crate::wire::offload::VnetHdr;
     use firewall_rules::RuleSet;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::net::Ipv4Addr;
+    use std::os::fd::AsFd;
     use std::os::fd::OwnedFd;
     use std::path::Path;
 
@@ -702,12 +461,14 @@ mod tests {
 
         fn send(&self, v: &Vassal, pkt: &[u8]) {
             let snap = Snapshot::take(&self.router.firewall, Some(&v.project.name));
-            self.router.from_vassal(v, &snap, Frame::plain(pkt));
+            self.router
+                .from_vassal(v, &snap, &self.router.registry.view(), Frame::plain(pkt));
         }
 
         fn host_sends(&self, pkt: &[u8]) {
             let snap = Snapshot::take(&self.router.firewall, None);
-            self.router.from_host(&snap, Frame::plain(pkt));
+            self.router
+                .from_host(&snap, &self.router.registry.view(), Frame::plain(pkt));
         }
     }
 
@@ -1037,6 +798,7 @@ mod tests {
         b.router.from_vassal(
             &v,
             &snap,
+            &b.router.registry.view(),
             Frame::plain(&udp([10, 9, 0, 2], 1, [203, 0, 113, 1], 53)),
         );
         assert_eq!(v.project.counters.dropped(DropReason::Firewall), 1);
@@ -1085,7 +847,12 @@ mod tests {
         let (v, _) = b.vassal_with("alice", 2, true);
         let (hdr, pkt) = super_packet([10, 9, 0, 2], [203, 0, 113, 1]);
         let snap = Snapshot::take(&b.router.firewall, Some("alice"));
-        b.router.from_vassal(&v, &snap, Frame { hdr, ip: &pkt });
+        b.router.from_vassal(
+            &v,
+            &snap,
+            &b.router.registry.view(),
+            Frame { hdr, ip: &pkt },
+        );
         let mut expected = hdr.bytes().to_vec();
         expected.extend_from_slice(&pkt);
         let mut buf = vec![0u8; 70_000];
@@ -1105,7 +872,8 @@ mod tests {
         let (v, v_peer) = b.vassal("alice", 2);
         let (hdr, pkt) = super_packet([203, 0, 113, 1], [10, 9, 0, 2]);
         let snap = Snapshot::take(&b.router.firewall, None);
-        b.router.from_host(&snap, Frame { hdr, ip: &pkt });
+        b.router
+            .from_host(&snap, &b.router.registry.view(), Frame { hdr, ip: &pkt });
         let sizes: Vec<usize> = std::iter::from_fn(|| received(&v_peer).map(|p| p.len())).collect();
         assert_eq!(sizes, vec![1040, 1040, 1040, 50]);
         let c = &v.project.counters;

@@ -184,7 +184,7 @@ pub fn set_offloads(
         offloads,
         source,
     };
-    let size: libc::c_int = crate::offload::HDR_LEN as libc::c_int;
+    let size: libc::c_int = crate::wire::offload::HDR_LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
     // points at `size`, alive across the call.
     if unsafe {

@@ -1,6 +1,9 @@
 //! The router's TOML configuration: every key optional, defaults built in,
 //! unknown keys refused, every error located as `file:line:col` with the
 //! offending field.
+//!
+//! The bottom layer: every other module reads it, it imports nothing of the
+//! router.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
@@ -164,7 +167,7 @@ pub struct FlowConfig {
 }
 
 /// `[fragments]`: bounds and timeout of the fragment table
-/// ([`crate::fragments`]).
+/// (`state::fragments`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FragmentConfig {
     /// Fragmented datagrams in flight in the whole table.
@@ -200,11 +203,35 @@ pub struct Limits {
     pub offload: bool,
 }
 
+/// Where events go: described here, opened by `os::events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// One line each on the router's stderr (the default).
+    Stderr,
+    /// One datagram each to this unix socket (a log shipper listens there).
+    Unix(PathBuf),
+}
+
+impl Sink {
+    /// Parses `"stderr"` or `"unix:/path"`.
+    pub fn parse(text: &str) -> Result<Sink, String> {
+        match text {
+            "stderr" => Ok(Sink::Stderr),
+            t => match t.strip_prefix("unix:") {
+                Some(p) if p.starts_with('/') => Ok(Sink::Unix(PathBuf::from(p))),
+                _ => Err(format!(
+                    "{t:?}: expected \"stderr\" or \"unix:/absolute/path\""
+                )),
+            },
+        }
+    }
+}
+
 /// `[events]`: where suspicious events go and when a flood is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventsConfig {
     /// The sink (`"stderr"` or `"unix:/path"`).
-    pub sink: crate::events::Sink,
+    pub sink: Sink,
     /// Firewall drops per second of one project above which a
     /// `denied_flood` event is emitted.
     pub denied_per_second: u64,
@@ -541,9 +568,9 @@ impl Config {
 
         let events = EventsConfig {
             sink: match raw.events.as_ref().and_then(|e| e.sink.as_ref()) {
-                Some(s) => crate::events::Sink::parse(s.get_ref())
+                Some(s) => Sink::parse(s.get_ref())
                     .map_err(|why| at(Some(s.span()), format!("events.sink: {why}")))?,
-                None => crate::events::Sink::Stderr,
+                None => Sink::Stderr,
             },
             denied_per_second: raw
                 .events
@@ -680,6 +707,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sinks_parse() {
+        assert_eq!(Sink::parse("stderr"), Ok(Sink::Stderr));
+        assert_eq!(
+            Sink::parse("unix:/run/vassal/events.sock"),
+            Ok(Sink::Unix("/run/vassal/events.sock".into()))
+        );
+        assert!(Sink::parse("unix:relative").is_err());
+        assert!(Sink::parse("syslog").is_err());
+    }
 
     #[test]
     fn empty_file_gives_the_defaults() {

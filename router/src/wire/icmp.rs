@@ -4,11 +4,11 @@
 //! traffic, which never leaves a vassal's link.
 //!
 //! Pure functions on packet bytes and [`PacketInfo`]; the datapath decides
-//! where they apply and writes what they build.
+//! where they apply and writes what they build (within the budget of
+//! `state::budget`).
 
-use crate::packet::{proto, PacketInfo};
+use crate::wire::packet::{proto, PacketInfo};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Whether an ICMP error may pass as related to the flow it quotes, given
 /// who sent it. A quoted flow skips both chains, so only someone who may
@@ -178,43 +178,6 @@ pub fn time_exceeded(
     }
 }
 
-/// A per-second budget of messages the router builds itself.
-pub struct Budget {
-    per_second: u32,
-    second: AtomicU32,
-    used: AtomicU32,
-}
-
-impl Budget {
-    /// A budget of `per_second` messages each second.
-    pub const fn new(per_second: u32) -> Budget {
-        Budget {
-            per_second,
-            second: AtomicU32::new(0),
-            used: AtomicU32::new(0),
-        }
-    }
-
-    /// Takes one message from this second's budget; false when spent.
-    pub fn take(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32);
-        if self.second.swap(now, Ordering::Relaxed) != now {
-            self.used.store(0, Ordering::Relaxed);
-        }
-        self.used.fetch_add(1, Ordering::Relaxed) < self.per_second
-    }
-}
-
-/// Time exceeded messages the router sends per second, all vassals
-/// together: a vassal sending TTL-1 packets in a loop makes the router
-/// build at most this many, then only drop.
-pub const TIME_EXCEEDED_PER_SECOND: u32 = 100;
-
-/// The router's budget of time exceeded messages.
-pub static TIME_EXCEEDED: Budget = Budget::new(TIME_EXCEEDED_PER_SECOND);
-
 /// One's complement sum of `b` (16-bit big-endian words) onto `acc`.
 fn sum(b: &[u8], mut acc: u32) -> u32 {
     let mut words = b.chunks_exact(2);
@@ -238,7 +201,7 @@ fn fold(mut acc: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{parse, Quoted};
+    use crate::wire::packet::{parse, Quoted};
 
     fn udp4(ttl: u8) -> Vec<u8> {
         let mut p = vec![
@@ -322,16 +285,6 @@ mod tests {
             !may_relate(&err, true, true),
             "the host about a flow between vassals"
         );
-    }
-
-    #[test]
-    fn the_budget_bounds_messages_per_second() {
-        let b = Budget::new(10);
-        let start = std::time::Instant::now();
-        let taken = (0..1000).filter(|_| b.take()).count();
-        // At most two seconds' worth, should the loop cross a second.
-        assert!((10..=20).contains(&taken), "{taken}");
-        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -5,17 +5,21 @@
 //! tun -> nftables table -> tasks -> control and compat sockets last, so that
 //! the control socket existing means the router is ready.
 
+pub mod watch;
+
 use crate::compat;
 use crate::config::Config;
 use crate::control;
-use crate::datapath::{self, Router};
-use crate::firewall::{Firewall, FirewallError};
-use crate::flows::FlowTable;
-use crate::host_tun::{self, HostTunError};
-use crate::metrics::{self, HostCounters, MetricsError};
-use crate::nat::{NatError, Table};
-use crate::socket::{self, SocketError};
-use crate::vassals::Registry;
+use crate::datapath::reader;
+use crate::datapath::router::Router;
+use crate::metrics::{self, MetricsError};
+use crate::os::host_tun::{self, HostTunError};
+use crate::os::nat::{NatError, Table};
+use crate::os::socket::{self, SocketError};
+use crate::state::counters::HostCounters;
+use crate::state::firewall::{Firewall, FirewallError};
+use crate::state::flows::{FlowTable, SHARDS};
+use crate::state::registry::Registry;
 use nix::sys::socket::SockType;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +60,7 @@ pub enum DaemonError {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let firewall = Firewall::load(config.rules.clone())?;
     metrics::install(config.metrics_listen)?;
-    crate::events::init(&config.events.sink).map_err(DaemonError::Events)?;
+    crate::os::events::init(&config.events.sink).map_err(DaemonError::Events)?;
     let host = HostCounters::register();
     let sig = |kind, name| {
         signal(kind).map_err(|source| DaemonError::Signal {
@@ -83,7 +87,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let router = Arc::new(Router {
         registry: Registry::new(config.limits.max_vassals),
         flows: FlowTable::new(config.flows.clone()),
-        fragments: crate::fragments::FragmentTable::new(config.fragments.clone()),
+        fragments: crate::state::fragments::FragmentTable::new(config.fragments.clone()),
         firewall,
         host,
         host_tun,
@@ -108,10 +112,7 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let mut tasks = Vec::new();
     for queue in 0..router.host_tun.len() {
-        tasks.push(tokio::spawn(datapath::host_reader(
-            Arc::clone(router),
-            queue,
-        )));
+        tasks.push(tokio::spawn(reader::host_reader(Arc::clone(router), queue)));
     }
     tasks.push(tokio::spawn(sweeper(Arc::clone(router))));
     if let Some(path) = &router.config.compat_socket {
@@ -130,7 +131,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let _ = control::reload(router);
+                let _ = control::reload(router).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -142,24 +143,35 @@ async fn serve(
     Ok(())
 }
 
-/// Ticks the flow and fragment tables' clocks, expires idle flows and
-/// fragmented datagrams, publishes the flow gauges and turns counter
-/// movement into events, once a second.
+/// Flow-table sweep steps per second: each visits `SHARDS / SWEEP_STEPS`
+/// shards, so every flow is looked at once a second and no reader waits
+/// for more than a few shards' pass.
+const SWEEP_STEPS: u32 = 16;
+
+/// Ticks the flow and fragment tables' clocks, expires idle flows (a few
+/// shards at a time) and fragmented datagrams, publishes the flow gauges
+/// and turns counter movement into events, once a second.
 async fn sweeper(router: Arc<Router>) {
     let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut watch = crate::events::Watch::new(
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / SWEEP_STEPS);
+    let mut watch = watch::Watch::new(
         router.config.events.denied_per_second,
         router.config.events.distinct_ports_per_second,
     );
+    let shards = SHARDS.div_ceil(SWEEP_STEPS as usize);
+    let mut step = 0u32;
     loop {
         tick.tick().await;
+        let total = router.flows.sweep_step(shards);
+        step = step.wrapping_add(1);
+        if step % SWEEP_STEPS != 1 {
+            continue;
+        }
         let now = start.elapsed().as_secs() as u32;
         router.flows.tick(now);
         router.fragments.tick(now);
         let in_flight = router.fragments.sweep();
         router.host.fragments_total.set(in_flight as f64);
-        let total = router.flows.sweep();
         router.host.flows_total.set(total as f64);
         let projects = router.registry.projects();
         for p in &projects {

@@ -1,14 +1,21 @@
 //! Attached vassals and the projects they belong to: the address map the
 //! datapath looks destinations up in, and per-project state that outlives
 //! attachments (counters, flow-table slot).
+//!
+//! The address map is copied on write (attach and detach are rare) and
+//! published with `arc-swap`: a reader borrows the current map for a batch
+//! of packets ([`Registry::view`]) through a slot of its own thread, so the
+//! packet path neither locks nor touches a reference count shared with the
+//! other readers.
 
-use crate::compat::CompatOut;
-use crate::metrics::ProjectCounters;
+use crate::port::Port;
+use crate::state::counters::ProjectCounters;
+use crate::state::evidence::Evidence;
+use arc_swap::{ArcSwap, Guard};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use vassal_attach::RefuseReason;
 
 /// A project the router has seen since it started.
@@ -20,7 +27,7 @@ pub struct Project {
     /// Its counters.
     pub counters: ProjectCounters,
     /// What the datapath notes for the event watch.
-    pub evidence: crate::events::Evidence,
+    pub evidence: Evidence,
     attached: AtomicI64,
 }
 
@@ -29,19 +36,6 @@ impl Project {
     pub fn attached(&self) -> i64 {
         self.attached.load(Ordering::Relaxed)
     }
-}
-
-/// Where packets for a vassal are written.
-pub enum Port {
-    /// The vassal's own tun device (attach protocol).
-    Tun {
-        /// The device's fd, shared with the launcher.
-        fd: OwnedFd,
-        /// Whether packets on it carry a `virtio_net_hdr` (IFF_VNET_HDR).
-        vnet: bool,
-    },
-    /// A uWSGI tuntap compat peer's stream.
-    Compat(Arc<CompatOut>),
 }
 
 /// One attached vassal.
@@ -72,7 +66,7 @@ impl std::fmt::Debug for Vassal {
 impl Vassal {
     /// Whether its port takes super-packets whole (a tun with a vnet header).
     pub fn port_has_offloads(&self) -> bool {
-        matches!(self.port, Port::Tun { vnet: true, .. })
+        self.port.has_offloads()
     }
 
     /// Whether `src` is this vassal's own address.
@@ -84,9 +78,14 @@ impl Vassal {
     }
 }
 
+/// Attached vassals by address (IPv4 and IPv6).
+pub type AddrMap = HashMap<IpAddr, Arc<Vassal>>;
+
 /// Address map and project table.
 pub struct Registry {
-    by_addr: RwLock<HashMap<IpAddr, Arc<Vassal>>>,
+    by_addr: ArcSwap<AddrMap>,
+    /// Serialises writers of `by_addr` (copy, change, publish).
+    writer: Mutex<()>,
     projects: Mutex<Vec<Arc<Project>>>,
     next_id: AtomicU64,
     max_vassals: usize,
@@ -96,7 +95,8 @@ impl Registry {
     /// An empty registry admitting at most `max_vassals` vassals.
     pub fn new(max_vassals: usize) -> Registry {
         Registry {
-            by_addr: RwLock::new(HashMap::new()),
+            by_addr: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
             projects: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             max_vassals,
@@ -113,7 +113,7 @@ impl Registry {
             name: name.to_owned(),
             slot: projects.len() as u32,
             counters: ProjectCounters::register(name),
-            evidence: crate::events::Evidence::default(),
+            evidence: Evidence::default(),
             attached: AtomicI64::new(0),
         });
         projects.push(Arc::clone(&p));
@@ -128,10 +128,15 @@ impl Registry {
             .clone()
     }
 
-    /// The vassal holding `addr`.
+    /// The vassal holding `addr` (a clone: for the control paths).
     pub fn lookup(&self, addr: IpAddr) -> Option<Arc<Vassal>> {
-        let map = self.by_addr.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&addr).cloned()
+        self.by_addr.load().get(&addr).cloned()
+    }
+
+    /// The address map as it is now, for a batch of packets. Drop it
+    /// before awaiting: it keeps detached vassals (and their fds) alive.
+    pub fn view(&self) -> Guard<Arc<AddrMap>> {
+        self.by_addr.load()
     }
 
     /// Attaches a vassal: refused when an address is held by a live vassal
@@ -143,7 +148,8 @@ impl Registry {
         ipv6: Option<Ipv6Addr>,
         port: Port,
     ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
-        let mut map = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = AddrMap::clone(&self.by_addr.load());
         for addr in std::iter::once(IpAddr::V4(ipv4)).chain(ipv6.map(IpAddr::V6)) {
             if let Some(holder) = map.get(&addr) {
                 return Err((
@@ -173,6 +179,7 @@ impl Registry {
         if let Some(a) = ipv6 {
             map.insert(IpAddr::V6(a), Arc::clone(&vassal));
         }
+        self.by_addr.store(Arc::new(map));
         vassal.project.attached.fetch_add(1, Ordering::Relaxed);
         vassal
             .project
@@ -184,7 +191,8 @@ impl Registry {
 
     /// Detaches exactly this attachment (no-op when already gone).
     pub fn detach(&self, vassal: &Vassal) {
-        let mut map = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = AddrMap::clone(&self.by_addr.load());
         let mut removed = false;
         for addr in std::iter::once(IpAddr::V4(vassal.ipv4)).chain(vassal.ipv6.map(IpAddr::V6)) {
             if map.get(&addr).is_some_and(|v| v.id == vassal.id) {
@@ -193,6 +201,7 @@ impl Registry {
             }
         }
         if removed {
+            self.by_addr.store(Arc::new(map));
             vassal.project.attached.fetch_sub(1, Ordering::Relaxed);
             vassal
                 .project
@@ -261,5 +270,25 @@ mod tests {
         // Projects keep their slot (and counters) across attachments.
         assert_eq!(r.project("alice").slot, alice.slot);
         assert_eq!(r.projects().len(), 3);
+    }
+
+    #[test]
+    fn a_view_is_the_map_of_its_moment() {
+        let r = Registry::new(4);
+        let a = r
+            .attach(r.project("alice"), Ipv4Addr::new(10, 0, 0, 2), None, port())
+            .unwrap();
+        let before = r.view();
+        r.detach(&a);
+        let b = r
+            .attach(r.project("bob"), Ipv4Addr::new(10, 0, 0, 3), None, port())
+            .unwrap();
+        // A batch keeps the map it started with; the next one sees both
+        // changes, and no view is ever half-updated.
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[&IpAddr::from([10, 0, 0, 2])].id, a.id);
+        let after = r.view();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[&IpAddr::from([10, 0, 0, 3])].id, b.id);
     }
 }

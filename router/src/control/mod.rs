@@ -8,13 +8,15 @@
 //! detached when it closes.
 
 use crate::config::{host6_in_subnet, host_in_subnet};
-use crate::datapath::{self, Router};
-use crate::events;
-use crate::metrics::{self, DropReason};
-use crate::offload;
-use crate::socket;
-use crate::tun;
-use crate::vassals::{Port, Vassal};
+use crate::datapath::reader;
+use crate::datapath::router::Router;
+use crate::os::events;
+use crate::os::socket;
+use crate::os::tun;
+use crate::port::Port;
+use crate::state::counters::{self, DropReason};
+use crate::state::registry::Vassal;
+use crate::wire::offload;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,7 +49,7 @@ pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
                         tracing::warn!(
                             "control socket: connection limit reached; closing a new connection"
                         );
-                        metrics::attach_refused("too_many_connections");
+                        counters::attach_refused("too_many_connections");
                         continue;
                     }
                     open.fetch_add(1, Ordering::Relaxed);
@@ -113,8 +115,8 @@ async fn refuse(afd: &AsyncFd<OwnedFd>, uid: u32, reason: RefuseReason, message:
         reason = reason.as_str(),
         "control request refused: {message}"
     );
-    metrics::attach_refused(reason.as_str());
-    crate::events::emit(
+    counters::attach_refused(reason.as_str());
+    crate::os::events::emit(
         "attach_refused",
         serde_json::json!({ "uid": uid, "reason": reason.as_str(), "message": message }),
     );
@@ -211,7 +213,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                             gateway: router.config.gateway.addr(),
                             gateway6: router.config.gateway6.map(|g| g.addr()),
                         };
-                        let reader = tokio::spawn(datapath::vassal_reader(
+                        let reader = tokio::spawn(reader::vassal_reader(
                             Arc::clone(&router),
                             Arc::clone(&vassal),
                         ));
@@ -264,7 +266,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                 );
             }
             Request::Reload => {
-                let answer = match reload(&router) {
+                let answer = match reload(&router).await {
                     Ok((out_rules, in_rules)) => Response::Reloaded {
                         out_rules,
                         in_rules,
@@ -404,8 +406,14 @@ pub fn stats(router: &Router) -> Vec<ProjectStats> {
 
 /// Reloads the rule file (SIGHUP and the Reload request): the number of
 /// out and in rules now in force, or the errors (old rules kept).
-pub fn reload(router: &Router) -> Result<(usize, usize), String> {
-    match router.firewall.reload() {
+/// Reads and compiles the rules on a blocking thread, so a large rule file
+/// never holds up the runtime's workers (and the readers on them).
+pub async fn reload(router: &Arc<Router>) -> Result<(usize, usize), String> {
+    let compiling = Arc::clone(router);
+    let reloaded = tokio::task::spawn_blocking(move || compiling.firewall.reload())
+        .await
+        .map_err(|e| format!("the rule compiler stopped: {e}"))?;
+    match reloaded {
         Ok(rules) => {
             router.host.reloads.add(1);
             tracing::info!(

@@ -3,8 +3,8 @@
 //! once at start), removed by the kernel when the router's fd closes.
 
 use crate::config::Config;
-use crate::offload;
-use crate::tun::{self, TunError};
+use crate::os::tun::{self, TunError};
+use crate::wire::offload;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
 

@@ -1,0 +1,7 @@
+//! Wire formats, pure: views of IP packets and their offload headers, and
+//! the ICMP messages the router builds. No I/O, no state.
+
+pub mod frame;
+pub mod icmp;
+pub mod offload;
+pub mod packet;
