@@ -91,6 +91,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         firewall,
         host,
         host_tun,
+        remote: Default::default(),
         config,
     });
     let result = serve(&router, &mut hup, &mut term, &mut int).await;
