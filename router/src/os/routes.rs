@@ -12,6 +12,10 @@
 //! underlay addresses already in etcd is needed, and a frame reaches a
 //! peer's device only with that peer's MAC as destination.
 //!
+//! Beside the routes, an nftables table `inet vassal_cluster` refuses a
+//! packet claiming a remote block's source unless it came the way that
+//! block's host sends (rebuilt whole at every sync, see [`guard_script`]).
+//!
 //! Routes are installed with the router's own protocol number
 //! ([`PROTOCOL`]), so `ip route show proto 118` lists exactly them, and a
 //! restarted router replaces rather than duplicates them.
@@ -28,13 +32,19 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+/// The nftables table guarding remote sources.
+pub const GUARD_TABLE: &str = "vassal_cluster";
 
 /// The routes' protocol number (`ip route ... proto 118`): 'v'.
 pub const PROTOCOL: u8 = 118;
@@ -83,6 +93,14 @@ pub enum RouteError {
         #[source]
         source: std::io::Error,
     },
+    /// The guard table could not be installed or removed.
+    #[error("nft ({step} table inet {GUARD_TABLE}): {message}")]
+    Guard {
+        /// install or delete.
+        step: &'static str,
+        /// nft's stderr or the spawn error.
+        message: String,
+    },
     /// The VXLAN device has no index after its creation.
     #[error("looking up the VXLAN device {device}: {source}")]
     Device {
@@ -109,6 +127,83 @@ pub struct Routes {
     /// The VXLAN device's index (VXLAN mode).
     device: Option<u32>,
     installed: BTreeMap<Ipv4Net, PeerBlock>,
+}
+
+/// The guard table's script for `peers` (each one's block, underlay and,
+/// in VXLAN mode, MAC), replacing any table of the same name:
+///
+/// - both modes: a source in a peer block must arrive on the interface
+///   the route to that block leaves by (`fib saddr . iif oif`: the
+///   underlay in direct mode, the VXLAN device in VXLAN mode);
+/// - VXLAN: UDP to the VXLAN port only from the peers' underlay
+///   addresses; from each, only frames whose inner source MAC is that
+///   peer's (the UDP payload's bytes 22-27); and out of the device, a
+///   source of a peer block only with that peer's MAC. So a packet with
+///   block B's source is accepted only when B's host sent it.
+pub fn guard_script(mode: &Mode, peers: &[PeerBlock]) -> String {
+    let mut s = format!(
+        "table inet {GUARD_TABLE}\ndelete table inet {GUARD_TABLE}\ntable inet {GUARD_TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority -300; policy accept;\n"
+    );
+    if !peers.is_empty() {
+        let blocks: Vec<String> = peers.iter().map(|p| p.block.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "    ip saddr {{ {} }} fib saddr . iif oif missing drop",
+            blocks.join(", ")
+        );
+    }
+    if let Mode::Vxlan { device, port, .. } = mode {
+        let underlays: Vec<String> = peers.iter().map(|p| p.underlay.to_string()).collect();
+        if underlays.is_empty() {
+            let _ = writeln!(s, "    udp dport {port} drop");
+        } else {
+            let _ = writeln!(
+                s,
+                "    udp dport {port} ip saddr != {{ {} }} drop",
+                underlays.join(", ")
+            );
+        }
+        for p in peers {
+            let mac = mac_of(p.block);
+            let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+            let colons: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(
+                s,
+                "    ip saddr {} udp dport {port} @th,176,48 != 0x{hex} drop",
+                p.underlay
+            );
+            let _ = writeln!(
+                s,
+                "    iifname \"{device}\" ip saddr {} ether saddr != {} drop",
+                p.block,
+                colons.join(":")
+            );
+        }
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+fn nft(step: &'static str, script: &str) -> Result<(), RouteError> {
+    let fail = |message: String| RouteError::Guard { step, message };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+    }
 }
 
 impl Routes {
@@ -152,15 +247,15 @@ impl Routes {
                 "creating the VXLAN device",
                 &device,
             )?;
-            let index =
-                nix::net::if_::if_nametoindex(device.as_str()).map_err(|source| {
-                    RouteError::Device {
-                        device: device.clone(),
-                        source,
-                    }
-                })?;
+            let index = nix::net::if_::if_nametoindex(device.as_str()).map_err(|source| {
+                RouteError::Device {
+                    device: device.clone(),
+                    source,
+                }
+            })?;
             routes.device = Some(index);
         }
+        nft("install", &guard_script(&routes.mode, &[]))?;
         Ok(routes)
     }
 
@@ -188,7 +283,7 @@ impl Routes {
                 self.add(peer)?;
             }
         }
-        Ok(())
+        nft("install", &guard_script(&self.mode, &self.installed()))
     }
 
     /// Removes every route (and the VXLAN device) this router installed.
@@ -201,6 +296,10 @@ impl Routes {
         if let Mode::Vxlan { device, .. } = self.mode.clone() {
             self.delete_device(&device);
             self.device = None;
+        }
+        let delete = format!("table inet {GUARD_TABLE}\ndelete table inet {GUARD_TABLE}\n");
+        if let Err(e) = nft("delete", &delete) {
+            tracing::warn!("{e}");
         }
     }
 
