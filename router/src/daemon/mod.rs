@@ -5,6 +5,7 @@
 //! tun -> nftables table -> tasks -> control and compat sockets last, so that
 //! the control socket existing means the router is ready.
 
+pub mod cluster_routes;
 pub mod watch;
 
 use crate::compat;
