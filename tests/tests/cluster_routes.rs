@@ -55,8 +55,7 @@ impl Net {
         let ul = &names[0];
         ip(&["-n", ul, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", ul, "link", "set", "br0", "up"]);
-        for k in 1..=3 {
-            let h = &names[k];
+        for (k, h) in names.iter().enumerate().skip(1) {
             let port = format!("h{k}p");
             ip(&[
                 "link", "add", "ul0", "netns", h, "type", "veth", "peer", "name", &port, "netns",

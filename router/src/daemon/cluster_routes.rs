@@ -10,7 +10,7 @@
 //! a change the membership reports changes them.
 
 use crate::datapath::router::Router;
-use crate::os::routes::{PeerBlock, Routes};
+use crate::os::routes::{Mode, PeerBlock, Routes};
 use crate::state::remote::RemoteView;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
@@ -51,6 +51,26 @@ pub trait Membership: Send + Sync + 'static {
     fn view(&self) -> ClusterView;
     /// Changes whenever blocks or identities may have changed.
     fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// The VXLAN device the router creates (VXLAN mode).
+pub const VXLAN_DEVICE: &str = "vassal-vx";
+/// Its VXLAN network identifier.
+pub const VXLAN_VNI: u32 = 1;
+/// Its UDP port (IANA's), on every host.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// The routes' mode for `[cluster] mode` (`vxlan` or not).
+pub fn mode(vxlan: bool) -> Mode {
+    if vxlan {
+        Mode::Vxlan {
+            device: VXLAN_DEVICE.to_owned(),
+            vni: VXLAN_VNI,
+            port: VXLAN_PORT,
+        }
+    } else {
+        Mode::Direct
+    }
 }
 
 /// The block's gateway: its first address (as the cluster core assigns).
