@@ -291,6 +291,52 @@ fn vxlan_a_remote_blocks_source_from_another_host_is_dropped() {
         !reaches(&forger, &a),
         "block 2's source from host 3 must be dropped"
     );
+    // Host 3 takes host 2's MAC for its device (which flushes the
+    // device's forwarding and neighbour entries: put host 1's back); its
+    // underlay address still gives it away.
+    ip(&[
+        "-n",
+        h3,
+        "link",
+        "set",
+        "vsl-vx",
+        "address",
+        "02:76:0a:2c:02:00",
+    ]);
+    let fdb = Command::new("bridge")
+        .args([
+            "-n",
+            h3,
+            "fdb",
+            "replace",
+            "02:76:0a:2c:01:00",
+            "dev",
+            "vsl-vx",
+            "dst",
+            "198.51.100.1",
+            "self",
+            "permanent",
+        ])
+        .status()
+        .expect("bridge");
+    assert!(fdb.success());
+    ip(&[
+        "-n",
+        h3,
+        "neigh",
+        "replace",
+        "10.44.1.1",
+        "lladdr",
+        "02:76:0a:2c:01:00",
+        "dev",
+        "vsl-vx",
+        "nud",
+        "permanent",
+    ]);
+    assert!(
+        !reaches(&forger, &a),
+        "host 3 with host 2's MAC must be dropped"
+    );
 }
 
 #[test]
