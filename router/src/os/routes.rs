@@ -484,3 +484,47 @@ fn neighbour(index: u32, mac: &[u8], gateway: Ipv4Addr) -> NeighbourMessage {
     ];
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(k: u8) -> PeerBlock {
+        PeerBlock {
+            block: format!("10.44.{k}.0/24").parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 44, k, 1),
+            underlay: Ipv4Addr::new(198, 51, 100, k),
+        }
+    }
+
+    #[test]
+    fn the_guard_pairs_each_block_with_its_hosts_path() {
+        let direct = guard_script(&Mode::Direct, &[peer(2), peer(3)]);
+        assert!(direct.starts_with("table inet vassal_cluster\ndelete table inet vassal_cluster\n"));
+        assert!(direct
+            .contains("ip saddr { 10.44.2.0/24, 10.44.3.0/24 } fib saddr . iif oif missing drop"));
+        assert!(!direct.contains("udp dport"));
+        let vxlan = Mode::Vxlan {
+            device: "vassal-vx".into(),
+            vni: 1,
+            port: 4789,
+        };
+        let script = guard_script(&vxlan, &[peer(2)]);
+        assert!(script.contains("udp dport 4789 ip saddr != { 198.51.100.2 } drop"));
+        assert!(script
+            .contains("ip saddr 198.51.100.2 udp dport 4789 @th,176,48 != 0x02760a2c0200 drop"));
+        assert!(script.contains(
+            "iifname \"vassal-vx\" ip saddr 10.44.2.0/24 ether saddr != 02:76:0a:2c:02:00 drop"
+        ));
+        // No peer yet: nobody may send VXLAN to this host.
+        assert!(guard_script(&vxlan, &[]).contains("udp dport 4789 drop"));
+    }
+
+    #[test]
+    fn macs_follow_the_block() {
+        assert_eq!(
+            mac_of("10.44.1.0/24".parse().unwrap()),
+            [0x02, 0x76, 10, 44, 1, 0]
+        );
+    }
+}
