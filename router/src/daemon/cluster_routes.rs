@@ -169,6 +169,23 @@ pub async fn follow(
     routes
 }
 
+/// Creates the routes (and, in VXLAN mode, the device) for this host's
+/// block `own` reached at `underlay`, and follows `membership` on a task.
+/// The daemon calls this once the block is known, before the control
+/// socket exists; on exit it awaits nothing but calls
+/// [`Routes::clear`] on what the task returns (or aborts it and clears a
+/// fresh [`Routes`]: both remove exactly the router's routes and device).
+pub fn start(
+    router: &Arc<Router>,
+    membership: Arc<dyn Membership>,
+    mode: Mode,
+    own: Ipv4Net,
+    underlay: Ipv4Addr,
+) -> Result<tokio::task::JoinHandle<Routes>, crate::os::routes::RouteError> {
+    let routes = Routes::new(mode, own, underlay)?;
+    Ok(tokio::spawn(follow(membership, Arc::clone(router), routes)))
+}
+
 /// The longest sleep between checks without a change.
 const IDLE: Duration = Duration::from_secs(60);
 
