@@ -122,11 +122,11 @@ pub fn remote_view(view: &ClusterView) -> RemoteView {
         })
         .map(|(addr, project, _)| (*addr, Arc::from(project.as_str())))
         .collect();
-    RemoteView {
-        prefixes: view.prefixes.clone(),
-        blocks: blocks.into_values().flatten().collect(),
+    RemoteView::new(
+        view.prefixes.clone(),
+        blocks.into_values().flatten(),
         identities,
-    }
+    )
 }
 
 /// How often the routes are re-applied after a failed sync.

@@ -628,11 +628,11 @@ mod tests {
     /// 10.44.0.0/16 is the cluster prefix, 10.44.2.0/24 another host's
     /// block with alice's 10.44.2.5 and bob's 10.44.2.6 in the cache.
     fn with_remote(b: &Bench) {
-        let mut view = crate::state::remote::RemoteView {
-            prefixes: vec!["10.44.0.0/16".parse().unwrap()],
-            blocks: vec!["10.44.2.0/24".parse().unwrap()],
-            ..Default::default()
-        };
+        let mut view = crate::state::remote::RemoteView::new(
+            vec!["10.44.0.0/16".parse().unwrap()],
+            ["10.44.2.0/24".parse().unwrap()],
+            Default::default(),
+        );
         view.identities
             .insert("10.44.2.5".parse().unwrap(), Arc::from("alice"));
         view.identities

@@ -408,6 +408,11 @@ impl Routes {
         let mut answer = vec![0u8; 8192];
         loop {
             let n = self.socket.recv(&mut &mut answer[..], 0).map_err(fail)?;
+            if n == 0 {
+                return Err(fail(std::io::Error::from(
+                    std::io::ErrorKind::UnexpectedEof,
+                )));
+            }
             let mut offset = 0;
             while offset < n {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer[offset..n])

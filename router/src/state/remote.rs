@@ -7,7 +7,7 @@
 use arc_swap::{ArcSwap, Guard};
 use firewall_rules::{Classifier, Peer};
 use ipnet::IpNet;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -17,12 +17,34 @@ pub struct RemoteView {
     /// The cluster's vassal ranges (IPv4 and, optionally, IPv6).
     pub prefixes: Vec<IpNet>,
     /// Other hosts' blocks.
-    pub blocks: Vec<IpNet>,
+    blocks: HashSet<IpNet>,
+    /// The distinct prefix lengths of `blocks` (one per family in a
+    /// cluster), so a lookup is a truncation and a hash probe per length.
+    lens: Vec<u8>,
     /// Remote vassal address -> project name.
     pub identities: HashMap<IpAddr, Arc<str>>,
 }
 
 impl RemoteView {
+    /// A view of `prefixes`, the other hosts' `blocks` and the
+    /// `identities` of their vassals.
+    pub fn new(
+        prefixes: Vec<IpNet>,
+        blocks: impl IntoIterator<Item = IpNet>,
+        identities: HashMap<IpAddr, Arc<str>>,
+    ) -> RemoteView {
+        let blocks: HashSet<IpNet> = blocks.into_iter().map(|b| b.trunc()).collect();
+        let mut lens: Vec<u8> = blocks.iter().map(IpNet::prefix_len).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        RemoteView {
+            prefixes,
+            blocks,
+            lens,
+            identities,
+        }
+    }
+
     /// Whether `addr` is in the cluster's vassal range.
     pub fn in_prefix(&self, addr: IpAddr) -> bool {
         self.prefixes.iter().any(|p| p.contains(&addr))
@@ -31,7 +53,9 @@ impl RemoteView {
     /// Whether `addr` is in another host's block: a packet for it leaves
     /// through the host tun, one from it is accepted from the host tun.
     pub fn in_remote_block(&self, addr: IpAddr) -> bool {
-        self.blocks.iter().any(|b| b.contains(&addr))
+        self.lens
+            .iter()
+            .any(|&len| IpNet::new(addr, len).is_ok_and(|net| self.blocks.contains(&net.trunc())))
     }
 
     /// The other end `addr` as the rules see it, for a vassal of project
@@ -89,11 +113,14 @@ mod tests {
         .unwrap()
         .compile();
         let remote = Remote::default();
-        let mut view = RemoteView {
-            prefixes: vec!["10.44.0.0/16".parse().unwrap()],
-            blocks: vec!["10.44.2.0/24".parse().unwrap()],
-            ..RemoteView::default()
-        };
+        let mut view = RemoteView::new(
+            vec!["10.44.0.0/16".parse().unwrap()],
+            [
+                "10.44.2.0/24".parse().unwrap(),
+                "fd44:0:2::/48".parse().unwrap(),
+            ],
+            HashMap::new(),
+        );
         view.identities
             .insert("10.44.2.5".parse().unwrap(), Arc::from("web"));
         remote.publish(view);
@@ -123,5 +150,7 @@ mod tests {
         );
         assert!(v.in_remote_block("10.44.2.200".parse().unwrap()));
         assert!(!v.in_remote_block("10.44.3.1".parse().unwrap()));
+        assert!(v.in_remote_block("fd44:0:2::9".parse().unwrap()));
+        assert!(!v.in_remote_block("fd44:0:3::9".parse().unwrap()));
     }
 }
