@@ -23,7 +23,7 @@ use crate::state::firewall::{ActiveRules, Firewall};
 use crate::state::flows::{FlowTable, Seen};
 use crate::state::fragments::FragmentTable;
 use crate::state::registry::{AddrMap, Project, Registry, Vassal};
-use crate::state::remote::Remote;
+use crate::state::remote::{Remote, RemoteView};
 use crate::wire::frame::Frame;
 use crate::wire::icmp;
 use crate::wire::offload::{self, Plan};
@@ -145,6 +145,44 @@ impl Router {
         }
     }
 
+    /// Whether `addr` is the gateway (the host's address in the subnet).
+    fn is_gateway(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => a == self.config.gateway.addr(),
+            IpAddr::V6(a) => self.config.gateway6.is_some_and(|g| g.addr() == a),
+        }
+    }
+
+    /// Whether `addr` lies in the cluster prefix where no host's block is:
+    /// neither this host's (gateway included) nor another's.
+    fn in_no_block(&self, remote: &RemoteView, addr: IpAddr) -> bool {
+        remote.in_prefix(addr)
+            && !remote.in_remote_block(addr)
+            && !self.in_own_subnet(addr)
+            && !self.is_gateway(addr)
+    }
+
+    /// The other end `addr`, not attached here, as the rules see it for a
+    /// vassal of project `own`: the gateway is the host (outside), the rest
+    /// of this host's block an unknown vassal address, and beyond it the
+    /// remote view decides (another host's vassal, an unknown address of
+    /// the prefix, or outside).
+    fn peer_of(
+        &self,
+        remote: &RemoteView,
+        classifier: &firewall_rules::Classifier,
+        own: &str,
+        addr: IpAddr,
+    ) -> Peer {
+        if self.is_gateway(addr) {
+            Peer::Outside
+        } else if self.in_own_subnet(addr) {
+            Peer::Unknown
+        } else {
+            remote.peer(classifier, Some(own), addr)
+        }
+    }
+
     /// Counts a super-packet that crossed (or was cut) on its way.
     fn count_offload(&self, plan: &Plan, d: &Delivered, cut: bool) {
         if plan.is_segmented() && d.sent.packets > 0 {
@@ -204,9 +242,8 @@ impl Router {
         // No vassal to deliver to: this host's block (or subnet) without
         // the address attached, or a part of the cluster prefix that no
         // host holds. Another host's block leaves through the host tun.
-        let own_subnet = dest.is_none()
-            && (self.in_own_subnet(info.dst)
-                || (remote.in_prefix(info.dst) && !remote.in_remote_block(info.dst)));
+        let own_subnet =
+            dest.is_none() && (self.in_own_subnet(info.dst) || self.in_no_block(&remote, info.dst));
         let classifier = &snap.rules.classifier;
         // The other end of the out chain: the destination.
         let receiver = match dest {
@@ -214,8 +251,7 @@ impl Router {
                 project: classifier.project_id(&w.project.name),
                 same: w.project.name == v.project.name,
             },
-            None if self.in_own_subnet(info.dst) => Peer::Unknown,
-            None => remote.peer(classifier, Some(&v.project.name), info.dst),
+            None => self.peer_of(&remote, classifier, &v.project.name, info.dst),
         };
         // Both chains, and whether the packet would open its flow: not
         // when it is to be dropped for its TTL or for want of a vassal.
@@ -324,9 +360,7 @@ impl Router {
         // host's block (which host: the nftables table and the kernel's
         // reverse path, docs/cluster.md).
         let remote = self.remote.load();
-        if self.in_own_subnet(info.src)
-            || (remote.in_prefix(info.src) && !remote.in_remote_block(info.src))
-        {
+        if self.in_own_subnet(info.src) || self.in_no_block(&remote, info.src) {
             return self.host.drop(DropReason::Spoofed, n);
         }
         let Some(w) = vassals.get(&info.dst) else {
@@ -346,7 +380,7 @@ impl Router {
             let theirs = classifier.project_id(&w.project.name);
             // The other end of the in chain: the source, from the identity
             // cache when it is a remote vassal.
-            let sender = remote.peer(classifier, Some(&w.project.name), info.src);
+            let sender = self.peer_of(&remote, classifier, &w.project.name, info.src);
             let pass = self.allowed(snap, Chain::In, (theirs, &w.project), sender, &info);
             (pass, pass)
         };
@@ -687,6 +721,38 @@ mod tests {
         open.send(&o, &udp([10, 9, 0, 2], 4000, [10, 44, 9, 1], 53));
         assert_eq!(received(&open.host_peer), None);
         assert_eq!(o.project.counters.dropped(DropReason::NoRoute), 1);
+        // The gateway (inside the prefix) is the host: outside, not an
+        // unknown vassal address.
+        let gw = bench(
+            "[default]\nout = \"deny\"\nin = \"deny\"\n[[in]]\naction = \"allow\"\npeer = \"outside\"\n",
+            "",
+        );
+        let mut view = crate::state::remote::RemoteView::new(
+            vec!["10.9.0.0/16".parse().unwrap()],
+            ["10.9.1.0/24".parse().unwrap()],
+            Default::default(),
+        );
+        view.identities.clear();
+        gw.router.remote.publish(view);
+        let (g, g_peer) = gw.vassal("alice", 2);
+        let from_gateway = udp([10, 9, 0, 1], 5000, [10, 9, 0, 2], 7);
+        gw.host_sends(&from_gateway);
+        assert_eq!(received(&g_peer), Some(from_gateway));
+        assert_eq!(g.project.counters.dropped(DropReason::Firewall), 0);
+        // And a vassal's packet to the gateway goes to the host, not to
+        // no_route.
+        let open = bench(OPEN_OUT, "");
+        open.router
+            .remote
+            .publish(crate::state::remote::RemoteView::new(
+                vec!["10.9.0.0/16".parse().unwrap()],
+                ["10.9.1.0/24".parse().unwrap()],
+                Default::default(),
+            ));
+        let (o, _) = open.vassal("alice", 2);
+        let to_gateway = udp([10, 9, 0, 2], 4000, [10, 9, 0, 1], 53);
+        open.send(&o, &to_gateway);
+        assert_eq!(received(&open.host_peer), Some(to_gateway));
         // A source of the prefix that no host holds is forged.
         b.host_sends(&udp([10, 44, 9, 1], 5000, [10, 9, 0, 2], 7));
         assert_eq!(received(&a_peer), None);
