@@ -47,7 +47,10 @@ impl Net {
     fn new(tag: &str) -> Net {
         let id = std::process::id() % 100_000;
         let names: Vec<String> = (0..4).map(|k| format!("c2{tag}{k}-{id}")).collect();
-        for n in &names {
+        // Owned from here on, so a failed step still removes them.
+        let net = Net { names };
+        let names = &net.names;
+        for n in names {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
             ip(&["netns", "add", n]);
             ip(&["-n", n, "link", "set", "lo", "up"]);
@@ -104,7 +107,7 @@ impl Net {
                 .expect("sysctl");
             assert!(fwd.success());
         }
-        Net { names }
+        net
     }
 }
 
