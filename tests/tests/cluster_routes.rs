@@ -11,10 +11,12 @@
 //! block's host sent it (VXLAN: another host of the cluster; direct: any
 //! interface but the one the block's route uses).
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
+use vassal_router::daemon::cluster_routes::{follow, ClusterView, Membership, NodeView};
 use vassal_router::os::routes::{Mode, PeerBlock, Routes, GUARD_TABLE};
 
 fn ip(args: &[&str]) {
@@ -378,4 +380,117 @@ fn direct_a_remote_blocks_source_off_its_route_is_dropped() {
         !reaches(&forger, &a),
         "block 2's source off the underlay must be dropped"
     );
+}
+
+/// A membership the test drives: what the cluster core's cache would
+/// report.
+struct FakeMembership {
+    view: std::sync::Mutex<ClusterView>,
+    /// The test holds the sender: dropping it ends the membership.
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Membership for FakeMembership {
+    fn view(&self) -> ClusterView {
+        self.view.lock().expect("view").clone()
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
+    }
+}
+
+fn node(k: u8) -> NodeView {
+    NodeView {
+        node: format!("host{k}"),
+        block: block(k).block,
+        block6: None,
+        underlay: IpAddr::V4(block(k).underlay),
+    }
+}
+
+#[test]
+fn the_follower_keeps_routes_and_view_equal_to_the_membership_and_static_without_changes() {
+    let net = Net::new("m");
+    let h1 = net.host(1).to_owned();
+    let _r2 = routes_on(&net, 2, false, &[1, 2, 3]);
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let membership = Arc::new(FakeMembership {
+        view: std::sync::Mutex::new(ClusterView {
+            node: "host1".into(),
+            prefixes: vec!["10.44.0.0/16".parse().expect("prefix")],
+            nodes: vec![node(1), node(2), node(3)],
+            identities: vec![(
+                "10.44.2.5".parse().expect("addr"),
+                "shop".into(),
+                "host2".into(),
+            )],
+        }),
+        changes: rx,
+    });
+    let published = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let (m, p, ns) = (Arc::clone(&membership), Arc::clone(&published), h1.clone());
+    let (done, follower) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let own = block(1);
+        let routes = Routes::new(Mode::Direct, own.block, own.underlay).expect("routes");
+        let publish = move |view: vassal_router::state::remote::RemoteView| {
+            p.lock().expect("published").push(view.identities.len());
+        };
+        let m: Arc<dyn Membership> = m;
+        let mut routes = rt.block_on(follow(m, publish, routes));
+        let left = routes.installed().len();
+        routes.clear();
+        let _ = done.send(left);
+    });
+    let routes_now = || ip_out(&h1, &["route", "show", "proto", "118"]);
+    let wait_for = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = routes_now();
+            if f(&r) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {r}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("routes to hosts 2 and 3", &|r| {
+        r.contains("10.44.2.0/24 via 198.51.100.2") && r.contains("10.44.3.0/24 via 198.51.100.3")
+    });
+    assert_eq!(published.lock().expect("published").first(), Some(&1));
+    let a = socket(&h1, Ipv4Addr::new(10, 44, 1, 1), 7301);
+    let b = socket(net.host(2), Ipv4Addr::new(10, 44, 2, 1), 7302);
+    assert!(reaches(&a, &b));
+
+    // Host 3 dies: once its lease expires the cache drops it, and so do
+    // the routes.
+    membership
+        .view
+        .lock()
+        .expect("view")
+        .nodes
+        .retain(|n| n.node != "host3");
+    tx.send_modify(|v| *v += 1);
+    wait_for("host 3 gone", &|r| !r.contains("10.44.3.0/24"));
+
+    // etcd lost entirely: the cache reports nothing new, so routes and
+    // flows stay as they are.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(routes_now().contains("10.44.2.0/24 via 198.51.100.2"));
+    assert!(reaches(&a, &b));
+
+    // The membership ends (router exit): the follower hands the routes
+    // back, and they are removed.
+    drop(tx);
+    let left = follower
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the follower ends with the membership");
+    assert_eq!(left, 1);
+    assert!(routes_now().trim().is_empty());
 }

@@ -132,12 +132,12 @@ pub fn remote_view(view: &ClusterView) -> RemoteView {
 /// How often the routes are re-applied after a failed sync.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Follows `membership` until it goes away: publishes the view to the
-/// router's datapath and syncs `routes` on every change. Returns the
+/// Follows `membership` until it goes away: publishes the datapath's
+/// view with `publish` and syncs `routes` on every change. Returns the
 /// routes so the caller removes them on exit.
 pub async fn follow(
     membership: Arc<dyn Membership>,
-    router: Arc<Router>,
+    publish: impl Fn(RemoteView) + Send + 'static,
     mut routes: Routes,
 ) -> Routes {
     let mut changes = membership.changes();
@@ -145,7 +145,7 @@ pub async fn follow(
     loop {
         let view = membership.view();
         if applied.as_ref() != Some(&view) {
-            router.remote.publish(remote_view(&view));
+            publish(remote_view(&view));
             let peers = peer_blocks(&view);
             let (r, result) = tokio::task::spawn_blocking(move || {
                 let result = routes.sync(&peers);
@@ -183,7 +183,9 @@ pub fn start(
     underlay: Ipv4Addr,
 ) -> Result<tokio::task::JoinHandle<Routes>, crate::os::routes::RouteError> {
     let routes = Routes::new(mode, own, underlay)?;
-    Ok(tokio::spawn(follow(membership, Arc::clone(router), routes)))
+    let router = Arc::clone(router);
+    let publish = move |view| router.remote.publish(view);
+    Ok(tokio::spawn(follow(membership, publish, routes)))
 }
 
 /// The longest sleep between checks without a change.
