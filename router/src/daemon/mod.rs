@@ -5,6 +5,7 @@
 //! tun -> nftables table -> tasks -> control and compat sockets last, so that
 //! the control socket existing means the router is ready.
 
+pub mod cluster_routes;
 pub mod watch;
 
 use crate::compat;
@@ -91,6 +92,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         firewall,
         host,
         host_tun,
+        remote: Default::default(),
         config,
     });
     let result = serve(&router, &mut hup, &mut term, &mut int).await;

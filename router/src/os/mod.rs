@@ -4,5 +4,6 @@
 pub mod events;
 pub mod host_tun;
 pub mod nat;
+pub mod routes;
 pub mod socket;
 pub mod tun;

@@ -10,3 +10,4 @@ pub mod flows;
 pub mod fragments;
 pub mod rate;
 pub mod registry;
+pub mod remote;
