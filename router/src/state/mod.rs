@@ -6,6 +6,8 @@ pub mod budget;
 pub mod counters;
 pub mod evidence;
 pub mod firewall;
+pub mod flow_store;
 pub mod flows;
 pub mod fragments;
 pub mod registry;
+pub mod restore;
