@@ -1028,6 +1028,30 @@ fn abuse_router_restart_keeps_udp_flows_to_the_host() {
     assert_eq!(got, "push", "denied: {}", router.dropped("alice", "firewall"));
 }
 
+/// Vassal to internet, through NAT: alice's TCP connection to a server
+/// beyond the host survives a SIGKILL; the server speaks next.
+#[test]
+fn abuse_router_restart_keeps_connections_to_the_internet() {
+    let internet = Internet::new(&std::env::temp_dir());
+    let mut router = TestRouter::start(&RouterSpec {
+        rules: Some(RESTART_RULES.into()),
+        nat: Some(Some(internet.veth.host.clone())),
+        ..Default::default()
+    });
+    let mut v = TestVassal::attach(&router, "alice", 2);
+    let runner = internet._ns.command(PYTHON);
+    let got = remote_speaks_after_restart(
+        &mut router,
+        runner,
+        &tcp_pusher("0.0.0.0").replace("7700", "7702"),
+        &tcp_listener(&internet.server).replace("7700", "7702"),
+        &mut [&mut v],
+        0,
+        Signal::SIGKILL,
+    );
+    assert_eq!(got, "push", "denied: {}", router.dropped("alice", "firewall"));
+}
+
 /// Vassal to vassal: alice's TCP connection to bob survives a SIGKILL;
 /// bob speaks next, through alice's in chain (default deny).
 #[test]
