@@ -168,7 +168,9 @@ impl TestRouter {
 
     /// The flow state file (`state_dir` is the test's own `state/`).
     pub fn state_file(&self) -> PathBuf {
-        self.dir.join("state").join(format!("flows-{}", self.device))
+        self.dir
+            .join("state")
+            .join(format!("flows-{}", self.device))
     }
 
     /// The router's stderr so far.

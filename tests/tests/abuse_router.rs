@@ -928,11 +928,7 @@ fn remote_speaks_after_restart(
         "the client's hello never reached the server"
     );
     let clean = router.stop(restart);
-    assert!(
-        restart != Signal::SIGTERM || clean,
-        "{}",
-        router.log_text()
-    );
+    assert!(restart != Signal::SIGTERM || clean, "{}", router.log_text());
     router.spawn();
     for v in vassals.iter_mut() {
         match v.hello(router) {
@@ -1025,7 +1021,12 @@ fn abuse_router_restart_keeps_udp_flows_to_the_host() {
         0,
         Signal::SIGKILL,
     );
-    assert_eq!(got, "push", "denied: {}", router.dropped("alice", "firewall"));
+    assert_eq!(
+        got,
+        "push",
+        "denied: {}",
+        router.dropped("alice", "firewall")
+    );
 }
 
 /// Vassal to internet, through NAT: alice's TCP connection to a server
@@ -1049,7 +1050,12 @@ fn abuse_router_restart_keeps_connections_to_the_internet() {
         0,
         Signal::SIGKILL,
     );
-    assert_eq!(got, "push", "denied: {}", router.dropped("alice", "firewall"));
+    assert_eq!(
+        got,
+        "push",
+        "denied: {}",
+        router.dropped("alice", "firewall")
+    );
 }
 
 /// Vassal to vassal: alice's TCP connection to bob survives a SIGKILL;
@@ -1073,7 +1079,12 @@ fn abuse_router_restart_keeps_connections_between_vassals() {
         0,
         Signal::SIGKILL,
     );
-    assert_eq!(got, "push", "denied: {}", router.dropped("alice", "firewall"));
+    assert_eq!(
+        got,
+        "push",
+        "denied: {}",
+        router.dropped("alice", "firewall")
+    );
 }
 
 /// Vassal to vassal, ICMP echo: alice's echo request before a SIGKILL,
@@ -1104,7 +1115,12 @@ fn abuse_router_restart_keeps_icmp_echo_flows_between_vassals() {
         0,
         Signal::SIGKILL,
     );
-    assert_eq!(got, "push", "denied: {}", router.dropped("alice", "firewall"));
+    assert_eq!(
+        got,
+        "push",
+        "denied: {}",
+        router.dropped("alice", "firewall")
+    );
 }
 
 /// A state file planted by another user (here: owned by nobody) is not
@@ -1150,7 +1166,10 @@ fn abuse_router_restart_does_not_trust_a_state_file_of_another_user() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "timeout");
     let log = router.log_text();
     assert!(log.contains("not trusted"), "{log}");
-    assert_eq!(router.metric("vassal_flows_restored_total", "outcome=\"loaded\""), 0.0);
+    assert_eq!(
+        router.metric("vassal_flows_restored_total", "outcome=\"loaded\""),
+        0.0
+    );
     assert!(router.dropped("alice", "firewall") >= 1.0);
     // The router replaced it with its own.
     use std::os::unix::fs::MetadataExt;
@@ -1215,7 +1234,9 @@ fn abuse_router_restart_reads_a_corrupted_state_file_entry_by_entry() {
         slots: 0,
         boot_id: [0; flow_file::BOOT_ID],
     };
-    header.boot_id.copy_from_slice(&boot_id[..flow_file::BOOT_ID]);
+    header
+        .boot_id
+        .copy_from_slice(&boot_id[..flow_file::BOOT_ID]);
     let now = {
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -1270,14 +1291,19 @@ fn abuse_router_restart_reads_a_corrupted_state_file_entry_by_entry() {
     router.spawn();
     // loaded: alice's two and bob's three; invalid: outside, fixed, torn;
     // expired: one; over the bound: bob's fourth.
-    assert_eq!(restored(&router), [5.0, 3.0, 1.0, 1.0], "{}", router.log_text());
+    assert_eq!(
+        restored(&router),
+        [5.0, 3.0, 1.0, 1.0],
+        "{}",
+        router.log_text()
+    );
     assert!(router
         .log_text()
         .contains("loaded=5 invalid=3 expired=1 over_bound=1"));
     // The restored flow works: the host's datagram from the gateway's
     // port 53 reaches alice's port 4000 through her in chain (deny).
     let v = TestVassal::attach(&router, "alice", 2);
-    let listener =
+    let mut listener =
         v.ns.command(PYTHON)
             .args([
                 "-c",
@@ -1288,7 +1314,7 @@ fn abuse_router_restart_reads_a_corrupted_state_file_entry_by_entry() {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-    let mut stdout = listener.stdout.unwrap();
+    let mut stdout = listener.stdout.take().unwrap();
     let mut line = [0u8; 6];
     std::io::Read::read_exact(&mut stdout, &mut line).unwrap();
     let send = format!(
@@ -1305,6 +1331,7 @@ fn abuse_router_restart_reads_a_corrupted_state_file_entry_by_entry() {
         .success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    listener.wait().unwrap();
     assert_eq!(rest.trim(), "restored", "{}", router.log_text());
 }
 

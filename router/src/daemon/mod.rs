@@ -136,7 +136,8 @@ fn open_flows(config: &Config, registry: &Registry) -> FlowTable {
         ("expired", r.expired),
         ("over_bound", r.over_bound),
     ] {
-        ::metrics::counter!("vassal_flows_restored_total", "outcome" => outcome).increment(n as u64);
+        ::metrics::counter!("vassal_flows_restored_total", "outcome" => outcome)
+            .increment(n as u64);
     }
     tracing::info!(
         path = %path.display(),

@@ -57,7 +57,10 @@ fn trusted(path: &Path, meta: &std::fs::Metadata, dir: bool) -> Result<(), Mappe
     }
     let euid = nix::unistd::geteuid().as_raw();
     if meta.uid() != euid {
-        return Err(untrusted(format!("owned by uid {}, not {euid}", meta.uid())));
+        return Err(untrusted(format!(
+            "owned by uid {}, not {euid}",
+            meta.uid()
+        )));
     }
     let others = if dir { 0o022 } else { 0o077 };
     if meta.mode() & others != 0 {
@@ -200,7 +203,11 @@ impl Mapped {
         // serialise writers of a range, and nothing in this process reads
         // the mapping, so there is no data race.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(offset), bytes.len());
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(offset),
+                bytes.len(),
+            );
         }
     }
 }
@@ -248,17 +255,26 @@ mod tests {
         let f = d.join("f");
         std::fs::write(&f, b"x").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(read_trusted(&f, 10), Err(MappedError::Untrusted { .. })));
+        assert!(matches!(
+            read_trusted(&f, 10),
+            Err(MappedError::Untrusted { .. })
+        ));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(read_trusted(&f, 10).unwrap().is_some());
         std::os::unix::fs::symlink(&f, d.join("link")).unwrap();
-        assert!(matches!(read_trusted(&d.join("link"), 10), Err(MappedError::Untrusted { .. })));
+        assert!(matches!(
+            read_trusted(&d.join("link"), 10),
+            Err(MappedError::Untrusted { .. })
+        ));
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(ensure_dir(&d), Err(MappedError::Untrusted { .. })));
         if nix::unistd::geteuid().is_root() {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
             chown(&f, Some(65534), None).unwrap();
-            assert!(matches!(read_trusted(&f, 10), Err(MappedError::Untrusted { .. })));
+            assert!(matches!(
+                read_trusted(&f, 10),
+                Err(MappedError::Untrusted { .. })
+            ));
         }
         std::fs::remove_dir_all(&d).unwrap();
     }

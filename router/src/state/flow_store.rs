@@ -108,7 +108,8 @@ pub fn per_shard(config: &FlowConfig, shards: usize) -> usize {
 /// mean nothing in another.
 pub fn boot_id() -> Result<[u8; flow_file::BOOT_ID], FlowStoreError> {
     const PATH: &str = "/proc/sys/kernel/random/boot_id";
-    let text = std::fs::read(PATH).map_err(|source| FlowStoreError::BootId { path: PATH, source })?;
+    let text =
+        std::fs::read(PATH).map_err(|source| FlowStoreError::BootId { path: PATH, source })?;
     let mut id = [0u8; flow_file::BOOT_ID];
     for (o, b) in id.iter_mut().zip(text) {
         *o = b;
@@ -241,7 +242,9 @@ pub fn check(e: &Entry, config: &Config, now: u32) -> Result<(), Rejected> {
                 && !e.tcp_closing
                 && e.a.is_ipv4() == (e.proto == proto::ICMP)
         }
-        proto::TCP | proto::UDP => (e.a, e.a_port) <= (e.b, e.b_port) && (e.proto == proto::TCP || !e.tcp_closing),
+        proto::TCP | proto::UDP => {
+            (e.a, e.a_port) <= (e.b, e.b_port) && (e.proto == proto::TCP || !e.tcp_closing)
+        }
         _ => e.a <= e.b && e.a_port == 0 && e.b_port == 0 && !e.tcp_closing,
     };
     if !shape {
@@ -299,9 +302,18 @@ mod tests {
         let ok = entry("10.9.0.2", 40000, "203.0.113.1", 80);
         assert_eq!(check(&ok, &c, 1000), Ok(()));
         // Vassal to host (the gateway) and vassal to vassal are fine.
-        assert_eq!(check(&entry("10.9.0.1", 7700, "10.9.0.2", 40000), &c, 1000), Ok(()));
-        assert_eq!(check(&entry("10.9.0.2", 1, "10.9.0.3", 2), &c, 1000), Ok(()));
-        assert_eq!(check(&entry("fd00:9::2", 1, "fd00:9::3", 2), &c, 1000), Ok(()));
+        assert_eq!(
+            check(&entry("10.9.0.1", 7700, "10.9.0.2", 40000), &c, 1000),
+            Ok(())
+        );
+        assert_eq!(
+            check(&entry("10.9.0.2", 1, "10.9.0.3", 2), &c, 1000),
+            Ok(())
+        );
+        assert_eq!(
+            check(&entry("fd00:9::2", 1, "fd00:9::3", 2), &c, 1000),
+            Ok(())
+        );
         // Neither endpoint a vassal of ours (the gateway alone is not).
         let outside = entry("10.8.0.2", 40000, "203.0.113.1", 80);
         assert_eq!(check(&outside, &c, 1000), Err(Rejected::Outside));
@@ -336,7 +348,13 @@ mod tests {
         let id = [b'1'; flow_file::BOOT_ID];
         let mut file = vec![0u8; HEADER + 2 * SLOT];
         let mut head = [0u8; HEADER];
-        flow_file::encode_header(&Header { slots: 2, boot_id: id }, &mut head);
+        flow_file::encode_header(
+            &Header {
+                slots: 2,
+                boot_id: id,
+            },
+            &mut head,
+        );
         file[..HEADER].copy_from_slice(&head);
         let mut slot = [0u8; SLOT];
         flow_file::encode_slot(&entry("10.9.0.2", 1, "10.9.0.3", 2), &mut slot);

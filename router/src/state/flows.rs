@@ -234,7 +234,9 @@ impl FlowTable {
                     .map(|_| CachePadded::new(SlotInfo::default()))
                     .collect()
             });
-            if let (Some(info), Some(name)) = (chunk.get(slot as usize % SLOT_CHUNK), Name::new(name)) {
+            if let (Some(info), Some(name)) =
+                (chunk.get(slot as usize % SLOT_CHUNK), Name::new(name))
+            {
                 let _ = info.name.set(name);
             }
         }

@@ -95,8 +95,10 @@ mod tests {
         let flows = FlowTable::new(config.flows.clone());
         // bob exists first, with another slot than in the old process.
         let bob = registry.project("bob");
-        let mut found = Found::default();
-        found.invalid = 2;
+        let mut found = Found {
+            invalid: 2,
+            ..Found::default()
+        };
         for port in 1..=4 {
             found.entries.push(entry(2, port, "alice"));
         }

@@ -54,7 +54,9 @@ impl Name {
     pub fn new(name: &str) -> Option<Name> {
         vassal_attach::validate_project_name(name).ok()?;
         let mut bytes = [0u8; NAME_MAX];
-        bytes.get_mut(..name.len())?.copy_from_slice(name.as_bytes());
+        bytes
+            .get_mut(..name.len())?
+            .copy_from_slice(name.as_bytes());
         Some(Name {
             len: name.len() as u8,
             bytes,
