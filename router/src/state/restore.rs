@@ -85,6 +85,81 @@ mod tests {
     }
 
     #[test]
+    fn a_table_writes_its_flows_as_they_go_and_the_next_one_takes_them_back() {
+        let dir = std::env::temp_dir().join(format!("vr-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config::parse(
+            &format!(
+                "gateway = \"10.9.0.1/24\"\nstate_dir = \"{}\"\n",
+                dir.display()
+            ),
+            "t",
+        )
+        .unwrap();
+        let boot = [b'b'; crate::wire::flow_file::BOOT_ID];
+        let shards = crate::state::flows::SHARDS;
+        let (store, found) = flow_store::open(&config, shards, &boot).unwrap();
+        assert!(found.entries.is_empty() && found.refused.is_none());
+        let flows = FlowTable::with_store(config.flows.clone(), Some(store));
+        flows.publish_store().unwrap();
+        flows.tick(100);
+        let registry = Registry::new(10);
+        let alice = registry.project("alice");
+        flows.ensure_slot(alice.slot, &alice.name);
+        let mut out = PacketInfo {
+            src: "10.9.0.2".parse().unwrap(),
+            dst: "203.0.113.1".parse().unwrap(),
+            proto: proto::UDP,
+            src_port: 4000,
+            dst_port: 53,
+            tcp_flags: 0,
+            icmp_echo_request: false,
+            icmp_echo_reply: false,
+            quoted: None,
+            transport: 20,
+            fragment: None,
+        };
+        flows.open(&out, alice.slot).unwrap();
+        out.src_port = 4001;
+        flows.open(&out, alice.slot).unwrap();
+        // On "disk" at once, no dump: what a SIGKILL now would leave.
+        let read = |config: &Config| {
+            let bytes = std::fs::read(flow_store::path(config)).unwrap();
+            flow_store::decode(&bytes, &boot)
+        };
+        let now = read(&config);
+        assert_eq!((now.entries.len(), now.invalid), (2, 0));
+        assert!(now
+            .entries
+            .iter()
+            .all(|e| e.last_seen == 100 && e.project.as_str() == "alice"));
+        // A refresh in a later second rewrites the slot.
+        flows.tick(150);
+        flows.open(&out, alice.slot).unwrap();
+        let mut seen: Vec<u32> = read(&config).entries.iter().map(|e| e.last_seen).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [100, 150]);
+        // Expiry frees the slot.
+        flows.tick(161);
+        flows.sweep();
+        assert_eq!(read(&config).entries.len(), 1);
+        // The next process: reads it, restores it, replaces the file.
+        let (store, found) = flow_store::open(&config, shards, &boot).unwrap();
+        let next = FlowTable::with_store(config.flows.clone(), Some(store));
+        let registry = Registry::new(10);
+        let r = restore(&found, &config, 162, &registry, &next);
+        assert_eq!((r.loaded, next.len()), (1, 1));
+        next.publish_store().unwrap();
+        assert_eq!(
+            read(&config).entries.len(),
+            1,
+            "written again by the new table"
+        );
+        drop(flows);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn entries_come_back_under_the_bounds_charged_by_name() {
         let config = Config::parse(
             "gateway = \"10.9.0.1/24\"\n[flows]\nmax_total = 5\nmax_per_project = 3\n",
