@@ -9,5 +9,6 @@ pub mod firewall;
 pub mod flow_store;
 pub mod flows;
 pub mod fragments;
+pub mod rate;
 pub mod registry;
 pub mod restore;
