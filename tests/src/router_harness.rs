@@ -80,10 +80,11 @@ impl TestRouter {
         std::fs::create_dir_all(&dir).unwrap();
         let rules_path = dir.join("rules.toml");
         let mut config = format!(
-            "device = \"{device}\"\ngateway = \"10.{}.{}.1/24\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+            "device = \"{device}\"\ngateway = \"10.{}.{}.1/24\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
             net.0,
             net.1,
             dir.join("run/router.sock").display(),
+            dir.join("state").display(),
         );
         if let Some(rules) = &spec.rules {
             std::fs::write(&rules_path, rules).unwrap();
@@ -163,6 +164,13 @@ impl TestRouter {
         if let Some(addr) = metrics {
             self.metrics = addr.to_string();
         }
+    }
+
+    /// The flow state file (`state_dir` is the test's own `state/`).
+    pub fn state_file(&self) -> PathBuf {
+        self.dir
+            .join("state")
+            .join(format!("flows-{}", self.device))
     }
 
     /// The router's stderr so far.

@@ -274,6 +274,9 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Path of the uWSGI tuntap compat socket, when enabled.
     pub compat_socket: Option<PathBuf>,
+    /// Directory of the state that outlives the process (the flow state
+    /// file `flows-<device>`); root's, writable by nobody else.
+    pub state_dir: PathBuf,
     /// Address of the Prometheus listener.
     pub metrics_listen: SocketAddr,
     /// Firewall rule file; the embedded default rules when absent.
@@ -304,6 +307,7 @@ struct RawConfig {
     gateway6: Option<Spanned<Ipv6Net>>,
     control_socket: Option<PathBuf>,
     compat_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     rules: Option<PathBuf>,
     launcher_uids: Option<Vec<u32>>,
@@ -739,6 +743,9 @@ impl Config {
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from("/run/vassal/router.sock")),
             compat_socket: raw.compat_socket,
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/run/vassal")),
             metrics_listen: raw
                 .metrics_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9810))),

@@ -376,7 +376,7 @@ fn attach(
             .map_err(|e| (RefuseReason::BadDevice, e.to_string()))?;
     }
     let project = router.registry.project(&hello.project);
-    router.flows.ensure_slot(project.slot);
+    router.flows.ensure_slot(project.slot, &project.name);
     router.fragments.ensure_slot(project.slot);
     tracing::debug!(device = device.name, vnet = device.vnet, project = %hello.project, "tun device checked");
     let port = Port::Tun {

@@ -535,7 +535,7 @@ mod tests {
         fn vassal_with(&self, project: &str, host: u8, vnet: bool) -> (Arc<Vassal>, OwnedFd) {
             let (ours, theirs) = pair();
             let p = self.router.registry.project(project);
-            self.router.flows.ensure_slot(p.slot);
+            self.router.flows.ensure_slot(p.slot, &p.name);
             self.router.fragments.ensure_slot(p.slot);
             let v = self
                 .router
