@@ -265,6 +265,21 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                     }),
                 );
             }
+            Request::Usage(usage) => {
+                // Counted to the project of the vassal this connection
+                // attached, as events are: the message names no project.
+                let Some((vassal, _)) = &attached else {
+                    refuse(
+                        &afd,
+                        uid,
+                        RefuseReason::Malformed,
+                        "usage comes on the connection that attached its vassal".into(),
+                    )
+                    .await;
+                    break;
+                };
+                vassal.project.usage.report(vassal.id, &usage);
+            }
             Request::Reload => {
                 let answer = match reload(&router).await {
                     Ok((out_rules, in_rules)) => Response::Reloaded {
@@ -282,6 +297,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
     if let Some((vassal, reader)) = attached {
         reader.abort();
         router.registry.detach(&vassal);
+        vassal.project.usage.detach(vassal.id);
         tracing::info!(project = %vassal.project.name, ipv4 = %vassal.ipv4, "vassal detached");
     }
 }

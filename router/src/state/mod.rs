@@ -9,3 +9,4 @@ pub mod firewall;
 pub mod flows;
 pub mod fragments;
 pub mod registry;
+pub mod usage;
