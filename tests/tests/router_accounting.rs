@@ -29,7 +29,14 @@ fn data_dir() -> TempDir {
 
 /// The vassal file of `vassal` attached to `router` at `host`, running the
 /// shell `script`, with `rest` appended (tables).
-fn file(dir: &TempDir, router: &TestRouter, vassal: &str, host: u8, script: &str, rest: &str) -> PathBuf {
+fn file(
+    dir: &TempDir,
+    router: &TestRouter,
+    vassal: &str,
+    host: u8,
+    script: &str,
+    rest: &str,
+) -> PathBuf {
     vassal_file(
         dir,
         vassal,
@@ -93,7 +100,11 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
 
     // The limits of the file, as soon as the first report is in.
     assert!(
-        wait_until(Duration::from_secs(10), || m(&router, "vassal_limit_pids", &n) == 64.0),
+        wait_until(Duration::from_secs(10), || m(
+            &router,
+            "vassal_limit_pids",
+            &n
+        ) == 64.0),
         "no usage report: {}\n{}",
         vassal.stderr(),
         router.log_text()
@@ -115,7 +126,11 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
 
     // Memory: the 64 MiB python holds, and no more than the limit.
     assert!(
-        wait_until(Duration::from_secs(10), || m(&router, "vassal_memory_bytes", &n) >= 64.0 * MIB),
+        wait_until(Duration::from_secs(10), || m(
+            &router,
+            "vassal_memory_bytes",
+            &n
+        ) >= 64.0 * MIB),
         "memory gauge {}",
         m(&router, "vassal_memory_bytes", &n)
     );
@@ -144,7 +159,11 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
     let before = m(&router, "vassal_cpu_seconds_total", &n);
     let start = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(5), || m(&router, "vassal_cpu_seconds_total", &n) > before),
+        wait_until(Duration::from_secs(5), || m(
+            &router,
+            "vassal_cpu_seconds_total",
+            &n
+        ) > before),
         "cpu stayed at {before} for 5 s"
     );
     let risen = m(&router, "vassal_cpu_seconds_total", &n);
@@ -155,9 +174,15 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
     ) > risen));
     eprintln!("cpu rose in {:?}", start.elapsed());
 
-    vassal.stop(Duration::from_secs(5)).expect("the launcher ends");
+    vassal
+        .stop(Duration::from_secs(5))
+        .expect("the launcher ends");
     // Detached: the vassal holds nothing any more; the counters stay.
-    assert!(wait_until(Duration::from_secs(5), || m(&router, "vassal_pids", &n) == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || m(
+        &router,
+        "vassal_pids",
+        &n
+    ) == 0.0));
     assert_eq!(m(&router, "vassal_memory_bytes", &n), 0.0);
     assert_eq!(m(&router, "vassal_limit_memory_bytes", &n), 0.0);
     assert!(m(&router, "vassal_cpu_seconds_total", &n) > risen - 1.0);
@@ -185,12 +210,15 @@ fn accounting_counters_survive_a_relaunch_and_a_router_restart_counts_nothing_tw
 
     let mut first = launch(&dir, &n, &f);
     assert!(
-        wait_until(Duration::from_secs(15), || cpu(&router) >= 2.0 && io(&router) >= 4.0 * MIB),
+        wait_until(Duration::from_secs(15), || cpu(&router) >= 2.0
+            && io(&router) >= 4.0 * MIB),
         "{}\n{}",
         first.stderr(),
         router.log_text()
     );
-    first.stop(Duration::from_secs(5)).expect("the launcher ends");
+    first
+        .stop(Duration::from_secs(5))
+        .expect("the launcher ends");
     let (cpu1, io1) = (cpu(&router), io(&router));
 
     // The same name again: its cgroup counts from 0; the project's series
@@ -218,7 +246,11 @@ fn accounting_counters_survive_a_relaunch_and_a_router_restart_counts_nothing_tw
     router.stop(Signal::SIGKILL);
     router.spawn();
     assert!(
-        wait_until(Duration::from_secs(10), || m(&router, "vassal_attached", &n) == 1.0
+        wait_until(Duration::from_secs(10), || m(
+            &router,
+            "vassal_attached",
+            &n
+        ) == 1.0
             && m(&router, "vassal_pids", &n) > 0.0),
         "not re-attached and reporting: {}",
         second.stderr()
@@ -266,10 +298,21 @@ fn hostile_launcher_usage_counts_to_its_own_connection_never_another_project() {
     // The victim: a real launched vassal of project `bob`, idle.
     let bob = name("ab");
     let dir = TempDir::new();
-    let f = file(&dir, &router, &bob, 4, "exec sleep 1000", "[limits]\npids = 16\n");
+    let f = file(
+        &dir,
+        &router,
+        &bob,
+        4,
+        "exec sleep 1000",
+        "[limits]\npids = 16\n",
+    );
     let mut victim = launch(&dir, &bob, &f);
     assert!(
-        wait_until(Duration::from_secs(10), || m(&router, "vassal_limit_pids", &bob) == 16.0),
+        wait_until(Duration::from_secs(10), || m(
+            &router,
+            "vassal_limit_pids",
+            &bob
+        ) == 16.0),
         "{}",
         victim.stderr()
     );
@@ -286,7 +329,12 @@ fn hostile_launcher_usage_counts_to_its_own_connection_never_another_project() {
     // mallory, the project of its connection.
     let mut mallory = TestVassal::attach(&router, "mallory", 5);
     let huge = 1u64 << 50;
-    transport::send_datagram(control(&mallory), usage_json(huge, huge, "").as_bytes(), None).unwrap();
+    transport::send_datagram(
+        control(&mallory),
+        usage_json(huge, huge, "").as_bytes(),
+        None,
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(5), || m(
         &router,
         "vassal_io_write_bytes_total",
@@ -311,7 +359,11 @@ fn hostile_launcher_usage_counts_to_its_own_connection_never_another_project() {
         Some(Response::Refused { reason, .. }) => assert_eq!(reason, RefuseReason::Malformed),
         other => panic!("a usage naming a project was not refused: {other:?}"),
     }
-    assert!(wait_until(Duration::from_secs(5), || m(&router, "vassal_attached", "mallory") == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || m(
+        &router,
+        "vassal_attached",
+        "mallory"
+    ) == 0.0));
     assert_eq!(
         m(&router, "vassal_io_write_bytes_total", "mallory"),
         huge as f64
@@ -351,7 +403,10 @@ fn hostile_launcher_usage_counts_to_its_own_connection_never_another_project() {
     // Bob's bill moved only by what bob did (sleep: under a CPU second,
     // no IO), and bob's gauges are bob's.
     let bob_after = bob_bill();
-    assert!(bob_after.0 <= bob_before.0 + 1.0, "{bob_before:?} -> {bob_after:?}");
+    assert!(
+        bob_after.0 <= bob_before.0 + 1.0,
+        "{bob_before:?} -> {bob_after:?}"
+    );
     assert_eq!((bob_after.1, bob_after.2), (bob_before.1, bob_before.2));
     assert!(m(&router, "vassal_pids", &bob) < 16.0);
     assert!(m(&router, "vassal_memory_bytes", &bob) < huge as f64);

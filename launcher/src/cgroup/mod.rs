@@ -165,7 +165,9 @@ fn io_stat_bytes(path: &Path) -> Option<(u64, u64)> {
         .flat_map(|l| l.split_whitespace().skip(1))
         .filter_map(|kv| kv.split_once('='))
     {
-        let Ok(n) = value.parse::<u64>() else { continue };
+        let Ok(n) = value.parse::<u64>() else {
+            continue;
+        };
         match key {
             "rbytes" => read = read.saturating_add(n),
             "wbytes" => written = written.saturating_add(n),

@@ -1,7 +1,8 @@
 //! cgroup v1: one directory per controller hierarchy.
 
-use super::{blkio_bytes, 
-    has_procs, keyed, kill_and_remove, read_u64, write, CgroupError, DeviceNumber, Usage, PARENT,
+use super::{
+    blkio_bytes, has_procs, keyed, kill_and_remove, read_u64, write, CgroupError, DeviceNumber,
+    Usage, PARENT,
 };
 use crate::config::{IoLimits, Limits};
 use std::path::{Path, PathBuf};
@@ -390,7 +391,10 @@ mod tests {
         )
         .unwrap();
         let u = cg.usage();
-        assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(4097), Some(8194)));
+        assert_eq!(
+            (u.io_read_bytes, u.io_write_bytes),
+            (Some(4097), Some(8194))
+        );
         let _ = std::fs::remove_dir_all(&base);
 
         let (base, info) = fake_tree(
