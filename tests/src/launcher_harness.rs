@@ -372,6 +372,12 @@ impl LoopFs {
     }
 }
 
+impl Default for LoopFs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Drop for LoopFs {
     fn drop(&mut self) {
         if self.mounted {
