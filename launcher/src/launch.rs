@@ -344,13 +344,18 @@ fn watch(
     let mut retry_at: Option<Instant> = None;
     let mut check_at = Instant::now() + events::CHECK_EVERY;
     loop {
-        if Instant::now() >= check_at || meter.due() {
+        let tick = Instant::now() >= check_at;
+        if tick || meter.due() {
             let usage = cg.usage();
-            events.check(&usage, attachment.as_ref());
+            // Events only on the one-second tick: an OOM kill is confirmed
+            // by the check after the one that saw it (events.rs).
+            if tick {
+                events.check(&usage, attachment.as_ref());
+                check_at = Instant::now() + events::CHECK_EVERY;
+            }
             if meter.due() {
                 meter.report(&usage, attachment.as_ref());
             }
-            check_at = Instant::now() + events::CHECK_EVERY;
         }
         let mut fds = vec![
             PollFd::new(sync_fd.as_fd(), PollFlags::POLLIN),
