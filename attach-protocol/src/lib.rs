@@ -295,6 +295,16 @@ pub struct ProjectStats {
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Flows in this project's flow table now.
     pub flows: u64,
+    /// Version 2: CPU time its launchers reported, in microseconds (see
+    /// [`Request::Usage`]).
+    #[serde(default)]
+    pub cpu_usec: u64,
+    /// Version 2: bytes its vassals read from block devices.
+    #[serde(default)]
+    pub io_read_bytes: u64,
+    /// Version 2: bytes its vassals wrote to block devices.
+    #[serde(default)]
+    pub io_write_bytes: u64,
 }
 
 /// A message that does not follow the protocol.

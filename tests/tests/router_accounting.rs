@@ -174,6 +174,29 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
     ) > risen));
     eprintln!("cpu rose in {:?}", start.elapsed());
 
+    // `vassal-router stats --json` has the exact totals.
+    let out = router.cli(&[
+        "stats",
+        "--json",
+        "--socket",
+        router.socket.to_str().unwrap(),
+    ]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["project"] == n.as_str())
+        .unwrap();
+    assert!(
+        entry["cpu_usec"].as_f64().unwrap() >= risen * 1e6,
+        "{entry}"
+    );
+    assert!(
+        entry["io_write_bytes"].as_f64().unwrap() >= 8.0 * MIB,
+        "{entry}"
+    );
+
     vassal
         .stop(Duration::from_secs(5))
         .expect("the launcher ends");

@@ -403,6 +403,7 @@ pub fn stats(router: &Router) -> Vec<ProjectStats> {
         .iter()
         .map(|p| {
             let c = &p.counters;
+            let usage = p.usage.totals();
             ProjectStats {
                 project: p.name.clone(),
                 attached: p.attached() > 0,
@@ -415,6 +416,9 @@ pub fn stats(router: &Router) -> Vec<ProjectStats> {
                     .map(|r| (r.as_str().to_owned(), c.dropped(*r)))
                     .collect(),
                 flows: router.flows.count(p.slot) as u64,
+                cpu_usec: usage.cpu_usec,
+                io_read_bytes: usage.io_read_bytes,
+                io_write_bytes: usage.io_write_bytes,
             }
         })
         .collect()
