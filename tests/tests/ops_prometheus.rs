@@ -63,7 +63,6 @@ fn ops_live_metrics_pass_promtool_lint() {
         "vassal_memory_bytes",
         "vassal_io_write_bytes_total",
         "vassal_limit_memory_bytes",
-        "vassal_limit_net_out_bytes_per_second",
     ] {
         assert!(
             body.contains(&format!("# HELP {name} ")),

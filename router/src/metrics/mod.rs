@@ -143,14 +143,6 @@ fn describe() {
         "vassal_limit_pids",
         "Pids limit of the project's attached vassals (their sum); 0 when one has none."
     );
-    describe_gauge!(
-        "vassal_limit_net_out_bytes_per_second",
-        "Rate limit on what the project's attached vassals send, bytes per second (their sum); 0 when one has none."
-    );
-    describe_gauge!(
-        "vassal_limit_net_in_bytes_per_second",
-        "Rate limit on what the project's attached vassals receive, bytes per second (their sum); 0 when one has none."
-    );
     describe_counter!(
         "vassal_events_total",
         "Events emitted to the event sink, by event."

@@ -17,7 +17,9 @@
 //!
 //! The gauges (memory, pids, limits) are sums over the project's attached
 //! vassals; a limit gauge is 0 when some attached vassal has no such limit
-//! (or none is attached): 0 means "no limit to compare with".
+//! (or none is attached): 0 means "no limit to compare with". The network
+//! limits are not here: the router enforces those itself and exports them
+//! with the network counters (`vassal_limit_net_{out,in}_bits_per_second`).
 
 use metrics::{counter, gauge, Counter, Gauge};
 use std::collections::BTreeMap;
@@ -36,11 +38,6 @@ struct Attachment {
     limit_memory_bytes: Option<u64>,
     limit_cpu_millicores: Option<u64>,
     limit_pids: Option<u64>,
-    /// Bytes per second the router lets the vassal send and receive; set
-    /// from the hello's `net_out` / `net_in` once the router enforces them
-    /// (see [`ProjectUsage::limit_network`]).
-    limit_net_out: Option<u64>,
-    limit_net_in: Option<u64>,
 }
 
 /// The project's totals and the attachments that feed them.
@@ -64,8 +61,6 @@ pub struct ProjectUsage {
     limit_memory_bytes: Gauge,
     limit_cpu_cores: Gauge,
     limit_pids: Gauge,
-    limit_net_out: Gauge,
-    limit_net_in: Gauge,
     totals: Mutex<Totals>,
 }
 
@@ -93,9 +88,7 @@ impl ProjectUsage {
             pids: gauge!("vassal_pids", "project" => p.clone()),
             limit_memory_bytes: gauge!("vassal_limit_memory_bytes", "project" => p.clone()),
             limit_cpu_cores: gauge!("vassal_limit_cpu_cores", "project" => p.clone()),
-            limit_pids: gauge!("vassal_limit_pids", "project" => p.clone()),
-            limit_net_out: gauge!("vassal_limit_net_out_bytes_per_second", "project" => p.clone()),
-            limit_net_in: gauge!("vassal_limit_net_in_bytes_per_second", "project" => p),
+            limit_pids: gauge!("vassal_limit_pids", "project" => p),
             totals: Mutex::new(Totals::default()),
         }
     }
@@ -138,16 +131,6 @@ impl ProjectUsage {
         self.publish(&totals);
     }
 
-    /// Records the network limits the router enforces on attachment
-    /// `attachment`, in bytes per second, for `vassal_limit_net_*`.
-    pub fn limit_network(&self, attachment: u64, out: Option<u64>, r#in: Option<u64>) {
-        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let a = totals.attachments.entry(attachment).or_default();
-        a.limit_net_out = out;
-        a.limit_net_in = r#in;
-        self.publish(&totals);
-    }
-
     /// The attachment is gone: its vassal no longer holds memory or pids.
     pub fn detach(&self, attachment: u64) {
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
@@ -182,8 +165,6 @@ impl ProjectUsage {
         self.limit_cpu_cores
             .set(limit(|a| a.limit_cpu_millicores) / 1000.0);
         self.limit_pids.set(limit(|a| a.limit_pids));
-        self.limit_net_out.set(limit(|a| a.limit_net_out));
-        self.limit_net_in.set(limit(|a| a.limit_net_in));
     }
 }
 
