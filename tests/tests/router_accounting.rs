@@ -235,7 +235,7 @@ fn accounting_counters_survive_a_relaunch_and_a_router_restart_counts_nothing_tw
 
     let mut first = launch(&dir, &n, &f);
     assert!(
-        wait_until(Duration::from_secs(15), || cpu(&router) >= 2.0
+        wait_until(Duration::from_secs(20), || cpu(&router) >= 2.0
             && io(&router) >= 4.0 * MIB),
         "{}\n{}",
         first.stderr(),
