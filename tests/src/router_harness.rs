@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use vassal_attach::{transport, Hello, Request, Response, PROTOCOL_VERSION};
+use vassal_attach::{transport, Hello, RateLimit, Request, Response, PROTOCOL_VERSION};
 
 /// The python3 the tests run inside namespaces (the system one).
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -307,6 +307,10 @@ pub struct TestVassal {
     pub tun: OwnedFd,
     /// The control connection; dropping it detaches the vassal.
     pub control: Option<OwnedFd>,
+    /// The `net_out` limit its hello asks (none by default).
+    pub net_out: Option<RateLimit>,
+    /// The `net_in` limit its hello asks.
+    pub net_in: Option<RateLimit>,
 }
 
 impl TestVassal {
@@ -386,6 +390,8 @@ impl TestVassal {
             addr6,
             tun,
             control: None,
+            net_out: None,
+            net_in: None,
         }
     }
 
@@ -398,6 +404,8 @@ impl TestVassal {
             project: self.project.clone(),
             ipv4: self.addr,
             ipv6: self.addr6.as_ref().map(|a| a.parse().unwrap()),
+            net_out: self.net_out,
+            net_in: self.net_in,
         });
         let answer =
             transport::call(conn.as_fd(), &hello, Some(self.tun.as_fd())).expect("hello exchange");

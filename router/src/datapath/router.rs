@@ -22,6 +22,7 @@ use crate::state::evidence::Logged;
 use crate::state::firewall::{ActiveRules, Firewall};
 use crate::state::flows::{FlowTable, Seen};
 use crate::state::fragments::FragmentTable;
+use crate::state::rate;
 use crate::state::registry::{AddrMap, Project, Registry, Vassal};
 use crate::wire::frame::Frame;
 use crate::wire::icmp;
@@ -55,6 +56,9 @@ pub struct Router {
 pub struct Snapshot {
     rules: Arc<ActiveRules>,
     own: ProjectId,
+    /// The batch's instant for the rate limits (the clock is read once per
+    /// batch, see [`rate::now_ns`]).
+    pub now: u64,
 }
 
 impl Snapshot {
@@ -63,7 +67,11 @@ impl Snapshot {
     pub fn take(firewall: &Firewall, project: Option<&str>) -> Snapshot {
         let rules = firewall.current();
         let own = project.map_or(ProjectId::UNKNOWN, |p| rules.classifier.project_id(p));
-        Snapshot { rules, own }
+        Snapshot {
+            rules,
+            own,
+            now: rate::now_ns(),
+        }
     }
 
     /// Re-takes the snapshot only when the rules changed (one load of the
@@ -71,6 +79,8 @@ impl Snapshot {
     pub fn refresh(&mut self, firewall: &Firewall, project: Option<&str>) {
         if firewall.generation() != self.rules.generation {
             *self = Snapshot::take(firewall, project);
+        } else {
+            self.now = rate::now_ns();
         }
     }
 }
@@ -181,9 +191,13 @@ impl Router {
     /// view of the registry for this batch.
     pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, vassals: &AddrMap, frame: Frame<'_>) {
         let counters = &v.project.counters;
+        // Whatever becomes of it, what the vassal sent counts against its
+        // `net_out` (its reader waits on the bucket before reading more).
         let Some((info, plan)) = inspect(&frame) else {
+            v.egress.charge(snap.now, frame.ip.len() as u64);
             return counters.drop(DropReason::Malformed, 1);
         };
+        v.egress.charge(snap.now, plan.wire.bytes);
         let n = plan.wire.packets;
         if icmp::is_link_local(&info) {
             return counters.drop(DropReason::LinkLocal, n);
@@ -250,6 +264,9 @@ impl Router {
                     .is_err()
                 {
                     return counters.drop(DropReason::Fragment, n);
+                }
+                if !w.ingress.admit(snap.now, plan.wire.bytes) {
+                    return w.project.counters.drop(DropReason::RateLimit, n);
                 }
                 let d = w.port.write_hop(&frame, &plan);
                 self.count_offload(&plan, &d, !w.port_has_offloads());
@@ -337,6 +354,11 @@ impl Router {
         }
         if self.fragments.passing(&info, w.project.slot, true).is_err() {
             return counters.drop(DropReason::Fragment, n);
+        }
+        // Ingress polices: holding the packet would hold every vassal
+        // behind it on this shared reader (docs/design.md).
+        if !w.ingress.admit(snap.now, plan.wire.bytes) {
+            return counters.drop(DropReason::RateLimit, n);
         }
         let d = w.port.write(&frame, &plan);
         self.count_offload(&plan, &d, !w.port_has_offloads());

@@ -8,5 +8,6 @@ pub mod evidence;
 pub mod firewall;
 pub mod flows;
 pub mod fragments;
+pub mod rate;
 pub mod registry;
 pub mod usage;
