@@ -43,6 +43,8 @@ fn stand_in_router(path: &Path) -> mpsc::Receiver<VassalUsage> {
             version: vassal_attach::PROTOCOL_VERSION,
             gateway: Ipv4Addr::new(10, 231, 0, 1),
             gateway6: None,
+            net_out: None,
+            net_in: None,
         };
         transport::send_datagram(conn.as_fd(), &vassal_attach::encode(&accepted), None).unwrap();
         while let Ok((len, _)) = transport::recv_datagram(conn.as_fd(), &mut buf) {

@@ -92,7 +92,7 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
         2,
         &script,
         &format!(
-            "[limits]\nmemory = \"256M\"\ncpu = 1.5\npids = 64\n\
+            "[limits]\nmemory = \"256M\"\ncpu = 1.5\npids = 64\nnet_out = \"50M\"\n\
              [[mount]]\nsource = \"{}\"\ntarget = \"/srv\"\nwritable = true\n",
             data.0.display()
         ),
@@ -112,8 +112,13 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
     );
     assert_eq!(m(&router, "vassal_limit_memory_bytes", &n), 256.0 * MIB);
     assert_eq!(m(&router, "vassal_limit_cpu_cores", &n), 1.5);
-    // No network limit in this file: 0, "nothing to compare with".
-    assert_eq!(m(&router, "vassal_limit_net_out_bits_per_second", &n), 0.0);
+    // The network limits, as the router enforces them: net_out from the
+    // file, no net_in (0: nothing to compare with).
+    assert_eq!(
+        m(&router, "vassal_limit_net_out_bytes_per_second", &n),
+        50e6 / 8.0
+    );
+    assert_eq!(m(&router, "vassal_limit_net_in_bytes_per_second", &n), 0.0);
 
     // The IO of the known write: 8 MiB, give or take the metadata the
     // filesystem writes in the vassal's name.

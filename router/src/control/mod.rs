@@ -400,9 +400,11 @@ fn attach(
         vnet: device.vnet,
     };
     let (out, inn) = limits_of(config, hello);
-    let bits = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64);
-    project.counters.limit_net_out.set(bits(out));
-    project.counters.limit_net_in.set(bits(inn));
+    // Exported in bytes per second (Prometheus' base unit; promtool's lint
+    // refuses bits), to compare with rate(vassal_tx_bytes_total).
+    let bytes = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64 / 8.0);
+    project.counters.limit_net_out.set(bytes(out));
+    project.counters.limit_net_in.set(bytes(inn));
     router.registry.attach_limited(
         project,
         hello.ipv4,

@@ -144,6 +144,19 @@ fn describe() {
         "Pids limit of the project's attached vassals (their sum); 0 when one has none."
     );
     describe_counter!(
+        "vassal_rate_limited_seconds_total",
+        Unit::Seconds,
+        "Time the router held off reading the project's vassal's tun because its net_out was spent (egress shaped), whole seconds."
+    );
+    describe_gauge!(
+        "vassal_limit_net_out_bytes_per_second",
+        "Network limit on what the project's latest attached vassal sends, bytes per second (its rate in bit/s over 8); 0 when unlimited."
+    );
+    describe_gauge!(
+        "vassal_limit_net_in_bytes_per_second",
+        "Network limit on what the project's latest attached vassal receives, bytes per second; 0 when unlimited."
+    );
+    describe_counter!(
         "vassal_events_total",
         "Events emitted to the event sink, by event."
     );

@@ -19,7 +19,7 @@
 //! vassals; a limit gauge is 0 when some attached vassal has no such limit
 //! (or none is attached): 0 means "no limit to compare with". The network
 //! limits are not here: the router enforces those itself and exports them
-//! with the network counters (`vassal_limit_net_{out,in}_bits_per_second`).
+//! with the network counters (`vassal_limit_net_{out,in}_bytes_per_second`).
 
 use metrics::{counter, gauge, Counter, Gauge};
 use std::collections::BTreeMap;
