@@ -105,6 +105,8 @@ mod tests {
             wall_clock: None,
             file_size: None,
             io: crate::config::IoLimits::default(),
+            net_out: None,
+            net_in: None,
         };
         let mut m = Meter::new(&limits);
         assert!(m.due());
