@@ -51,6 +51,90 @@ pub enum Request {
     /// connection that attached a vassal (the event is that vassal's, never
     /// a name in the message); the router does not answer.
     Event(VassalEvent),
+    /// Version 2: what the launcher's vassal has used, at least every
+    /// [`USAGE_EVERY_SECS`] seconds, for the router's per-project
+    /// accounting (`vassal_cpu_seconds_total`, ...). Like
+    /// [`Request::Event`], only valid on a connection that attached a
+    /// vassal, counted to that vassal's project, and not answered.
+    Usage(VassalUsage),
+}
+
+/// Longest a launcher waits between two [`Request::Usage`] reports.
+pub const USAGE_EVERY_SECS: u64 = 5;
+
+/// Largest value a [`VassalUsage`] field may carry: 2^53, so that every
+/// value is exact in a Prometheus float and per-project sums of many
+/// reports cannot overflow a u64.
+pub const MAX_USAGE_VALUE: u64 = 1 << 53;
+
+/// A vassal's usage, read from its cgroup. The counters (`cpu_usec`,
+/// `io_*`) are cumulative since this launcher started the vassal; the
+/// router adds what they gained since the previous report on the same
+/// connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VassalUsage {
+    /// CPU time of all its processes, in microseconds.
+    pub cpu_usec: u64,
+    /// Memory in use now, in bytes.
+    pub memory_bytes: u64,
+    /// Highest memory use since it started, in bytes.
+    pub memory_peak_bytes: u64,
+    /// Bytes read from block devices.
+    pub io_read_bytes: u64,
+    /// Bytes written to block devices.
+    pub io_write_bytes: u64,
+    /// Processes and threads now.
+    pub pids: u64,
+    /// True when this launcher already reported this run of its vassal on
+    /// an earlier connection (it re-attached, typically to a restarted
+    /// router): the router takes this report's counters as the baseline
+    /// and counts only what they gain afterwards, so nothing is counted
+    /// twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// The limits of the vassal's file in force, for `vassal_limit_*`.
+    #[serde(default)]
+    pub limits: UsageLimits,
+}
+
+/// The cgroup limits of a vassal, as its launcher set them; `None` is no
+/// limit. (The network limits travel in the hello.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageLimits {
+    /// `memory`, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// `cpu`, in thousandths of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
+    /// `pids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+impl VassalUsage {
+    /// Checks every value against [`MAX_USAGE_VALUE`].
+    pub fn check(&self) -> Result<(), String> {
+        let l = &self.limits;
+        for (field, value) in [
+            ("cpu_usec", Some(self.cpu_usec)),
+            ("memory_bytes", Some(self.memory_bytes)),
+            ("memory_peak_bytes", Some(self.memory_peak_bytes)),
+            ("io_read_bytes", Some(self.io_read_bytes)),
+            ("io_write_bytes", Some(self.io_write_bytes)),
+            ("pids", Some(self.pids)),
+            ("limits.memory_bytes", l.memory_bytes),
+            ("limits.cpu_millicores", l.cpu_millicores),
+            ("limits.pids", l.pids),
+        ] {
+            if value.is_some_and(|v| v > MAX_USAGE_VALUE) {
+                return Err(format!("{field} is above {MAX_USAGE_VALUE}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An event a launcher reports about its vassal.
@@ -307,6 +391,16 @@ pub struct ProjectStats {
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Flows in this project's flow table now.
     pub flows: u64,
+    /// Version 2: CPU time its launchers reported, in microseconds (see
+    /// [`Request::Usage`]).
+    #[serde(default)]
+    pub cpu_usec: u64,
+    /// Version 2: bytes its vassals read from block devices.
+    #[serde(default)]
+    pub io_read_bytes: u64,
+    /// Version 2: bytes its vassals wrote to block devices.
+    #[serde(default)]
+    pub io_write_bytes: u64,
 }
 
 /// A message that does not follow the protocol.
@@ -381,6 +475,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
                     .map_err(|why| ProtocolError::Malformed(format!("{field}: {why}")))?;
             }
         }
+        Request::Usage(u) => u.check().map_err(ProtocolError::Malformed)?,
         Request::Event(e) if e.count == 0 => {
             return Err(ProtocolError::Malformed(
                 "event count must be at least 1".into(),
@@ -537,6 +632,51 @@ mod tests {
             r#"{"type":"event","event":"oom_kill","count":0}"#,
             r#"{"type":"event","event":"reboot","count":1}"#,
             r#"{"type":"event","event":"oom_kill","count":1,"project":"bob"}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode_request(bad.as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_round_trips_and_is_checked() {
+        let u = Request::Usage(VassalUsage {
+            cpu_usec: 1_500_000,
+            memory_bytes: 4096,
+            memory_peak_bytes: 8192,
+            io_read_bytes: 1,
+            io_write_bytes: 2,
+            pids: 3,
+            resumed: false,
+            limits: UsageLimits {
+                memory_bytes: Some(64 << 20),
+                cpu_millicores: None,
+                pids: Some(32),
+            },
+        });
+        let bytes = encode(&u);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"type":"usage","cpu_usec":1500000,"memory_bytes":4096,"memory_peak_bytes":8192,"io_read_bytes":1,"io_write_bytes":2,"pids":3,"limits":{"memory_bytes":67108864,"pids":32}}"#
+        );
+        assert_eq!(decode_request(&bytes).unwrap(), u);
+        let resumed = r#"{"type":"usage","cpu_usec":0,"memory_bytes":0,"memory_peak_bytes":0,"io_read_bytes":0,"io_write_bytes":0,"pids":1,"resumed":true}"#;
+        assert!(matches!(
+            decode_request(resumed.as_bytes()),
+            Ok(Request::Usage(VassalUsage { resumed: true, .. }))
+        ));
+        for bad in [
+            // A project is never the message's to name.
+            r#"{"type":"usage","cpu_usec":0,"memory_bytes":0,"memory_peak_bytes":0,"io_read_bytes":0,"io_write_bytes":0,"pids":1,"project":"bob"}"#,
+            r#"{"type":"usage","cpu_usec":9007199254740993,"memory_bytes":0,"memory_peak_bytes":0,"io_read_bytes":0,"io_write_bytes":0,"pids":1}"#,
+            r#"{"type":"usage","cpu_usec":0,"memory_bytes":0,"memory_peak_bytes":0,"io_read_bytes":0,"io_write_bytes":0,"pids":1,"limits":{"pids":18446744073709551615}}"#,
+            r#"{"type":"usage","cpu_usec":-1,"memory_bytes":0,"memory_peak_bytes":0,"io_read_bytes":0,"io_write_bytes":0,"pids":1}"#,
+            r#"{"type":"usage","cpu_usec":0}"#,
         ] {
             assert!(
                 matches!(

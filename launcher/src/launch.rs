@@ -1,6 +1,7 @@
 //! The outer launcher: everything done from the host's namespaces, in the
 //! order of docs/design.md ("Launch order"). [`run`] is that order.
 
+use crate::accounting::Meter;
 use crate::cgroup::{self, Cgroup, CgroupError, Usage};
 use crate::config::{map_to_host, IdRange, VassalConfig};
 use crate::disk::{self, DiskError};
@@ -199,6 +200,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     // 7. Supervise from outside: forward signals, keep the attachment,
     //    report events as they happen.
     let mut events = Events::new(&config.name);
+    let mut meter = Meter::new(&config.limits);
     let (code, sig, wall_clock) = watch(
         config,
         child,
@@ -206,7 +208,7 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         &sigfd,
         tun.as_ref(),
         &mut attachment,
-        (&cg, &mut events, relay.as_mut()),
+        (&cg, &mut events, &mut meter, relay.as_mut()),
     );
     guard.0 = None;
     if let Some(r) = relay.as_mut() {
@@ -218,6 +220,9 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     let usage: Usage = cg.usage();
     let report = Report::new(config, code, sig, wall_clock, started.elapsed(), usage);
     events.finish(&report, attachment.as_ref());
+    // The last usage, so the seconds since the last periodic report are
+    // billed too.
+    meter.report(&usage, attachment.as_ref());
     drop(attachment);
     if let Some(path) = report_path {
         report.write(path).map_err(|source| LaunchError::Report {
@@ -328,7 +333,8 @@ fn write_id_maps(child: Pid, uid_map: &[IdRange], gid_map: &[IdRange]) -> Result
 }
 
 /// Waits for the vassal to end while forwarding signals, keeping it
-/// attached and reporting its cgroup's events every second. Returns (exit
+/// attached, reporting its cgroup's events every second and its usage every
+/// `accounting::REPORT_EVERY`. Returns (exit
 /// code, signal, stopped for wall clock).
 fn watch(
     config: &VassalConfig,
@@ -337,16 +343,25 @@ fn watch(
     sigfd: &SignalFd,
     tun: Option<&OwnedFd>,
     attachment: &mut Option<Attachment>,
-    (cg, events, mut relay): (&Cgroup, &mut Events, Option<&mut Relay>),
+    (cg, events, meter, mut relay): (&Cgroup, &mut Events, &mut Meter, Option<&mut Relay>),
 ) -> (Option<i32>, Option<i32>, bool) {
     let mut ended: Option<(Option<i32>, Option<i32>, bool)> = None;
     let mut backoff = Duration::from_millis(100);
     let mut retry_at: Option<Instant> = None;
     let mut check_at = Instant::now() + events::CHECK_EVERY;
     loop {
-        if Instant::now() >= check_at {
-            events.check(&cg.usage(), attachment.as_ref());
-            check_at = Instant::now() + events::CHECK_EVERY;
+        let tick = Instant::now() >= check_at;
+        if tick || meter.due() {
+            let usage = cg.usage();
+            // Events only on the one-second tick: an OOM kill is confirmed
+            // by the check after the one that saw it (events.rs).
+            if tick {
+                events.check(&usage, attachment.as_ref());
+                check_at = Instant::now() + events::CHECK_EVERY;
+            }
+            if meter.due() {
+                meter.report(&usage, attachment.as_ref());
+            }
         }
         let mut fds = vec![
             PollFd::new(sync_fd.as_fd(), PollFlags::POLLIN),
@@ -451,6 +466,7 @@ fn watch(
                         );
                         *attachment = Some(a);
                         retry_at = None;
+                        meter.reattached();
                     }
                     Err(_) => {
                         retry_at = Some(Instant::now() + backoff);

@@ -7,6 +7,7 @@
 //! outer launcher in the host's namespaces ([`launch`]), the supervisor that
 //! is pid 1 inside ([`supervisor`]), and the command.
 
+pub mod accounting;
 pub mod cgroup;
 pub mod config;
 pub mod disk;

@@ -6,74 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use vassal_tests::launcher_harness::{
-    code, launch, leftovers, name, stderr, stdout, vassal_file, TempDir, PROJECT_UID,
+    code, launch, leftovers, name, stderr, stdout, vassal_file, LoopFs, TempDir,
 };
 use vassal_tests::{run, unique};
-
-/// An ext4 filesystem in a file under /tmp, on a loop device, mounted on a
-/// directory the project's uid may write; all removed on drop.
-struct LoopFs {
-    image: PathBuf,
-    device: Option<String>,
-    mount: PathBuf,
-    mounted: bool,
-}
-
-impl LoopFs {
-    /// `mkfs.ext4 mkfs_options` then `mount -o mount_options`; `Err` with
-    /// the mount's error when the kernel refuses it (what is made so far
-    /// is removed by the drop).
-    fn try_new(mkfs_options: &[&str], mount_options: &str) -> Result<LoopFs, String> {
-        let id = unique("dk");
-        let mut fs = LoopFs {
-            image: PathBuf::from(format!("/tmp/vassal-disk-{id}.img")),
-            device: None,
-            mount: PathBuf::from(format!("/tmp/vassal-disk-{id}")),
-            mounted: false,
-        };
-        run(Command::new("truncate").args(["-s", "256M"]).arg(&fs.image));
-        let out = run(Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&fs.image));
-        fs.device = Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
-        let device = fs.device.clone().unwrap();
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .args(mkfs_options)
-            .arg(&device));
-        std::fs::create_dir_all(&fs.mount).unwrap();
-        let out = Command::new("mount")
-            .args(["-o", mount_options, &device])
-            .arg(&fs.mount)
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        fs.mounted = true;
-        run(Command::new("chown")
-            .arg(format!("{PROJECT_UID}:{PROJECT_UID}"))
-            .arg(&fs.mount));
-        Ok(fs)
-    }
-
-    fn new() -> LoopFs {
-        LoopFs::try_new(&[], "rw").unwrap()
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(&self.mount).status();
-        }
-        if let Some(d) = &self.device {
-            let _ = Command::new("losetup").args(["-d", d]).status();
-        }
-        let _ = std::fs::remove_dir(&self.mount);
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
 
 /// A directory on a host tmpfs (/dev/shm), removed on drop.
 struct ShmDir(PathBuf);

@@ -38,7 +38,7 @@ fn ops_alert_rules_are_valid() {
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations/alerts.yml");
     let (ok, text) = promtool(&["check", "rules", rules], None);
     assert!(ok, "{text}");
-    assert!(text.contains("SUCCESS: 15 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 19 rules found"), "{text}");
 }
 
 #[test]
@@ -59,6 +59,10 @@ fn ops_live_metrics_pass_promtool_lint() {
         "vassal_dropped_packets_total",
         "vassal_attach_refusals_total",
         "vassal_attached",
+        "vassal_cpu_seconds_total",
+        "vassal_memory_bytes",
+        "vassal_io_write_bytes_total",
+        "vassal_limit_memory_bytes",
     ] {
         assert!(
             body.contains(&format!("# HELP {name} ")),

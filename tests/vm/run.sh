@@ -21,7 +21,7 @@ repo=$PWD
 filter=${1:-}
 # Not launcher_network: its tests have real-time windows (traffic within
 # 2 s, events within 5 s) that an emulated CPU on a busy host misses.
-tests=(${VASSAL_VM_TESTS:-launcher_limits launcher_isolation hostile_launcher_mounts launcher_disk})
+tests=(${VASSAL_VM_TESTS:-launcher_limits launcher_isolation hostile_launcher_mounts launcher_disk launcher_accounting})
 cache=${VASSAL_VM_CACHE:-$repo/target/vm}
 timeout_s=${VASSAL_VM_TIMEOUT:-1200}
 

@@ -64,13 +64,26 @@ impl std::fmt::Display for DeviceNumber {
     }
 }
 
-/// What the vassal used, read when it ends.
+/// What the vassal used so far: read every second while it runs (events,
+/// the usage reports to the router) and once when it ends (the report).
+/// A reading the host does not offer is `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// CPU time of every process of the vassal, in milliseconds.
     pub cpu_time_ms: Option<u64>,
+    /// The same in microseconds, for the router's accounting.
+    pub cpu_usec: Option<u64>,
+    /// Memory in use now, in bytes (page cache included, as the limit
+    /// counts it).
+    pub memory_bytes: Option<u64>,
     /// Highest memory use, in bytes.
     pub peak_memory_bytes: Option<u64>,
+    /// Bytes read from block devices since the cgroup was made.
+    pub io_read_bytes: Option<u64>,
+    /// Bytes written to block devices since the cgroup was made.
+    pub io_write_bytes: Option<u64>,
+    /// Processes (threads included) in the vassal now.
+    pub pids: Option<u64>,
     /// Processes the kernel OOM-killed for the memory limit.
     pub oom_kills: u64,
     /// Forks refused for the pids limit.
@@ -118,6 +131,50 @@ fn keyed(path: &Path, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// Sums the `Read` and `Write` bytes of every device in a cgroup v1
+/// `blkio.throttle.io_service_bytes` ("MAJ:MIN Read N" lines, then a
+/// "Total N" line).
+fn blkio_bytes(path: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (mut read, mut written) = (0u64, 0u64);
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(_device), Some(op), Some(n)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match op {
+            "Read" => read = read.saturating_add(n),
+            "Write" => written = written.saturating_add(n),
+            _ => {}
+        }
+    }
+    Some((read, written))
+}
+
+/// Sums `rbytes` and `wbytes` of every device in a cgroup v2 `io.stat`
+/// ("MAJ:MIN rbytes=N wbytes=N rios=N ..." lines).
+fn io_stat_bytes(path: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (mut read, mut written) = (0u64, 0u64);
+    for (key, value) in text
+        .lines()
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let Ok(n) = value.parse::<u64>() else {
+            continue;
+        };
+        match key {
+            "rbytes" => read = read.saturating_add(n),
+            "wbytes" => written = written.saturating_add(n),
+            _ => {}
+        }
+    }
+    Some((read, written))
 }
 
 fn has_procs(dir: &Path) -> bool {

@@ -1,7 +1,8 @@
 //! cgroup v1: one directory per controller hierarchy.
 
 use super::{
-    has_procs, keyed, kill_and_remove, read_u64, write, CgroupError, DeviceNumber, Usage, PARENT,
+    blkio_bytes, has_procs, keyed, kill_and_remove, read_u64, write, CgroupError, DeviceNumber,
+    Usage, PARENT,
 };
 use crate::config::{IoLimits, Limits};
 use std::path::{Path, PathBuf};
@@ -175,9 +176,19 @@ impl V1 {
     /// Usage so far.
     pub fn usage(&self) -> Usage {
         let acct = self.cpuacct.as_ref().unwrap_or(&self.cpu);
+        let cpu_ns = read_u64(&acct.join("cpuacct.usage"));
+        let io = self
+            .blkio
+            .as_ref()
+            .and_then(|b| blkio_bytes(&b.join("blkio.throttle.io_service_bytes")));
         Usage {
-            cpu_time_ms: read_u64(&acct.join("cpuacct.usage")).map(|ns| ns / 1_000_000),
+            cpu_time_ms: cpu_ns.map(|ns| ns / 1_000_000),
+            cpu_usec: cpu_ns.map(|ns| ns / 1000),
+            memory_bytes: read_u64(&self.memory.join("memory.usage_in_bytes")),
             peak_memory_bytes: read_u64(&self.memory.join("memory.max_usage_in_bytes")),
+            io_read_bytes: io.map(|(r, _)| r),
+            io_write_bytes: io.map(|(_, w)| w),
+            pids: read_u64(&self.pids.join("pids.current")),
             oom_kills: keyed(&self.memory.join("memory.oom_control"), "oom_kill").unwrap_or(0),
             pids_limit_hits: keyed(&self.pids.join("pids.events"), "max").unwrap_or(0),
         }
@@ -253,9 +264,18 @@ mod tests {
             "2500000000\n",
         )
         .unwrap();
+        std::fs::write(dir.join("memory.usage_in_bytes"), "8192\n").unwrap();
+        std::fs::write(dir.join("memory.max_usage_in_bytes"), "16384\n").unwrap();
+        std::fs::write(base.join("pids/vassal/alice/pids.current"), "5\n").unwrap();
         let u = cg.usage();
         assert_eq!(u.oom_kills, 2);
         assert_eq!(u.cpu_time_ms, Some(2500));
+        assert_eq!(u.cpu_usec, Some(2_500_000));
+        assert_eq!(u.memory_bytes, Some(8192));
+        assert_eq!(u.peak_memory_bytes, Some(16384));
+        assert_eq!(u.pids, Some(5));
+        // No blkio mount: no IO readings rather than zeros.
+        assert_eq!((u.io_read_bytes, u.io_write_bytes), (None, None));
         assert_eq!(cg.dirs().len(), 4);
         let _ = std::fs::remove_dir_all(&base);
     }
@@ -275,9 +295,11 @@ mod tests {
         assert_eq!(h, Hierarchy::V2(base.join("cg")));
         let cg = Cgroup::create(&h, "bob", &limits()).unwrap();
         let dir = base.join("cg/vassal/bob");
+        // The last write of the (fake, plain-file) subtree_control: the io
+        // controller, enabled for io.stat since the host has it.
         assert_eq!(
             std::fs::read_to_string(base.join("cg/cgroup.subtree_control")).unwrap(),
-            "+memory +cpu +pids"
+            "+io"
         );
         assert_eq!(
             std::fs::read_to_string(dir.join("memory.max")).unwrap(),
@@ -296,12 +318,25 @@ mod tests {
         std::fs::write(dir.join("pids.events"), "max 7\n").unwrap();
         std::fs::write(dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
         std::fs::write(dir.join("memory.peak"), "123456\n").unwrap();
+        std::fs::write(dir.join("memory.current"), "65536\n").unwrap();
+        std::fs::write(dir.join("pids.current"), "3\n").unwrap();
+        std::fs::write(
+            dir.join("io.stat"),
+            "8:0 rbytes=4096 wbytes=1048576 rios=1 wios=256 dbytes=0 dios=0\n\
+             253:1 rbytes=100 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
+        )
+        .unwrap();
         let u = cg.usage();
         assert_eq!(
             u,
             Usage {
                 cpu_time_ms: Some(1),
+                cpu_usec: Some(1500),
+                memory_bytes: Some(65536),
                 peak_memory_bytes: Some(123456),
+                io_read_bytes: Some(4196),
+                io_write_bytes: Some(1048576),
+                pids: Some(3),
                 oom_kills: 1,
                 pids_limit_hits: 7
             }
@@ -349,6 +384,19 @@ mod tests {
         assert_eq!(read("blkio.throttle.write_iops_device"), "7:3 100");
         assert!(!dir.join("blkio.throttle.read_iops_device").exists());
         assert!(existing_dirs(&h, "carol").contains(&dir));
+        // The IO bytes billed: every device's Read and Write, not Sync,
+        // Async or the Total line (which would count them twice).
+        std::fs::write(
+            dir.join("blkio.throttle.io_service_bytes"),
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 8192\n8:0 Async 4096\n8:0 Total 12288\n\
+             7:3 Read 1\n7:3 Write 2\n7:3 Total 3\nTotal 12291\n",
+        )
+        .unwrap();
+        let u = cg.usage();
+        assert_eq!(
+            (u.io_read_bytes, u.io_write_bytes),
+            (Some(4097), Some(8194))
+        );
         let _ = std::fs::remove_dir_all(&base);
 
         let (base, info) = fake_tree(

@@ -1,8 +1,8 @@
 //! cgroup v2: one directory, controllers enabled down the path.
 
 use super::{
-    has_procs, io, keyed, kill_and_remove, read_u64, write, CgroupError, DeviceNumber, Usage,
-    PARENT,
+    has_procs, io, io_stat_bytes, keyed, kill_and_remove, read_u64, write, CgroupError,
+    DeviceNumber, Usage, PARENT,
 };
 use crate::config::{IoLimits, Limits};
 use std::path::{Path, PathBuf};
@@ -44,6 +44,17 @@ impl V2 {
             &parent.join("cgroup.subtree_control"),
             enable,
         )?;
+        // The io controller too where the host has it, for io.stat: the
+        // IO bytes the router bills. Best effort (io.max is only written
+        // when limits ask for it, see throttle_io); without it the IO
+        // readings are absent, not an error.
+        let available =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if available.split_whitespace().any(|c| c == "io") {
+            for d in [root, parent.as_path()] {
+                let _ = std::fs::write(d.join("cgroup.subtree_control"), "+io");
+            }
+        }
         let dir = parent.join(name);
         if dir.exists() {
             if has_procs(&dir) {
@@ -132,9 +143,16 @@ impl V2 {
 
     /// Usage so far.
     pub fn usage(&self) -> Usage {
+        let cpu_usec = keyed(&self.dir.join("cpu.stat"), "usage_usec");
+        let io = io_stat_bytes(&self.dir.join("io.stat"));
         Usage {
-            cpu_time_ms: keyed(&self.dir.join("cpu.stat"), "usage_usec").map(|us| us / 1000),
+            cpu_time_ms: cpu_usec.map(|us| us / 1000),
+            cpu_usec,
+            memory_bytes: read_u64(&self.dir.join("memory.current")),
             peak_memory_bytes: read_u64(&self.dir.join("memory.peak")),
+            io_read_bytes: io.map(|(r, _)| r),
+            io_write_bytes: io.map(|(_, w)| w),
+            pids: read_u64(&self.dir.join("pids.current")),
             oom_kills: keyed(&self.dir.join("memory.events"), "oom_kill").unwrap_or(0),
             pids_limit_hits: keyed(&self.dir.join("pids.events"), "max").unwrap_or(0),
         }

@@ -274,6 +274,21 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                     }),
                 );
             }
+            Request::Usage(usage) => {
+                // Counted to the project of the vassal this connection
+                // attached, as events are: the message names no project.
+                let Some((vassal, _)) = &attached else {
+                    refuse(
+                        &afd,
+                        uid,
+                        RefuseReason::Malformed,
+                        "usage comes on the connection that attached its vassal".into(),
+                    )
+                    .await;
+                    break;
+                };
+                vassal.project.usage.report(vassal.id, &usage);
+            }
             Request::Reload => {
                 let answer = match reload(&router).await {
                     Ok((out_rules, in_rules)) => Response::Reloaded {
@@ -291,6 +306,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
     if let Some((vassal, reader)) = attached {
         reader.abort();
         router.registry.detach(&vassal);
+        vassal.project.usage.detach(vassal.id);
         tracing::info!(project = %vassal.project.name, ipv4 = %vassal.ipv4, "vassal detached");
     }
 }
@@ -384,9 +400,11 @@ fn attach(
         vnet: device.vnet,
     };
     let (out, inn) = limits_of(config, hello);
-    let bits = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64);
-    project.counters.limit_net_out.set(bits(out));
-    project.counters.limit_net_in.set(bits(inn));
+    // Exported in bytes per second (Prometheus' base unit; promtool's lint
+    // refuses bits), to compare with rate(vassal_tx_bytes_total).
+    let bytes = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64 / 8.0);
+    project.counters.limit_net_out.set(bytes(out));
+    project.counters.limit_net_in.set(bytes(inn));
     router.registry.attach_limited(
         project,
         hello.ipv4,
@@ -419,6 +437,7 @@ pub fn stats(router: &Router) -> Vec<ProjectStats> {
         .iter()
         .map(|p| {
             let c = &p.counters;
+            let usage = p.usage.totals();
             ProjectStats {
                 project: p.name.clone(),
                 attached: p.attached() > 0,
@@ -431,6 +450,9 @@ pub fn stats(router: &Router) -> Vec<ProjectStats> {
                     .map(|r| (r.as_str().to_owned(), c.dropped(*r)))
                     .collect(),
                 flows: router.flows.count(p.slot) as u64,
+                cpu_usec: usage.cpu_usec,
+                io_read_bytes: usage.io_read_bytes,
+                io_write_bytes: usage.io_write_bytes,
             }
         })
         .collect()

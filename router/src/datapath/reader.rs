@@ -106,7 +106,7 @@ async fn read_loop(
                 // really spent off the tun, not the time asked.
                 tokio::time::sleep(wait).await;
                 let waited = rate::now_ns().saturating_sub(before);
-                v.project.counters.shaped_us.add(waited / 1000);
+                v.project.counters.shaped_us.add_micros(waited / 1000);
             }
         }
         let mut guard = match afd.readable().await {

@@ -102,6 +102,61 @@ fn describe() {
         "TCP super-packets the router cut into segments itself, for a destination without offloads (a uWSGI compat peer)."
     );
     describe_counter!(
+        "vassal_cpu_seconds_total",
+        Unit::Seconds,
+        "CPU time of the project's vassals, in whole seconds, as their launchers report it (usage request, every 2 s); resets when the router restarts."
+    );
+    describe_gauge!(
+        "vassal_memory_bytes",
+        Unit::Bytes,
+        "Memory the project's attached vassals hold now (their cgroups' usage, page cache included)."
+    );
+    describe_gauge!(
+        "vassal_memory_peak_bytes",
+        Unit::Bytes,
+        "Sum of the attached vassals' own memory peaks since each started."
+    );
+    describe_counter!(
+        "vassal_io_read_bytes_total",
+        Unit::Bytes,
+        "Bytes the project's vassals read from block devices."
+    );
+    describe_counter!(
+        "vassal_io_write_bytes_total",
+        Unit::Bytes,
+        "Bytes the project's vassals wrote to block devices."
+    );
+    describe_gauge!(
+        "vassal_pids",
+        "Processes and threads in the project's attached vassals now."
+    );
+    describe_gauge!(
+        "vassal_limit_memory_bytes",
+        Unit::Bytes,
+        "Memory limit of the project's attached vassals (their sum); 0 when one has none."
+    );
+    describe_gauge!(
+        "vassal_limit_cpu_cores",
+        "CPU limit of the project's attached vassals in cores (their sum); 0 when one has none."
+    );
+    describe_gauge!(
+        "vassal_limit_pids",
+        "Pids limit of the project's attached vassals (their sum); 0 when one has none."
+    );
+    describe_counter!(
+        "vassal_rate_limited_seconds_total",
+        Unit::Seconds,
+        "Time the router held off reading the project's vassal's tun because its net_out was spent (egress shaped), whole seconds."
+    );
+    describe_gauge!(
+        "vassal_limit_net_out_bytes_per_second",
+        "Network limit on what the project's latest attached vassal sends, bytes per second (its rate in bit/s over 8); 0 when unlimited."
+    );
+    describe_gauge!(
+        "vassal_limit_net_in_bytes_per_second",
+        "Network limit on what the project's latest attached vassal receives, bytes per second; 0 when unlimited."
+    );
+    describe_counter!(
         "vassal_events_total",
         "Events emitted to the event sink, by event."
     );

@@ -97,6 +97,17 @@ impl Count {
         self.value.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds `us` microseconds to a counter exported in seconds: the
+    /// exporter's counters are integers, so the series gains each whole
+    /// second as the mirror (in microseconds) passes it.
+    pub fn add_micros(&self, us: u64) {
+        let before = self.value.fetch_add(us, Ordering::Relaxed);
+        let whole = before.saturating_add(us) / 1_000_000 - before / 1_000_000;
+        if whole > 0 {
+            self.handle.increment(whole);
+        }
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
@@ -120,13 +131,13 @@ pub struct ProjectCounters {
     pub attached: Gauge,
     /// `vassal_flows{project}`.
     pub flows: Gauge,
-    /// `vassal_rate_limited_microseconds_total{project}`: time its reader
+    /// `vassal_rate_limited_seconds_total{project}`: time its reader
     /// held off its tun, waiting for its `net_out` bucket.
     pub shaped_us: Count,
-    /// `vassal_limit_net_out_bits_per_second{project}`: the `net_out` of
+    /// `vassal_limit_net_out_bytes_per_second{project}`: the `net_out` of
     /// its latest attached vassal, 0 when unlimited.
     pub limit_net_out: Gauge,
-    /// `vassal_limit_net_in_bits_per_second{project}`.
+    /// `vassal_limit_net_in_bytes_per_second{project}`.
     pub limit_net_in: Gauge,
 }
 
@@ -145,9 +156,9 @@ impl ProjectCounters {
             compat_rule_blocks: Count::new(counter!("vassal_compat_rule_blocks_total", "project" => p.clone())),
             attached: gauge!("vassal_attached", "project" => p.clone()),
             flows: gauge!("vassal_flows", "project" => p.clone()),
-            shaped_us: Count::new(counter!("vassal_rate_limited_microseconds_total", "project" => p.clone())),
-            limit_net_out: gauge!("vassal_limit_net_out_bits_per_second", "project" => p.clone()),
-            limit_net_in: gauge!("vassal_limit_net_in_bits_per_second", "project" => p),
+            shaped_us: Count::new(counter!("vassal_rate_limited_seconds_total", "project" => p.clone())),
+            limit_net_out: gauge!("vassal_limit_net_out_bytes_per_second", "project" => p.clone()),
+            limit_net_in: gauge!("vassal_limit_net_in_bytes_per_second", "project" => p),
         }
     }
 

@@ -13,3 +13,4 @@ pub mod rate;
 pub mod registry;
 pub mod remote;
 pub mod restore;
+pub mod usage;

@@ -12,6 +12,7 @@ use crate::port::Port;
 use crate::state::counters::ProjectCounters;
 use crate::state::evidence::Evidence;
 use crate::state::rate::TokenBucket;
+use crate::state::usage::ProjectUsage;
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,6 +28,8 @@ pub struct Project {
     pub slot: u32,
     /// Its counters.
     pub counters: ProjectCounters,
+    /// What its launchers report of their vassals' usage.
+    pub usage: ProjectUsage,
     /// What the datapath notes for the event watch.
     pub evidence: Evidence,
     attached: AtomicI64,
@@ -118,6 +121,7 @@ impl Registry {
             name: name.to_owned(),
             slot: projects.len() as u32,
             counters: ProjectCounters::register(name),
+            usage: ProjectUsage::register(name),
             evidence: Evidence::default(),
             attached: AtomicI64::new(0),
         });
