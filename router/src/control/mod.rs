@@ -8,7 +8,7 @@
 //! detached when it closes.
 
 use crate::config::{host6_in_subnet, host_in_subnet};
-use crate::datapath::reader;
+use crate::datapath::{cores, reader};
 use crate::datapath::router::Router;
 use crate::os::events;
 use crate::os::socket;
@@ -213,7 +213,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                             gateway: router.config.gateway.addr(),
                             gateway6: router.config.gateway6.map(|g| g.addr()),
                         };
-                        let reader = tokio::spawn(reader::vassal_reader(
+                        let reader = cores::spawn(reader::vassal_reader(
                             Arc::clone(&router),
                             Arc::clone(&vassal),
                         ));

@@ -10,6 +10,7 @@ pub mod watch;
 use crate::compat;
 use crate::config::Config;
 use crate::control;
+use crate::datapath::cores::{self, CoresError};
 use crate::datapath::reader;
 use crate::datapath::router::Router;
 use crate::metrics::{self, MetricsError};
@@ -37,6 +38,8 @@ pub enum DaemonError {
     /// The host tun failed.
     #[error(transparent)]
     HostTun(#[from] HostTunError),
+    #[error(transparent)]
+    Cores(#[from] CoresError),
     /// NAT setup or removal failed.
     #[error(transparent)]
     Nat(#[from] NatError),
@@ -82,6 +85,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         n => n,
     };
     let host_tun = host_tun::create(&config, queues)?;
+    // One datapath thread per queue (docs/design.md, "Threads and tasks").
+    cores::start(queues)?;
     // NAT on or off: the table also guards the host (docs/design.md).
     let table = Table::install(&config)?;
     let router = Arc::new(Router {
@@ -112,7 +117,10 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let mut tasks = Vec::new();
     for queue in 0..router.host_tun.len() {
-        tasks.push(tokio::spawn(reader::host_reader(Arc::clone(router), queue)));
+        tasks.push(cores::spawn_on(
+            queue,
+            reader::host_reader(Arc::clone(router), queue),
+        ));
     }
     tasks.push(tokio::spawn(sweeper(Arc::clone(router))));
     if let Some(path) = &router.config.compat_socket {

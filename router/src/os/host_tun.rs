@@ -60,6 +60,17 @@ impl HostTun {
         self.first.as_fd()
     }
 
+    /// The fd of queue `queue` (modulo their number), for the packets a
+    /// datapath thread writes toward the host: tun's flow steering sends a
+    /// flow's answers to the queue its packets were written to, so they
+    /// come back to the thread that reads that queue (`datapath::cores`).
+    pub fn writer_for(&self, queue: usize) -> BorrowedFd<'_> {
+        match queue % self.len() {
+            0 => self.first.as_fd(),
+            i => self.others[i - 1].as_fd(),
+        }
+    }
+
     /// Every queue, for the readers.
     pub fn queues(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         std::iter::once(self.first.as_fd()).chain(self.others.iter().map(|q| q.as_fd()))
