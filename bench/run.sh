@@ -27,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 [ -n "${NO_BUILD:-}" ] || cargo build --release --bins --quiet   # NO_BUILD=1: use the binaries already built
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}   # BIN=dir: other binaries (a before/after comparison)
 WORK=$(mktemp -d /tmp/vassal-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"

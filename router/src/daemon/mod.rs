@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(path) = &config.compat_socket {
         socket::ensure_free(path, SockType::Stream)?;
     }
-    // One host tun queue (and reader) per worker thread.
+    // One host tun queue (and reader, and datapath thread) per core.
     let queues = match config.limits.host_queues {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
         n => n,

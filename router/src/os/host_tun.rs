@@ -31,7 +31,7 @@ pub enum HostTunError {
 pub const TXQUEUELEN: u32 = 5000;
 
 /// The host tun's queues: one fd per queue, each read by its own task so
-/// that host-to-vassal traffic is spread over the worker threads.
+/// that host-to-vassal traffic is spread over the datapath threads.
 pub struct HostTun {
     first: OwnedFd,
     others: Vec<OwnedFd>,
@@ -54,8 +54,9 @@ impl HostTun {
         self.vnet
     }
 
-    /// The fd packets toward the host are written to. Any queue would do:
-    /// a tun write is handed to the stack whichever queue carries it.
+    /// Queue 0's fd, for a write from outside the datapath threads. A tun
+    /// write is handed to the stack whichever queue carries it; the queue
+    /// only decides where the flow's answers come back (see `writer_for`).
     pub fn writer(&self) -> BorrowedFd<'_> {
         self.first.as_fd()
     }
@@ -87,7 +88,7 @@ impl HostTun {
     }
 }
 
-/// Creates the host tun with `queues` queues (one per worker thread), with
+/// Creates the host tun with `queues` queues (one per datapath thread), with
 /// offloads when `limits.offload` is on, sets its MTU, queue length and
 /// addresses, and brings it up.
 pub fn create(config: &Config, queues: usize) -> Result<HostTun, HostTunError> {
