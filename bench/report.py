@@ -70,11 +70,13 @@ def section(m, params):
     out.append(f"| TCP aggregate, {fmt(g('aggregate', 'vassals'))} vassals → host at once, Mbit/s | "
                f"{agg('veth')} | {agg('vassal-router')} | | | | |")
     out.append("")
-    out.append("How to read the round trips: `ping -i 0.005` (the figure `peers.sh` takes for every peer) "
+    out.append("How to read the round trips: `ping -i 0.005` (taken for every peer) "
                "leaves every thread of a forwarding path asleep between two pings, and on this VM waking an "
                "idle vCPU costs tens of microseconds; veth never sleeps (the reply is made in the sender's "
                "own system call), so it measures a few microseconds whatever the load. The flood figure "
-               "(`ping -f`, ours and veth only) is the path's own cost with nothing asleep. The aggregate "
+               "(`ping -f`; not for uWSGI's tuntap router, measured by `peers.sh`) is the path's own cost with nothing asleep. "
+               "slirp4netns answers a ping to its gateway itself, without the host's stack; pasta and the router "
+               "relay it to the host's. The aggregate "
                "figure sums what 100 iperf3 servers on the host received from 100 vassals sending at once "
                "(veth: 100 namespaces with a veth pair each); on two cores the router shares the CPU with "
                "200 iperf3 processes, which is why it runs at `nice -10`, as its systemd unit does.")
