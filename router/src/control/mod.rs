@@ -8,8 +8,8 @@
 //! detached when it closes.
 
 use crate::config::{host6_in_subnet, host_in_subnet};
-use crate::datapath::{cores, reader};
 use crate::datapath::router::Router;
+use crate::datapath::{cores, reader};
 use crate::os::events;
 use crate::os::socket;
 use crate::os::tun;

@@ -110,3 +110,29 @@ where
         .map_or(0, |c| c.next.fetch_add(1, Ordering::Relaxed));
     spawn_on(core, task)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task spawned on core `i` runs on datapath thread `i`, where
+    /// `current()` (the host tun queue it writes to) is `i`.
+    #[test]
+    fn tasks_run_on_their_core() {
+        start(2).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for core in [0, 1, 2, 3] {
+            let (seen, name) = rt
+                .block_on(spawn_on(core, async {
+                    (current(), std::thread::current().name().map(str::to_owned))
+                }))
+                .unwrap();
+            assert_eq!(seen, core % 2);
+            assert_eq!(name, Some(format!("datapath-{}", core % 2)));
+        }
+        assert!(matches!(start(2), Err(CoresError::Started)));
+    }
+}

@@ -155,3 +155,30 @@ fn ip(device: &str, args: &[&str]) -> Result<(), HostTunError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+
+    /// A datapath thread's index picks its own queue, modulo the number.
+    #[test]
+    fn writer_for_picks_the_queue_of_the_thread() {
+        let fd = || {
+            socketpair(
+                AddressFamily::Unix,
+                SockType::Datagram,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .unwrap()
+            .0
+        };
+        let tun = HostTun::from_queues(fd(), vec![fd(), fd()], false);
+        let raw: Vec<_> = tun.queues().map(|q| q.as_raw_fd()).collect();
+        for i in 0..7 {
+            assert_eq!(tun.writer_for(i).as_raw_fd(), raw[i % 3]);
+        }
+    }
+}
