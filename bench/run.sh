@@ -141,7 +141,9 @@ ours() {
     nsenter -t "$vb" -n iperf3 -s -B "$B" -1 >/dev/null 2>&1 & sleep 0.3
     record vassal-router v2v_tcp_mbps "$(nsenter -t "$va" -n iperf3 -c "$B" -t "$SECS" -J 2>/dev/null | mbps)"
     # the same with 10 000 rules: restart the router; the launchers re-attach
+    # (skipped when gen-rules was not built: a NO_BUILD look)
     kill "$ROUTER"; wait "$ROUTER" 2>/dev/null || true
+    if [ ! -s "$WORK/rules10k.toml" ]; then pkill -f "vassal-launch run --name bench" || true; return; fi
     start_router "$WORK/rules10k.toml"
     for _ in $(seq 100); do nsenter -t "$va" -n ping -q -c 1 -W 1 "$GW" >/dev/null 2>&1 && break; sleep 0.1; done
     iperf3 -s -B "$GW" -1 >/dev/null 2>&1 & sleep 0.3
