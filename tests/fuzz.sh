@@ -14,7 +14,7 @@ seconds=${FUZZ_SECONDS:-20}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(attach_hello rule_file uwsgi_import router_packet router_fragments compat_framing vassal_file)
+[ ${#targets[@]} -gt 0 ] || targets=(attach_hello rule_file uwsgi_import router_packet router_fragments compat_framing vassal_file flow_state)
 cargo fuzz build -s none -O
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"

@@ -243,6 +243,8 @@ mod tests {
             project: "alice".into(),
             ipv4: "10.200.0.2".parse().unwrap(),
             ipv6: None,
+            net_out: None,
+            net_in: None,
         });
         send_request(a.as_fd(), &hello, Some(pipe_r.as_fd())).unwrap();
         let mut buf = [0u8; MAX_MESSAGE_LEN];

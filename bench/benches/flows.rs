@@ -50,7 +50,7 @@ fn flows(c: &mut Criterion) {
     // Per thread: its vassal's packets out and the server's replies.
     let traffic: Vec<Vec<PacketInfo>> = (0..2u8)
         .map(|slot| {
-            table.ensure_slot(u32::from(slot));
+            table.ensure_slot(u32::from(slot), &format!("p{slot}"));
             let vassal: IpAddr = Ipv4Addr::new(10, 200, 0, 2 + slot).into();
             (0..PACKETS)
                 .map(|i| {

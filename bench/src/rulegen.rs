@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use firewall_rules::{Chain, Classifier, PacketKey, RuleSet};
+use firewall_rules::{Chain, Classifier, PacketKey, Peer, RuleSet};
 
 /// splitmix64: small, seedable, good enough for workload generation.
 #[derive(Debug, Clone)]
@@ -238,6 +238,7 @@ fn aimed_at(rules: &RuleSet, index: usize, classifier: &Classifier, rng: &mut Rn
         proto,
         src_port,
         dst_port,
+        peer: Peer::Outside,
     }
 }
 
@@ -274,6 +275,7 @@ pub fn packets(
                 proto: rng.pick(&[6u8, 17]),
                 src_port: rng.range(1024, 65535) as u16,
                 dst_port: rng.range(10000, 20000) as u16,
+                peer: Peer::Outside,
             },
         })
         .collect()

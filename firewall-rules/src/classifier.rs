@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::peer;
 use crate::project::{ProjectId, ProjectTable};
 use crate::rules::{Action, Chain, Defaults, Rule, RuleSet};
 use crate::tree::{self, BoxRule, FieldValue, Region, Tree, TreeStats, FIELDS};
@@ -96,6 +97,7 @@ impl Classifier {
                 u32::from(key.src_port),
                 u32::from(key.dst_port),
                 key.project.raw(),
+                key.peer.code(),
             ]),
             (IpAddr::V6(src), IpAddr::V6(dst)) => self.v6[c].lookup(&[
                 u128::from(src),
@@ -104,6 +106,7 @@ impl Classifier {
                 u128::from(key.src_port),
                 u128::from(key.dst_port),
                 u128::from(key.project.raw()),
+                u128::from(key.peer.code()),
             ]),
             // Not a real packet: no rule is written for mixed families.
             _ => None,
@@ -157,6 +160,7 @@ fn full_region<K: FieldValue>(addr_max: K, widen: fn(u32) -> K) -> Region<K> {
     region[tree::SRC_PORT].1 = widen(65535);
     region[tree::DST_PORT].1 = widen(65535);
     region[tree::PROJECT].1 = widen(u32::MAX);
+    region[tree::PEER].1 = widen(u32::MAX);
     region
 }
 
@@ -221,6 +225,13 @@ fn box_rule<K: FieldValue>(
             }
         }
         ranges[tree::PROJECT] = merged
+            .into_iter()
+            .map(|(lo, hi)| (widen(lo), widen(hi)))
+            .collect();
+    }
+    if rule.peer.is_some() || rule.peer_projects.is_some() {
+        let ids = rule.peer_projects.as_deref().map(|n| projects.ids_of(n));
+        ranges[tree::PEER] = peer::ranges(rule.peer, ids.as_deref())
             .into_iter()
             .map(|(lo, hi)| (widen(lo), widen(hi)))
             .collect();

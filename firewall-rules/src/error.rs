@@ -119,6 +119,18 @@ pub enum RuleErrorKind {
         /// Which part of the rule it breaks.
         why: &'static str,
     },
+    /// A `peer` word this language does not know.
+    #[error("unknown peer `{value}`; expected \"same\" (a vassal of this vassal's project), \"other\" (a vassal of another project), \"vassal\", \"unknown\" (a vassal address nobody known holds) or \"outside\" (not a vassal address)")]
+    BadPeer {
+        /// The value as written.
+        value: String,
+    },
+    /// `peer_project` beside a `peer` that has no project.
+    #[error("peer_project with peer = \"{peer}\" can never match (such a peer has no project); expected peer = \"same\", \"other\" or \"vassal\", or no peer")]
+    PeerWithoutProject {
+        /// The rule's peer word.
+        peer: &'static str,
+    },
     /// `project = []`, which would match nothing.
     #[error("empty project list matches nothing; expected a project name or a non-empty list (omit the key for every project)")]
     EmptyProjectList,

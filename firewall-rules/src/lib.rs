@@ -8,6 +8,7 @@ mod classifier;
 mod error;
 pub mod naive;
 mod parse;
+mod peer;
 mod project;
 mod rules;
 mod tree;
@@ -17,8 +18,9 @@ use std::net::IpAddr;
 
 pub use classifier::{Classifier, ClassifierStats};
 pub use error::{RuleError, RuleErrorKind, RuleErrors};
+pub use peer::Peer;
 pub use project::ProjectId;
-pub use rules::{proto, Action, Chain, Defaults, PortSet, Rule, RuleSet};
+pub use rules::{proto, Action, Chain, Defaults, PeerKind, PortSet, Rule, RuleSet};
 
 /// What the classifier looks at in a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,10 @@ pub struct PacketKey {
     pub src_port: u16,
     /// Destination port; 0 for protocols other than tcp and udp.
     pub dst_port: u16,
+    /// The other end (the destination on out, the source on in): outside
+    /// the vassal range, an unknown address of it, or a vassal and its
+    /// project. Rules with `peer`/`peer_project` look at it.
+    pub peer: Peer,
 }
 
 /// The outcome of classifying one packet.

@@ -11,7 +11,7 @@ use crate::{PacketKey, Verdict};
 /// First-match list scan.
 #[derive(Debug, Clone)]
 pub struct Naive {
-    chains: [Vec<(Rule, Option<Vec<ProjectId>>)>; 2],
+    chains: [Vec<(Rule, Resolved)>; 2],
     projects: ProjectTable,
     defaults: Defaults,
 }
@@ -24,7 +24,13 @@ impl Naive {
             rules
                 .rules(chain)
                 .iter()
-                .map(|r| (r.clone(), r.projects.as_deref().map(|p| projects.ids_of(p))))
+                .map(|r| {
+                    let resolved = Resolved {
+                        projects: r.projects.as_deref().map(|p| projects.ids_of(p)),
+                        peer_projects: r.peer_projects.as_deref().map(|p| projects.ids_of(p)),
+                    };
+                    (r.clone(), resolved)
+                })
                 .collect()
         };
         Naive {
@@ -41,8 +47,10 @@ impl Naive {
 
     /// The first rule of `chain` that matches, or the chain's policy.
     pub fn classify(&self, chain: Chain, key: &PacketKey) -> Verdict {
-        for (index, (rule, projects)) in self.chains[chain.index()].iter().enumerate() {
-            if rule_matches(rule, projects.as_deref(), key) {
+        for (index, (rule, ids)) in self.chains[chain.index()].iter().enumerate() {
+            if rule_matches(rule, ids.projects.as_deref(), key)
+                && peer_matches(rule, ids.peer_projects.as_deref(), key)
+            {
                 return Verdict {
                     action: rule.action,
                     rule: u32::try_from(index).ok(),
@@ -58,7 +66,22 @@ impl Naive {
     }
 }
 
-/// Whether one rule matches a packet; `projects` are the rule's project ids.
+/// A rule's project names resolved to ids.
+#[derive(Debug, Clone)]
+struct Resolved {
+    projects: Option<Vec<ProjectId>>,
+    peer_projects: Option<Vec<ProjectId>>,
+}
+
+/// Whether a rule's `peer` and `peer_project` hold for the packet's other
+/// end; `peer_projects` are the rule's `peer_project` ids.
+pub fn peer_matches(rule: &Rule, peer_projects: Option<&[ProjectId]>, key: &PacketKey) -> bool {
+    rule.peer.is_none_or(|kind| key.peer.is(kind))
+        && peer_projects.is_none_or(|p| key.peer.in_projects(p))
+}
+
+/// Whether one rule matches a packet on every field but the peer (see
+/// [`peer_matches`]); `projects` are the rule's project ids.
 pub fn rule_matches(rule: &Rule, projects: Option<&[ProjectId]>, key: &PacketKey) -> bool {
     let same_family = matches!(
         (key.src, key.dst),

@@ -12,11 +12,12 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::error::{RuleError, RuleErrorKind, RuleErrors};
-use crate::rules::{proto, Action, Chain, Defaults, PortSet, Rule, RuleSet};
+use crate::rules::{proto, Action, Chain, Defaults, PeerKind, PortSet, Rule, RuleSet};
 
 const TOP_KEYS: &str = "default, out, in";
 const DEFAULT_KEYS: &str = "out, in, established";
-const RULE_KEYS: &str = "action, src, dst, proto, src_port, dst_port, project, log";
+const RULE_KEYS: &str =
+    "action, src, dst, proto, src_port, dst_port, project, peer, peer_project, log";
 
 type Key<'i> = Spanned<Cow<'i, str>>;
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -251,6 +252,8 @@ fn parse_rule(
     let mut src_port: Option<Field<PortSet>> = None;
     let mut dst_port: Option<Field<PortSet>> = None;
     let mut projects = None;
+    let mut peer: Option<Field<PeerKind>> = None;
+    let mut peer_projects: Option<Field<Vec<String>>> = None;
     let mut log = false;
 
     for (key, value) in table {
@@ -289,6 +292,18 @@ fn parse_rule(
                 })
             }
             "project" => projects = parse_projects(report, value, &here),
+            "peer" => {
+                peer = parse_peer(report, value, &here).map(|v| Field {
+                    value: v,
+                    span: value.span(),
+                })
+            }
+            "peer_project" => {
+                peer_projects = parse_projects(report, value, &here).map(|v| Field {
+                    value: v,
+                    span: value.span(),
+                })
+            }
             "log" => match value.get_ref() {
                 DeValue::Boolean(b) => log = *b,
                 _ => report.wrong_type(value, &here, "true or false"),
@@ -361,6 +376,19 @@ fn parse_rule(
         }
     }
 
+    // An outside or unknown peer has no project to be in a list.
+    if let (Some(p), Some(list)) = (&peer, &peer_projects) {
+        if !p.value.has_project() {
+            report.error(
+                list.span.clone(),
+                format!("{place}.peer_project"),
+                RuleErrorKind::PeerWithoutProject {
+                    peer: p.value.as_str(),
+                },
+            );
+        }
+    }
+
     if report.errors.len() != before {
         return None;
     }
@@ -372,6 +400,8 @@ fn parse_rule(
         src_port: src_port.map(|f| f.value),
         dst_port: dst_port.map(|f| f.value),
         projects,
+        peer: peer.map(|f| f.value),
+        peer_projects: peer_projects.map(|f| f.value),
         log,
         line: report.position(span.start).0,
     })
@@ -545,6 +575,31 @@ fn parse_ports(report: &mut Report<'_>, value: &Value<'_>, place: &str) -> Optio
         ranges.push((lo, hi));
     }
     (report.errors.len() == before).then(|| PortSet::from_ranges(ranges))
+}
+
+/// One of the peer words of [`PeerKind`].
+fn parse_peer(report: &mut Report<'_>, value: &Value<'_>, place: &str) -> Option<PeerKind> {
+    let DeValue::String(word) = value.get_ref() else {
+        report.wrong_type(
+            value,
+            place,
+            "\"same\", \"other\", \"vassal\", \"unknown\" or \"outside\"",
+        );
+        return None;
+    };
+    let found = PeerKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == word.as_ref());
+    if found.is_none() {
+        report.error(
+            value.span(),
+            place,
+            RuleErrorKind::BadPeer {
+                value: word.to_string(),
+            },
+        );
+    }
+    found
 }
 
 /// A project name or a non-empty list of them.

@@ -18,6 +18,12 @@ impl ProjectId {
     pub fn raw(self) -> u32 {
         self.0
     }
+
+    /// An id by number, for tests of the encoding.
+    #[cfg(test)]
+    pub(crate) fn from_raw(raw: u32) -> ProjectId {
+        ProjectId(raw)
+    }
 }
 
 /// Names to ids, numbered 1.. in sorted name order so that any two

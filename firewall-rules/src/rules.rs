@@ -157,6 +157,54 @@ impl std::fmt::Display for PortSet {
     }
 }
 
+/// Who the other end of a packet must be, as a rule's `peer` names it.
+/// "The other end" is the destination on the out chain and the source on
+/// the in chain; whether it is a vassal, and of which project, the router
+/// knows from its registry (this host) or its identity cache (other hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKind {
+    /// A vassal of the same project as the vassal the rule is checked for.
+    Same,
+    /// A vassal of another project.
+    Other,
+    /// Any vassal whose project is known.
+    Vassal,
+    /// An address of the vassal range (this host's subnet or the cluster
+    /// prefix) that no known vassal holds: a remote vassal not in the
+    /// cache yet, or an address nobody uses.
+    Unknown,
+    /// Not a vassal address at all: the internet, the host.
+    Outside,
+}
+
+impl PeerKind {
+    /// The word used in rule files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerKind::Same => "same",
+            PeerKind::Other => "other",
+            PeerKind::Vassal => "vassal",
+            PeerKind::Unknown => "unknown",
+            PeerKind::Outside => "outside",
+        }
+    }
+
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [PeerKind; 5] = [
+        PeerKind::Same,
+        PeerKind::Other,
+        PeerKind::Vassal,
+        PeerKind::Unknown,
+        PeerKind::Outside,
+    ];
+
+    /// Whether the other end of this kind is a vassal with a project (so a
+    /// `peer_project` list can also hold).
+    pub fn has_project(self) -> bool {
+        matches!(self, PeerKind::Same | PeerKind::Other | PeerKind::Vassal)
+    }
+}
+
 /// One validated rule. Absent fields match everything; present fields
 /// must all match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +223,11 @@ pub struct Rule {
     pub dst_port: Option<PortSet>,
     /// Projects the rule applies to, sorted and deduplicated; `None` = all.
     pub projects: Option<Vec<String>>,
+    /// Who the other end must be; `None` = anyone.
+    pub peer: Option<PeerKind>,
+    /// The other end must be a vassal of one of these projects, sorted and
+    /// deduplicated; `None` = any (or no) project.
+    pub peer_projects: Option<Vec<String>>,
     /// Whether a match is reported as an event.
     pub log: bool,
     /// 1-based line of the rule's table header in the rule file.
@@ -244,7 +297,7 @@ impl RuleSet {
             .chains
             .iter()
             .flatten()
-            .filter_map(|r| r.projects.as_ref())
+            .flat_map(|r| r.projects.iter().chain(r.peer_projects.iter()))
             .flatten()
             .map(String::as_str)
             .collect();

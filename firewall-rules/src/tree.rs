@@ -1,7 +1,8 @@
-//! A HiCuts-style multi-way decision tree over six packet fields.
+//! A HiCuts-style multi-way decision tree over seven packet fields.
 //!
 //! Every rule is a box: per field a short list of inclusive integer ranges
-//! (addresses, protocol, source port, destination port, project id). An
+//! (addresses, protocol, source port, destination port, project id, the
+//! other end's encoded peer, see [`crate::peer`]). An
 //! inner node cuts one field of its region at a few points (chosen among
 //! the rules' own range ends, so cuts land on prefix and port boundaries)
 //! and keeps, per child, the rules that overlap the child's region, in
@@ -20,7 +21,7 @@
 use std::fmt::Debug;
 
 /// Number of fields a rule constrains.
-pub(crate) const FIELDS: usize = 6;
+pub(crate) const FIELDS: usize = 7;
 /// Field positions in a key and a rule box.
 pub(crate) const SRC: usize = 0;
 pub(crate) const DST: usize = 1;
@@ -28,6 +29,7 @@ pub(crate) const PROTO: usize = 2;
 pub(crate) const SRC_PORT: usize = 3;
 pub(crate) const DST_PORT: usize = 4;
 pub(crate) const PROJECT: usize = 5;
+pub(crate) const PEER: usize = 6;
 
 /// Leaves hold at most this many rules when a cut can still separate them.
 const LEAF_SIZE: usize = 4;

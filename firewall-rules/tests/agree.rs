@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use firewall_rules::naive::Naive;
-use firewall_rules::{Chain, PacketKey, ProjectId, RuleSet};
+use firewall_rules::{Chain, PacketKey, Peer, PeerKind, ProjectId, RuleSet};
 use proptest::prelude::*;
 
 const PROJECTS: [&str; 4] = ["alice", "bob", "carol", "dave"];
@@ -23,6 +23,9 @@ struct Spec {
     src_port: Option<Vec<(u16, u16)>>,
     dst_port: Option<Vec<(u16, u16)>>,
     projects: Option<Vec<u8>>,
+    /// Index into `PeerKind::ALL`.
+    peer: Option<u8>,
+    peer_projects: Option<Vec<u8>>,
     log: bool,
 }
 
@@ -71,30 +74,43 @@ fn spec() -> impl Strategy<Value = Spec> {
         ports(),
         ports(),
         prop::option::weighted(0.3, prop::collection::vec(0u8..4, 1..3)),
+        (
+            prop::option::weighted(0.3, 0u8..5),
+            prop::option::weighted(0.3, prop::collection::vec(0u8..4, 1..3)),
+        ),
         any::<bool>(),
     )
-        .prop_map(|(allow, v6, src, dst, proto, sp, dp, projects, log)| {
-            let (src, dst) = if v6.is_some() && src.is_none() && dst.is_none() {
-                (Some((0, 8)), None)
-            } else if v6.is_none() {
-                (None, None)
-            } else {
-                (src, dst)
-            };
-            // 0 any, 1 tcp, 2 udp, 3 icmp of the family, 4 protocol 47, 5 any
-            let tcp_udp = matches!(proto, 0 | 1 | 2 | 5);
-            Spec {
-                allow,
-                v6,
-                src,
-                dst,
-                proto,
-                src_port: if tcp_udp { sp } else { None },
-                dst_port: if tcp_udp { dp } else { None },
-                projects,
-                log,
-            }
-        })
+        .prop_map(
+            |(allow, v6, src, dst, proto, sp, dp, projects, (peer, peer_projects), log)| {
+                // The parser refuses peer_project beside a peer without project.
+                let peer_projects = match peer {
+                    Some(k) if !PeerKind::ALL[usize::from(k)].has_project() => None,
+                    _ => peer_projects,
+                };
+                let (src, dst) = if v6.is_some() && src.is_none() && dst.is_none() {
+                    (Some((0, 8)), None)
+                } else if v6.is_none() {
+                    (None, None)
+                } else {
+                    (src, dst)
+                };
+                // 0 any, 1 tcp, 2 udp, 3 icmp of the family, 4 protocol 47, 5 any
+                let tcp_udp = matches!(proto, 0 | 1 | 2 | 5);
+                Spec {
+                    allow,
+                    v6,
+                    src,
+                    dst,
+                    proto,
+                    src_port: if tcp_udp { sp } else { None },
+                    dst_port: if tcp_udp { dp } else { None },
+                    projects,
+                    peer,
+                    peer_projects,
+                    log,
+                }
+            },
+        )
 }
 
 fn net_text(v6: bool, (base, len): (u8, u8)) -> String {
@@ -156,6 +172,16 @@ fn toml_text(out: &[Spec], inbound: &[Spec]) -> String {
                     .map(|&i| format!("\"{}\"", PROJECTS[usize::from(i)]))
                     .collect();
                 let _ = writeln!(t, "project = [{}]", names.join(", "));
+            }
+            if let Some(k) = s.peer {
+                let _ = writeln!(t, "peer = \"{}\"", PeerKind::ALL[usize::from(k)].as_str());
+            }
+            if let Some(p) = &s.peer_projects {
+                let names: Vec<String> = p
+                    .iter()
+                    .map(|&i| format!("\"{}\"", PROJECTS[usize::from(i)]))
+                    .collect();
+                let _ = writeln!(t, "peer_project = [{}]", names.join(", "));
             }
             if s.log {
                 let _ = writeln!(t, "log = true");
@@ -242,13 +268,29 @@ fn packets(specs: &[Spec], seed: u64, count: usize, names: &[ProjectId]) -> Vec<
             } else {
                 (0, 0)
             };
+            let project = mix.pick(names);
+            let peer = match mix.next() % 4 {
+                0 => Peer::Outside,
+                1 => Peer::Unknown,
+                _ => {
+                    // Same project as the vassal (by name, so "zed" and an
+                    // unnamed other both carry the unknown id), or another.
+                    let other = mix.pick(names);
+                    let same = mix.next() & 1 == 0;
+                    Peer::Vassal {
+                        project: if same { project } else { other },
+                        same: same || (other == project && mix.next() & 1 == 0),
+                    }
+                }
+            };
             PacketKey {
-                project: mix.pick(names),
+                project,
                 src,
                 dst,
                 proto,
                 src_port,
                 dst_port,
+                peer,
             }
         })
         .collect()

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use firewall_rules::naive::Naive;
-use firewall_rules::{Chain, PacketKey, ProjectId, RuleSet};
+use firewall_rules::{Chain, PacketKey, Peer, ProjectId, RuleSet};
 
 fn cross_product(n: u32) -> String {
     let mut t = String::new();
@@ -52,6 +52,7 @@ fn cross_product_rules_compile_within_bounds() {
                 proto: 6,
                 src_port: 1,
                 dst_port: 2,
+                peer: Peer::Outside,
             };
             assert_eq!(
                 classifier.classify(Chain::Out, &key),

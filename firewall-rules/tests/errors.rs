@@ -335,3 +335,42 @@ fn columns_count_characters_not_bytes() {
     let errors = refuse("# é\n[[out]] # ünïcode\naction = \"deny\"\nsrc = \"é\"\n");
     assert_eq!((errors.errors()[0].line, errors.errors()[0].column), (4, 7));
 }
+
+#[test]
+fn peer_words_and_contradictions_are_refused_with_their_position() {
+    let (line, col, place, kind) = rule_error("peer = \"sam\"");
+    assert_eq!((line, col, place.as_str()), (3, 8, "out[0].peer"));
+    assert_eq!(
+        kind,
+        RuleErrorKind::BadPeer {
+            value: "sam".into()
+        }
+    );
+    let (.., kind) = rule_error("peer = [\"same\"]");
+    assert!(matches!(
+        kind,
+        RuleErrorKind::WrongType {
+            found: "an array",
+            ..
+        }
+    ));
+    let (line, col, place, kind) = rule_error("peer = \"outside\"\npeer_project = [\"web\"]");
+    assert_eq!((line, col, place.as_str()), (4, 16, "out[0].peer_project"));
+    assert_eq!(kind, RuleErrorKind::PeerWithoutProject { peer: "outside" });
+    let (.., kind) = rule_error("peer = \"unknown\"\npeer_project = \"web\"");
+    assert_eq!(kind, RuleErrorKind::PeerWithoutProject { peer: "unknown" });
+    let (.., place, kind) = rule_error("peer_project = []");
+    assert_eq!(place, "out[0].peer_project");
+    assert_eq!(kind, RuleErrorKind::EmptyProjectList);
+    let (.., place, kind) = rule_error("peer_project = [\"Web\"]");
+    assert_eq!(place, "out[0].peer_project");
+    assert!(matches!(kind, RuleErrorKind::BadProjectName { .. }));
+    // The accepted spellings.
+    for word in ["same", "other", "vassal", "unknown", "outside"] {
+        RuleSet::parse(
+            &format!("[[in]]\naction = \"allow\"\npeer = \"{word}\"\n"),
+            Path::new("rules.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{word}: {e}"));
+    }
+}

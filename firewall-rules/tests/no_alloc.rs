@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::net::IpAddr;
 use std::path::Path;
 
-use firewall_rules::{Chain, PacketKey, RuleSet};
+use firewall_rules::{Chain, PacketKey, Peer, RuleSet};
 
 struct Counting;
 
@@ -77,6 +77,7 @@ fn classify_never_allocates() {
                 proto: if i % 3 == 0 { 17 } else { 6 },
                 src_port: 40000,
                 dst_port: (i % 500) as u16 + 1,
+                peer: Peer::Outside,
             }
         })
         .collect();

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use firewall_rules::naive::Naive;
-use firewall_rules::{Action, Chain, PacketKey, ProjectId, RuleSet, Verdict};
+use firewall_rules::{Action, Chain, PacketKey, Peer, ProjectId, RuleSet, Verdict};
 
 fn rules(text: &str) -> RuleSet {
     RuleSet::parse(text, Path::new("rules.toml")).unwrap_or_else(|e| panic!("{e}"))
@@ -19,6 +19,7 @@ fn key(project: ProjectId, src: &str, dst: &str, proto: u8, sport: u16, dport: u
         proto,
         src_port: sport,
         dst_port: dport,
+        peer: Peer::Outside,
     }
 }
 
@@ -235,4 +236,57 @@ fn classifier_is_send_sync_and_cheap_to_share() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<firewall_rules::Classifier>();
     shareable::<RuleSet>();
+}
+
+#[test]
+fn peer_names_the_other_end_by_its_project() {
+    // The cluster recipe of docs/rules.md: same project passes, redis-team
+    // is reachable by everyone on 6379, the rest of the vassal range is shut.
+    let set = rules(
+        "[[in]]\naction = \"allow\"\npeer = \"same\"\n\
+         [[in]]\naction = \"allow\"\npeer_project = \"redis-team\"\nproto = \"tcp\"\nsrc_port = 6379\n\
+         [[in]]\naction = \"deny\"\npeer = \"unknown\"\nlog = true\n\
+         [[in]]\naction = \"allow\"\npeer = \"outside\"\ndst_port = 80\n\
+         [[out]]\naction = \"allow\"\npeer = \"same\"\n\
+         [[out]]\naction = \"allow\"\npeer = \"other\"\npeer_project = [\"redis-team\", \"web\"]\n\
+         [[out]]\naction = \"deny\"\npeer = \"vassal\"\n\
+         [[out]]\naction = \"deny\"\npeer = \"unknown\"\n",
+    );
+    let c = set.compile();
+    let alice = c.project_id("alice");
+    let redis = c.project_id("redis-team");
+    let vassal = |project: ProjectId, same: bool| Peer::Vassal { project, same };
+    let at = |chain: Chain, own: ProjectId, peer: Peer, sport: u16, dport: u16| {
+        let mut k = key(own, "10.0.0.1", "10.0.1.2", 6, sport, dport);
+        k.peer = peer;
+        verdict(&set, chain, &k).rule
+    };
+    // alice is named by no rule: same-project still matches (by name).
+    assert_eq!(alice, ProjectId::UNKNOWN);
+    assert_eq!(at(Chain::In, alice, vassal(alice, true), 1, 2), Some(0));
+    assert_eq!(at(Chain::In, alice, vassal(alice, false), 1, 2), None);
+    assert_eq!(at(Chain::In, alice, vassal(redis, false), 6379, 2), Some(1));
+    assert_eq!(at(Chain::In, alice, vassal(redis, false), 6380, 2), None);
+    assert_eq!(at(Chain::In, alice, Peer::Unknown, 1, 2), Some(2));
+    assert!(
+        verdict(&set, Chain::In, &{
+            let mut k = key(alice, "10.0.0.1", "10.0.1.2", 6, 1, 2);
+            k.peer = Peer::Unknown;
+            k
+        })
+        .log
+    );
+    assert_eq!(at(Chain::In, alice, Peer::Outside, 1, 80), Some(3));
+    assert_eq!(at(Chain::In, alice, Peer::Outside, 1, 81), None);
+    assert_eq!(at(Chain::Out, alice, vassal(alice, true), 1, 2), Some(0));
+    assert_eq!(at(Chain::Out, alice, vassal(redis, false), 1, 2), Some(1));
+    assert_eq!(
+        at(Chain::Out, alice, vassal(c.project_id("web"), false), 1, 2),
+        Some(1)
+    );
+    assert_eq!(at(Chain::Out, alice, vassal(alice, false), 1, 2), Some(2));
+    assert_eq!(at(Chain::Out, alice, Peer::Unknown, 1, 2), Some(3));
+    assert_eq!(at(Chain::Out, alice, Peer::Outside, 1, 2), None);
+    // redis-team talking to redis-team: "same" comes first.
+    assert_eq!(at(Chain::Out, redis, vassal(redis, true), 1, 2), Some(0));
 }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use firewall_rules::{uwsgi, Action, Chain, PacketKey, ProjectId, RuleErrorKind, RuleSet};
+use firewall_rules::{uwsgi, Action, Chain, PacketKey, Peer, ProjectId, RuleErrorKind, RuleSet};
 
 /// uWSGI's rule: masked addresses, 0 = any, action 1 = deny.
 struct URule {
@@ -98,6 +98,7 @@ fn key(src: u32, dst: u32) -> PacketKey {
         proto: 6,
         src_port: 40000,
         dst_port: 80,
+        peer: Peer::Outside,
     }
 }
 

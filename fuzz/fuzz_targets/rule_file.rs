@@ -4,7 +4,7 @@
 #![no_main]
 
 use firewall_rules::naive::Naive;
-use firewall_rules::{Chain, PacketKey, RuleSet};
+use firewall_rules::{Chain, PacketKey, Peer, RuleSet};
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -46,6 +46,15 @@ fuzz_target!(|data: &[u8]| {
             proto,
             src_port: port(4),
             dst_port: port(6),
+            // The fuzzer's bytes pick the other end too.
+            peer: match w[5] % 4 {
+                0 => Peer::Outside,
+                1 => Peer::Unknown,
+                n => Peer::Vassal {
+                    project,
+                    same: n == 2,
+                },
+            },
         };
         for chain in [Chain::Out, Chain::In] {
             let name = ["alice", "bob", "mallory"][i % 3];

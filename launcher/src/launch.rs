@@ -172,7 +172,13 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     // 6. Attach the tun device to the router; then the command may start.
     let mut attachment = match (&config.network, &tun) {
         (Some(net), Some(tun)) => {
-            match network::attach(&config.name, net, tun.as_fd(), network::ATTACH_TIMEOUT) {
+            match network::attach(
+                &config.name,
+                net,
+                &config.limits,
+                tun.as_fd(),
+                network::ATTACH_TIMEOUT,
+            ) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     let _ = sync::send(
@@ -430,7 +436,13 @@ fn watch(
         }
         if let (Some(at), Some(net), Some(tun)) = (retry_at, &config.network, tun) {
             if Instant::now() >= at {
-                match network::attach(&config.name, net, tun.as_fd(), network::REATTACH_TIMEOUT) {
+                match network::attach(
+                    &config.name,
+                    net,
+                    &config.limits,
+                    tun.as_fd(),
+                    network::REATTACH_TIMEOUT,
+                ) {
                     Ok(a) => {
                         eprintln!(
                             "vassal-launch: {}: re-attached to {}",

@@ -3,13 +3,13 @@
 //! route; and the attachment of that device to vassal-router, kept alive
 //! across router restarts by the outer launcher.
 
-use crate::config::Network;
+use crate::config::{Limits, Network};
 use crate::netlink::{Netlink, NetlinkError};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
-use vassal_attach::{transport, Hello, Request, Response, PROTOCOL_VERSION};
+use vassal_attach::{transport, Hello, RateLimit, Request, Response, PROTOCOL_VERSION};
 
 /// Name of the tun device inside every vassal.
 pub const DEVICE: &str = "vx0";
@@ -188,11 +188,29 @@ pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// hold it longer than this.
 pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What to tell the operator when the router's limit in force is not the
+/// one the file asked (the project's tier capped or set it).
+fn limit_note(field: &str, asked: Option<RateLimit>, given: Option<RateLimit>) -> Option<String> {
+    let show = |l: Option<RateLimit>| {
+        l.map_or("unlimited".to_owned(), |l| {
+            format!("{} bit/s, burst {} bytes", l.rate, l.burst)
+        })
+    };
+    (asked != given).then(|| {
+        format!(
+            "limits.{field}: the router's project tier holds it to {} (the file asks {})",
+            show(given),
+            show(asked)
+        )
+    })
+}
+
 /// Sends the hello with the tun fd and waits for the answer, every step
 /// bounded by `timeout` (which also bounds later sends on the attachment).
 pub fn attach(
     project: &str,
     net: &Network,
+    limits: &Limits,
     tun: BorrowedFd<'_>,
     timeout: Duration,
 ) -> Result<Attachment, NetworkError> {
@@ -208,6 +226,8 @@ pub fn attach(
         project: project.to_string(),
         ipv4: net.address,
         ipv6: net.address6,
+        net_out: limits.net_out,
+        net_in: limits.net_in,
     });
     let answer = transport::call(socket.as_fd(), &hello, Some(tun)).map_err(|source| {
         NetworkError::Connect {
@@ -225,7 +245,19 @@ pub fn attach(
                 actual: gateway,
             })
         }
-        Response::Accepted { .. } => Ok(Attachment { socket }),
+        Response::Accepted {
+            net_out, net_in, ..
+        } => {
+            for (field, asked, given) in [
+                ("net_out", limits.net_out, net_out),
+                ("net_in", limits.net_in, net_in),
+            ] {
+                if let Some(note) = limit_note(field, asked, given) {
+                    eprintln!("vassal-launch: {project}: {note}");
+                }
+            }
+            Ok(Attachment { socket })
+        }
         Response::Refused { reason, message } => Err(NetworkError::Refused {
             path,
             reason: reason.as_str(),
@@ -235,5 +267,29 @@ pub fn attach(
             path,
             answer: format!("{other:?}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_other_than_asked_is_noted() {
+        let l = |rate| {
+            Some(RateLimit {
+                rate,
+                burst: 131_072,
+            })
+        };
+        assert_eq!(limit_note("net_out", l(50_000_000), l(50_000_000)), None);
+        assert_eq!(limit_note("net_in", None, None), None);
+        assert_eq!(
+            limit_note("net_out", l(50_000_000), l(10_000_000)).unwrap(),
+            "limits.net_out: the router's project tier holds it to 10000000 bit/s, burst 131072 bytes (the file asks 50000000 bit/s, burst 131072 bytes)"
+        );
+        assert!(limit_note("net_in", None, l(8000))
+            .unwrap()
+            .ends_with("(the file asks unlimited)"));
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use vassal_attach::{transport, Hello, Request, Response, PROTOCOL_VERSION};
+use vassal_attach::{transport, Hello, RateLimit, Request, Response, PROTOCOL_VERSION};
 
 /// The python3 the tests run inside namespaces (the system one).
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -80,10 +80,11 @@ impl TestRouter {
         std::fs::create_dir_all(&dir).unwrap();
         let rules_path = dir.join("rules.toml");
         let mut config = format!(
-            "device = \"{device}\"\ngateway = \"10.{}.{}.1/24\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+            "device = \"{device}\"\ngateway = \"10.{}.{}.1/24\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
             net.0,
             net.1,
             dir.join("run/router.sock").display(),
+            dir.join("state").display(),
         );
         if let Some(rules) = &spec.rules {
             std::fs::write(&rules_path, rules).unwrap();
@@ -163,6 +164,13 @@ impl TestRouter {
         if let Some(addr) = metrics {
             self.metrics = addr.to_string();
         }
+    }
+
+    /// The flow state file (`state_dir` is the test's own `state/`).
+    pub fn state_file(&self) -> PathBuf {
+        self.dir
+            .join("state")
+            .join(format!("flows-{}", self.device))
     }
 
     /// The router's stderr so far.
@@ -307,6 +315,10 @@ pub struct TestVassal {
     pub tun: OwnedFd,
     /// The control connection; dropping it detaches the vassal.
     pub control: Option<OwnedFd>,
+    /// The `net_out` limit its hello asks (none by default).
+    pub net_out: Option<RateLimit>,
+    /// The `net_in` limit its hello asks.
+    pub net_in: Option<RateLimit>,
 }
 
 impl TestVassal {
@@ -386,6 +398,8 @@ impl TestVassal {
             addr6,
             tun,
             control: None,
+            net_out: None,
+            net_in: None,
         }
     }
 
@@ -398,6 +412,8 @@ impl TestVassal {
             project: self.project.clone(),
             ipv4: self.addr,
             ipv6: self.addr6.as_ref().map(|a| a.parse().unwrap()),
+            net_out: self.net_out,
+            net_in: self.net_in,
         });
         let answer =
             transport::call(conn.as_fd(), &hello, Some(self.tun.as_fd())).expect("hello exchange");

@@ -249,7 +249,10 @@ fn launcher_forwards_sigterm_to_the_command() {
 fn launcher_first_user_namespace_vassal_after_a_boot_starts() {
     // A fresh /run/vassal, as after a boot, in a mount namespace of its
     // own: the first vassal is one in a user namespace, with a mask, whose
-    // supervisor cannot create the mount points there itself.
+    // supervisor cannot create the mount points there itself. The state
+    // directory stays the host's (bound back in): with a private one, a
+    // concurrent launch's gc would see no live vassal of this name and
+    // reap its cgroup before the vassal joins it.
     let dir = TempDir::new();
     let file = dir.write(
         "v.toml",
@@ -261,9 +264,14 @@ fn launcher_first_user_namespace_vassal_after_a_boot_starts() {
     vassal_tests::require_root();
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
-        .arg("mount -t tmpfs -o mode=0755 fresh /run/vassal && exec \"$0\" run --config \"$1\"")
+        .arg(
+            "mkdir -p /run/vassal/launch \"$2\" && mount --bind /run/vassal/launch \"$2\" \
+             && mount -t tmpfs -o mode=0755 fresh /run/vassal && mkdir /run/vassal/launch \
+             && mount --bind \"$2\" /run/vassal/launch && exec \"$0\" run --config \"$1\"",
+        )
         .arg(vassal_tests::binary("vassal-launch"))
         .arg(&file)
+        .arg(dir.0.join("state"))
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

@@ -24,6 +24,8 @@ fn hello(project: &str, ipv4: std::net::Ipv4Addr) -> Request {
         project: project.into(),
         ipv4,
         ipv6: None,
+        net_out: None,
+        net_in: None,
     })
 }
 

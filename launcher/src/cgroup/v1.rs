@@ -197,6 +197,8 @@ mod tests {
             nofile: 1024,
             tmp_size: 1 << 20,
             wall_clock: None,
+            net_out: None,
+            net_in: None,
             file_size: None,
             io: IoLimits::default(),
         }

@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use units::{
     map_to_host, parse_duration, parse_id_map, parse_size, IdRange, MAX_ID_MAP_RANGES,
 };
+pub use vassal_attach::{default_burst, parse_rate, RateLimit};
 
 /// Default control socket of vassal-router.
 pub const DEFAULT_ROUTER_SOCKET: &str = "/run/vassal/router.sock";
@@ -142,6 +143,11 @@ pub struct Limits {
     pub tmp_size: u64,
     /// Wall-clock limit of the command.
     pub wall_clock: Option<Duration>,
+    /// What the vassal may send, asked of the router in the hello; `None`
+    /// leaves it to the router's project default.
+    pub net_out: Option<RateLimit>,
+    /// What the vassal may receive.
+    pub net_in: Option<RateLimit>,
     /// RLIMIT_FSIZE: the largest file the command may write, in bytes.
     pub file_size: Option<u64>,
     /// IO limits of the cgroup on the vassal's block devices.

@@ -238,6 +238,87 @@ fn mounts_must_be_absolute_without_dotdot() {
 }
 
 #[test]
+fn network_limits_parse_with_default_bursts() {
+    let net = "name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"10.200.0.2\"\n";
+    let c = parse(&format!(
+        "{net}[limits]\nnet_out = \"50M\"\nnet_in = \"1G\"\nnet_in_burst = \"4M\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.limits.net_out,
+        Some(RateLimit {
+            rate: 50_000_000,
+            burst: 1_562_500
+        })
+    );
+    assert_eq!(
+        c.limits.net_in,
+        Some(RateLimit {
+            rate: 1_000_000_000,
+            burst: 4 << 20
+        })
+    );
+    // Slow rates still get room for two super-packets.
+    assert_eq!(default_burst(1_000_000), 128 << 10);
+    let c = parse(&format!("{net}[limits]\nnet_out = 8000\n")).unwrap();
+    assert_eq!(c.limits.net_out.map(|l| l.rate), Some(8000));
+    assert_eq!(c.limits.net_in, None);
+    assert_eq!(parse(net).unwrap().limits.net_out, None);
+}
+
+#[test]
+fn network_limits_are_checked_with_line_and_field() {
+    let net = "name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"10.200.0.2\"\n";
+    for (limits, expected) in [
+        (
+            "net_out = \"50X\"",
+            "v.toml:7:11: limits.net_out: \"50X\" has an unknown unit",
+        ),
+        (
+            "net_out = \"7K\"",
+            "v.toml:7:11: limits.net_out: 7000 bit/s is out of range",
+        ),
+        (
+            "net_in = \"2T\"",
+            "v.toml:7:10: limits.net_in: 2000000000000 bit/s is out of range",
+        ),
+        (
+            "net_in = \"fast\"",
+            "v.toml:7:10: limits.net_in: \"fast\" is not a rate",
+        ),
+        (
+            "net_out = \"50M\"\nnet_out_burst = 100",
+            "v.toml:8:17: limits.net_out_burst: 100 bytes is out of range",
+        ),
+        (
+            "net_in_burst = \"1M\"",
+            "v.toml:7:16: limits.net_in_burst: a burst without limits.net_in",
+        ),
+    ] {
+        let e = errors(&format!("{net}[limits]\n{limits}\n"));
+        assert!(e.starts_with(expected), "{limits}: {e}");
+    }
+    let e = errors(
+        "name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[limits]\nnet_out = \"50M\"\n",
+    );
+    assert!(
+        e.contains("v.toml:5:11: limits.net_out: the vassal has no [network]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rates_are_in_powers_of_1000() {
+    assert_eq!(parse_rate("50M"), Ok(50_000_000));
+    assert_eq!(parse_rate("1G"), Ok(1_000_000_000));
+    assert_eq!(parse_rate("1500k"), Ok(1_500_000));
+    assert_eq!(parse_rate("10Mbit"), Ok(10_000_000));
+    assert_eq!(parse_rate("64000"), Ok(64_000));
+    assert!(parse_rate("M").is_err());
+    assert!(parse_rate("99999999999T").is_err());
+}
+
+#[test]
 fn disk_keys_are_parsed_and_checked_with_their_position() {
     let c = parse("name = \"a\"\ncommand = [\"/bin/true\"]\nuid = 1\n[[mount]]\nsource = \"/srv/a\"\ntarget = \"/srv\"\nwritable = true\nquota = \"1G\"\n[limits]\nfile_size = \"100M\"\nio_read = \"20M\"\nio_write = 1048576\nio_read_iops = 500\nio_write_iops = 200\n").unwrap();
     assert_eq!(c.mounts[0].quota, Some(1 << 30));

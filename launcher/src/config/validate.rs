@@ -4,8 +4,8 @@
 use super::raw::{RawFile, RawLimits, RawMount, RawNetwork, SizeOrInt};
 use super::units::{map_to_host, parse_duration, parse_id_map, parse_size, IdRange};
 use super::{
-    ConfigProblem, IoLimits, Limits, Mount, Network, Overrides, SeccompProfile, VassalConfig,
-    DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_ROUTER_SOCKET,
+    default_burst, parse_rate, ConfigProblem, IoLimits, Limits, Mount, Network, Overrides,
+    RateLimit, SeccompProfile, VassalConfig, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_ROUTER_SOCKET,
 };
 use crate::seccomp::Filter;
 use std::collections::BTreeMap;
@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use toml::Spanned;
+use vassal_attach::{MAX_BURST, MAX_RATE, MIN_BURST, MIN_RATE};
 
 /// Collects problems with positions computed from byte spans.
 pub(super) struct Problems<'a> {
@@ -133,6 +134,20 @@ pub(super) fn validate(raw: RawFile, o: &Overrides, p: &mut Problems<'_>) -> Opt
     let mounts = mounts(&raw, p);
     let mask = mask(&raw, &rootfs, p);
     let limits = limits(&raw.limits, p);
+    if network.is_none() {
+        for (field, v) in [
+            ("limits.net_out", &raw.limits.net_out),
+            ("limits.net_in", &raw.limits.net_in),
+        ] {
+            if let Some(v) = v {
+                p.at(
+                    v.span(),
+                    field,
+                    "the vassal has no [network] (loopback only); a network limit needs one",
+                );
+            }
+        }
+    }
     let (seccomp, filter) = seccomp(&raw, p);
     Some(VassalConfig {
         name,
@@ -503,6 +518,73 @@ fn network(raw: Option<&RawNetwork>, o: &Overrides, p: &mut Problems<'_>) -> Opt
     })
 }
 
+/// One direction's network limit: a rate (bits per second, powers of 1000)
+/// and an optional burst (bytes, powers of 1024).
+fn net_limit(
+    p: &mut Problems<'_>,
+    field: &str,
+    rate: &Option<Spanned<SizeOrInt>>,
+    burst: &Option<Spanned<SizeOrInt>>,
+) -> Option<RateLimit> {
+    let burst_field = format!("{field}_burst");
+    let burst = burst.as_ref().and_then(|b| {
+        let parsed = match b.get_ref() {
+            SizeOrInt::Int(n) => Ok(*n),
+            SizeOrInt::Text(t) => parse_size(t),
+        };
+        match parsed {
+            Ok(n) if (MIN_BURST..=MAX_BURST).contains(&n) => Some((n, b.span())),
+            Ok(n) => {
+                p.at(
+                    b.span(),
+                    &burst_field,
+                    format!(
+                        "{n} bytes is out of range; expected {MIN_BURST} to {MAX_BURST} (\"1G\")"
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                p.at(b.span(), &burst_field, e);
+                None
+            }
+        }
+    });
+    let Some(rate) = rate else {
+        if let Some((_, span)) = burst {
+            p.at(
+                span,
+                &burst_field,
+                format!("a burst without {field}; set the rate too"),
+            );
+        }
+        return None;
+    };
+    let parsed = match rate.get_ref() {
+        SizeOrInt::Int(n) => Ok(*n),
+        SizeOrInt::Text(t) => parse_rate(t),
+    };
+    let rate_bps = match parsed {
+        Ok(n) if (MIN_RATE..=MAX_RATE).contains(&n) => n,
+        Ok(n) => {
+            p.at(
+                rate.span(),
+                field,
+                format!("{n} bit/s is out of range; expected {MIN_RATE} (\"8K\") to {MAX_RATE} (\"1T\")"),
+            );
+            return None;
+        }
+        Err(e) => {
+            p.at(rate.span(), field, e);
+            return None;
+        }
+    };
+    Some(RateLimit {
+        rate: rate_bps,
+        burst: burst.map_or_else(|| default_burst(rate_bps), |(b, _)| b),
+    })
+}
+
 /// A size field: bytes or a number with a unit, larger than zero.
 fn size(p: &mut Problems<'_>, field: &str, v: &Option<Spanned<SizeOrInt>>) -> Option<u64> {
     let v = v.as_ref()?;
@@ -578,8 +660,12 @@ fn limits(raw: &RawLimits, p: &mut Problems<'_>) -> Limits {
                 None
             }
         });
+    let net_out = net_limit(p, "limits.net_out", &raw.net_out, &raw.net_out_burst);
+    let net_in = net_limit(p, "limits.net_in", &raw.net_in, &raw.net_in_burst);
     let (file_size, io) = disk_limits(raw, p);
     Limits {
+        net_out,
+        net_in,
         memory: memory.or(Some(DEFAULT_MEMORY)),
         cpu,
         pids: pids.or(Some(DEFAULT_PIDS)),

@@ -291,7 +291,7 @@ fn attach(
         .project_by_uid(uid)
         .ok_or(CompatError::UnknownUid { uid })?;
     let project = router.registry.project(&entry.name);
-    router.flows.ensure_slot(project.slot);
+    router.flows.ensure_slot(project.slot, &project.name);
     router.fragments.ensure_slot(project.slot);
     let port = || Port::Compat(Arc::clone(out));
     let attached = match router.registry.attach(

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
+use vassal_attach::RateLimit;
 
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,26 @@ pub struct ProjectEntry {
     pub address6: Option<Ipv6Addr>,
     /// Unix uid identifying this project's uWSGI compat peers.
     pub uid: Option<u32>,
+    /// The project's network tier: what its vassals get when they ask none,
+    /// and the most they get whatever they ask.
+    pub net: NetTier,
+}
+
+/// Default and ceiling of a project's network limits (`[[project]]`
+/// `net_out_default`, `net_out_ceiling`, `net_in_default`,
+/// `net_in_ceiling`), each with the burst [`vassal_attach::default_burst`]
+/// gives its rate. `None` everywhere: what the vassal asks, unlimited when
+/// it asks none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetTier {
+    /// What a vassal sends when it asks no `net_out`.
+    pub out_default: Option<RateLimit>,
+    /// The most a vassal of the project sends.
+    pub out_ceiling: Option<RateLimit>,
+    /// What a vassal receives when it asks no `net_in`.
+    pub in_default: Option<RateLimit>,
+    /// The most a vassal of the project receives.
+    pub in_ceiling: Option<RateLimit>,
 }
 
 /// `[nat]`: kernel masquerade for the vassal subnets.
@@ -253,6 +274,9 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Path of the uWSGI tuntap compat socket, when enabled.
     pub compat_socket: Option<PathBuf>,
+    /// Directory of the state that outlives the process (the flow state
+    /// file `flows-<device>`); root's, writable by nobody else.
+    pub state_dir: PathBuf,
     /// Address of the Prometheus listener.
     pub metrics_listen: SocketAddr,
     /// Firewall rule file; the embedded default rules when absent.
@@ -283,6 +307,7 @@ struct RawConfig {
     gateway6: Option<Spanned<Ipv6Net>>,
     control_socket: Option<PathBuf>,
     compat_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     rules: Option<PathBuf>,
     launcher_uids: Option<Vec<u32>>,
@@ -358,6 +383,32 @@ struct RawProject {
     address: Spanned<Ipv4Addr>,
     address6: Option<Spanned<Ipv6Addr>>,
     uid: Option<u32>,
+    net_out_default: Option<Spanned<RawRate>>,
+    net_out_ceiling: Option<Spanned<RawRate>>,
+    net_in_default: Option<Spanned<RawRate>>,
+    net_in_ceiling: Option<Spanned<RawRate>>,
+}
+
+/// A rate as written: bits per second, or text like `"50M"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRate {
+    Int(u64),
+    Text(String),
+}
+
+/// Reads a `[[project]]` rate: `Err` holds the message (field named).
+fn rate_of(field: &str, raw: &RawRate) -> Result<RateLimit, String> {
+    let rate = match raw {
+        RawRate::Int(n) => *n,
+        RawRate::Text(t) => vassal_attach::parse_rate(t).map_err(|e| format!("{field}: {e}"))?,
+    };
+    let limit = RateLimit {
+        rate,
+        burst: vassal_attach::default_burst(rate),
+    };
+    limit.check().map_err(|e| format!("{field}: {e}"))?;
+    Ok(limit)
 }
 
 impl Default for Config {
@@ -637,11 +688,50 @@ impl Config {
             if p.uid.is_some() && projects.iter().any(|q| q.uid == p.uid) {
                 return Err(at(Some(span), "project.uid: listed twice".to_owned()));
             }
+            let rate = |field: &str, v: &Option<Spanned<RawRate>>| match v {
+                Some(v) => rate_of(field, v.get_ref())
+                    .map(Some)
+                    .map_err(|m| at(Some(v.span()), m)),
+                None => Ok(None),
+            };
+            let net = NetTier {
+                out_default: rate("project.net_out_default", &p.net_out_default)?,
+                out_ceiling: rate("project.net_out_ceiling", &p.net_out_ceiling)?,
+                in_default: rate("project.net_in_default", &p.net_in_default)?,
+                in_ceiling: rate("project.net_in_ceiling", &p.net_in_ceiling)?,
+            };
+            for (field, default, ceiling, span) in [
+                (
+                    "project.net_out_default",
+                    net.out_default,
+                    net.out_ceiling,
+                    p.net_out_default.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "project.net_in_default",
+                    net.in_default,
+                    net.in_ceiling,
+                    p.net_in_default.as_ref().map(|v| v.span()),
+                ),
+            ] {
+                if let (Some(d), Some(c)) = (default, ceiling) {
+                    if d.rate > c.rate {
+                        return Err(at(
+                            span,
+                            format!(
+                                "{field}: {} bit/s is above the ceiling of {} bit/s",
+                                d.rate, c.rate
+                            ),
+                        ));
+                    }
+                }
+            }
             projects.push(ProjectEntry {
                 name: name.clone(),
                 address,
                 address6,
                 uid: p.uid,
+                net,
             });
         }
 
@@ -653,6 +743,9 @@ impl Config {
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from("/run/vassal/router.sock")),
             compat_socket: raw.compat_socket,
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/run/vassal")),
             metrics_listen: raw
                 .metrics_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9810))),
@@ -775,6 +868,47 @@ uid = 10001
         assert_eq!(c.limits.mtu, 1400);
         assert_eq!(c.project_by_uid(10001).unwrap().name, "alice");
         assert!(!c.nat.masquerade);
+    }
+
+    #[test]
+    fn project_network_tiers_are_read_and_checked() {
+        let c = Config::parse(
+            "[[project]]\nname = \"a\"\naddress = \"10.200.0.2\"\nnet_out_default = \"10M\"\nnet_out_ceiling = \"50M\"\nnet_in_ceiling = 100000000\n",
+            "r.toml",
+        )
+        .unwrap();
+        let net = c.project("a").unwrap().net;
+        assert_eq!(
+            net.out_default,
+            Some(RateLimit {
+                rate: 10_000_000,
+                burst: 312_500
+            })
+        );
+        assert_eq!(
+            net.out_ceiling.map(|l| (l.rate, l.burst)),
+            Some((50_000_000, 1_562_500))
+        );
+        assert_eq!(net.in_ceiling.map(|l| l.rate), Some(100_000_000));
+        assert_eq!(net.in_default, None);
+        let base = "[[project]]\nname = \"a\"\naddress = \"10.200.0.2\"\n";
+        for (extra, expected) in [
+            (
+                "net_out_default = \"5X\"",
+                "r.toml:4:19: project.net_out_default: \"5X\" has an unknown unit",
+            ),
+            (
+                "net_in_ceiling = 10",
+                "r.toml:4:18: project.net_in_ceiling: rate 10 bit/s is outside",
+            ),
+            (
+                "net_in_default = \"2G\"\nnet_in_ceiling = \"1G\"",
+                "r.toml:4:18: project.net_in_default: 2000000000 bit/s is above the ceiling",
+            ),
+        ] {
+            let e = error_of(&format!("{base}{extra}\n"));
+            assert!(e.starts_with(expected), "{extra}: {e}");
+        }
     }
 
     fn error_of(text: &str) -> String {

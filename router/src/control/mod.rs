@@ -7,7 +7,7 @@
 //! keeps the connection: the vassal is attached while it stays open, and
 //! detached when it closes.
 
-use crate::config::{host6_in_subnet, host_in_subnet};
+use crate::config::{host6_in_subnet, host_in_subnet, Config};
 use crate::datapath::router::Router;
 use crate::datapath::{cores, reader};
 use crate::os::events;
@@ -15,6 +15,7 @@ use crate::os::socket;
 use crate::os::tun;
 use crate::port::Port;
 use crate::state::counters::{self, DropReason};
+use crate::state::rate::{self, TokenBucket};
 use crate::state::registry::Vassal;
 use crate::wire::offload;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -25,8 +26,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use vassal_attach::transport::{self, TransportError};
 use vassal_attach::{
-    decode_request, encode, encode_stats, Hello, ProjectStats, RefuseReason, Request, Response,
-    MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_request, encode, encode_stats, Hello, ProjectStats, RateLimit, RefuseReason, Request,
+    Response, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
 };
 
 /// Accepts control connections until the router stops.
@@ -208,10 +209,18 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                 }
                 match attach(&router, &hello, passed_fd) {
                     Ok(vassal) => {
+                        // A version-1 client knows no limits: it is told none.
+                        let (net_out, net_in) = if hello.version >= 2 {
+                            limits_of(&router.config, &hello)
+                        } else {
+                            (None, None)
+                        };
                         let accepted = Response::Accepted {
                             version: PROTOCOL_VERSION,
                             gateway: router.config.gateway.addr(),
                             gateway6: router.config.gateway6.map(|g| g.addr()),
+                            net_out,
+                            net_in,
                         };
                         let reader = cores::spawn(reader::vassal_reader(
                             Arc::clone(&router),
@@ -367,16 +376,39 @@ fn attach(
             .map_err(|e| (RefuseReason::BadDevice, e.to_string()))?;
     }
     let project = router.registry.project(&hello.project);
-    router.flows.ensure_slot(project.slot);
+    router.flows.ensure_slot(project.slot, &project.name);
     router.fragments.ensure_slot(project.slot);
     tracing::debug!(device = device.name, vnet = device.vnet, project = %hello.project, "tun device checked");
     let port = Port::Tun {
         fd,
         vnet: device.vnet,
     };
-    router
-        .registry
-        .attach(project, hello.ipv4, hello.ipv6, port)
+    let (out, inn) = limits_of(config, hello);
+    let bits = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64);
+    project.counters.limit_net_out.set(bits(out));
+    project.counters.limit_net_in.set(bits(inn));
+    router.registry.attach_limited(
+        project,
+        hello.ipv4,
+        hello.ipv6,
+        port,
+        [TokenBucket::new(out), TokenBucket::new(inn)],
+    )
+}
+
+/// The `[net_out, net_in]` limits in force for the vassal of `hello`: what
+/// it asks, the project's default when it asks none, never above the
+/// project's ceiling (docs/operations.md, "Network tiers"). A version-1
+/// hello asks none.
+pub fn limits_of(config: &Config, hello: &Hello) -> (Option<RateLimit>, Option<RateLimit>) {
+    let tier = config
+        .project(&hello.project)
+        .map(|p| p.net)
+        .unwrap_or_default();
+    (
+        rate::effective(hello.net_out, tier.out_default, tier.out_ceiling),
+        rate::effective(hello.net_in, tier.in_default, tier.in_ceiling),
+    )
 }
 
 /// Per-project counters for `stats`.

@@ -2,9 +2,11 @@
 //! handles signals, and undoes what it installed on exit.
 //!
 //! Order: rules (refuse to start on a bad file) -> metrics listener -> host
-//! tun -> nftables table -> tasks -> control and compat sockets last, so that
-//! the control socket existing means the router is ready.
+//! tun -> nftables table -> flow state file (the predecessor's flows
+//! restored) -> tasks -> control and compat sockets last, so that the
+//! control socket existing means the router is ready.
 
+pub mod cluster_routes;
 pub mod watch;
 
 use crate::compat;
@@ -14,13 +16,16 @@ use crate::datapath::cores::{self, CoresError};
 use crate::datapath::reader;
 use crate::datapath::router::Router;
 use crate::metrics::{self, MetricsError};
+use crate::os::clock;
 use crate::os::host_tun::{self, HostTunError};
 use crate::os::nat::{NatError, Table};
 use crate::os::socket::{self, SocketError};
 use crate::state::counters::HostCounters;
 use crate::state::firewall::{Firewall, FirewallError};
+use crate::state::flow_store::{self, Found};
 use crate::state::flows::{FlowTable, SHARDS};
 use crate::state::registry::Registry;
+use crate::state::restore;
 use nix::sys::socket::SockType;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,13 +94,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     cores::start(queues)?;
     // NAT on or off: the table also guards the host (docs/design.md).
     let table = Table::install(&config)?;
+    let registry = Registry::new(config.limits.max_vassals);
+    let flows = open_flows(&config, &registry);
     let router = Arc::new(Router {
-        registry: Registry::new(config.limits.max_vassals),
-        flows: FlowTable::new(config.flows.clone()),
+        registry,
+        flows,
         fragments: crate::state::fragments::FragmentTable::new(config.fragments.clone()),
         firewall,
         host,
         host_tun,
+        remote: Default::default(),
         config,
     });
     let result = serve(&router, &mut hup, &mut term, &mut int).await;
@@ -107,6 +115,49 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     table.remove()?;
     tracing::info!("router stopped");
     result
+}
+
+/// The flow table, written to the state file as it goes, with the flows
+/// the previous process left there restored (before any reader runs).
+/// Without a usable state directory the router runs without persistence.
+fn open_flows(config: &Config, registry: &Registry) -> FlowTable {
+    let now = clock::boot_secs();
+    let path = flow_store::path(config);
+    let opened = flow_store::boot_id().and_then(|id| flow_store::open(config, SHARDS, &id));
+    let (store, found) = match opened {
+        Ok((store, found)) => (Some(store), found),
+        Err(e) => {
+            tracing::error!(error = %e, "flows will not survive a restart");
+            (None, Found::default())
+        }
+    };
+    if let Some(why) = &found.refused {
+        tracing::warn!(path = %path.display(), why = why.as_str(), "previous flow state not read");
+    }
+    let flows = FlowTable::with_store(config.flows.clone(), store);
+    flows.tick(now);
+    let r = restore::restore(&found, config, now, registry, &flows);
+    for (outcome, n) in [
+        ("loaded", r.loaded),
+        ("invalid", r.invalid),
+        ("expired", r.expired),
+        ("over_bound", r.over_bound),
+    ] {
+        ::metrics::counter!("vassal_flows_restored_total", "outcome" => outcome)
+            .increment(n as u64);
+    }
+    tracing::info!(
+        path = %path.display(),
+        loaded = r.loaded,
+        invalid = r.invalid,
+        expired = r.expired,
+        over_bound = r.over_bound,
+        "flows restored"
+    );
+    if let Err(e) = flows.publish_store() {
+        tracing::error!(error = %e, "flows will not survive a restart");
+    }
+    flows
 }
 
 async fn serve(
@@ -175,9 +226,8 @@ async fn sweeper(router: Arc<Router>) {
         if step % SWEEP_STEPS != 1 {
             continue;
         }
-        let now = start.elapsed().as_secs() as u32;
-        router.flows.tick(now);
-        router.fragments.tick(now);
+        router.flows.tick(clock::boot_secs());
+        router.fragments.tick(start.elapsed().as_secs() as u32);
         let in_flight = router.fragments.sweep();
         router.host.fragments_total.set(in_flight as f64);
         router.host.flows_total.set(total as f64);

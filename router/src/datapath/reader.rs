@@ -8,6 +8,7 @@ use crate::config::MAX_MTU;
 use crate::datapath::router::{Router, Snapshot};
 use crate::os::tun::{self, Io};
 use crate::port::Port;
+use crate::state::rate;
 use crate::state::registry::{AddrMap, Vassal};
 use crate::wire::frame::{frame_of, Frame};
 use crate::wire::offload::HDR_LEN;
@@ -50,7 +51,7 @@ pub async fn vassal_reader(router: Arc<Router>, vassal: Arc<Vassal>) {
         fd.as_fd(),
         *vnet,
         &router,
-        Some(name),
+        Some(&vassal),
         |snap, vassals, frame| router.from_vassal(&vassal, snap, vassals, frame),
     )
     .await;
@@ -71,13 +72,21 @@ pub async fn host_reader(router: Arc<Router>, queue: usize) {
 }
 
 /// The drain loop shared by every tun reader; returns why it stopped.
+///
+/// A vassal's reader (`vassal` set) shapes its `net_out`: it reads only
+/// while the vassal's egress bucket holds tokens, and otherwise sleeps
+/// until it does, reading nothing meanwhile. What the vassal sends then
+/// waits in its own tun queue, and its sockets feel it (docs/design.md,
+/// "Network limits").
 async fn read_loop(
     fd: BorrowedFd<'_>,
     vnet: bool,
     router: &Router,
-    project: Option<&str>,
+    vassal: Option<&Vassal>,
     mut handle: impl FnMut(&Snapshot, &AddrMap, Frame<'_>),
 ) -> Io {
+    let project = vassal.map(|v| v.project.name.as_str());
+    let egress = vassal.filter(|v| v.egress.limited());
     let firewall = &router.firewall;
     // SAFETY: `fd` is borrowed for this whole function, so it stays open
     // (and the same description) for the AsyncFd's lifetime.
@@ -89,6 +98,17 @@ async fn read_loop(
     };
     let mut snap = Snapshot::take(firewall, project);
     loop {
+        if let Some(v) = egress {
+            let before = rate::now_ns();
+            let wait = v.egress.wait(before);
+            if !wait.is_zero() {
+                // The timer rounds up (to a millisecond): count the time
+                // really spent off the tun, not the time asked.
+                tokio::time::sleep(wait).await;
+                let waited = rate::now_ns().saturating_sub(before);
+                v.project.counters.shaped_us.add(waited / 1000);
+            }
+        }
         let mut guard = match afd.readable().await {
             Ok(g) => g,
             Err(e) => return Io::Failed(e.raw_os_error().unwrap_or(0)),
@@ -101,6 +121,10 @@ async fn read_loop(
             // no shared count per packet, and nothing held across an await.
             let vassals = router.registry.view();
             for _ in 0..BATCH {
+                if egress.is_some_and(|v| !v.egress.ready(snap.now)) {
+                    // Out of tokens: leave the rest queued in the tun.
+                    return Ok(false);
+                }
                 match tun::read(fd, buf) {
                     Io::Done(n) => match frame_of(&buf[..n], vnet) {
                         Some(frame) => handle(&snap, &vassals, frame),

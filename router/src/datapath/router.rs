@@ -23,12 +23,14 @@ use crate::state::evidence::Logged;
 use crate::state::firewall::{ActiveRules, Firewall};
 use crate::state::flows::{FlowTable, Seen};
 use crate::state::fragments::FragmentTable;
+use crate::state::rate;
 use crate::state::registry::{AddrMap, Project, Registry, Vassal};
+use crate::state::remote::{Remote, RemoteView};
 use crate::wire::frame::Frame;
 use crate::wire::icmp;
 use crate::wire::offload::{self, Plan};
 use crate::wire::packet::{self, PacketInfo};
-use firewall_rules::{Action, Chain, PacketKey, ProjectId};
+use firewall_rules::{Action, Chain, PacketKey, Peer, ProjectId};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct Router {
     pub host: HostCounters,
     /// The host tun device.
     pub host_tun: HostTun,
+    /// Other hosts' blocks and vassals (empty without `[cluster]`).
+    pub remote: Remote,
 }
 
 /// The rules snapshot a reader uses for one batch, with its own project's
@@ -56,6 +60,9 @@ pub struct Router {
 pub struct Snapshot {
     rules: Arc<ActiveRules>,
     own: ProjectId,
+    /// The batch's instant for the rate limits (the clock is read once per
+    /// batch, see [`rate::now_ns`]).
+    pub now: u64,
 }
 
 impl Snapshot {
@@ -64,7 +71,11 @@ impl Snapshot {
     pub fn take(firewall: &Firewall, project: Option<&str>) -> Snapshot {
         let rules = firewall.current();
         let own = project.map_or(ProjectId::UNKNOWN, |p| rules.classifier.project_id(p));
-        Snapshot { rules, own }
+        Snapshot {
+            rules,
+            own,
+            now: rate::now_ns(),
+        }
     }
 
     /// Re-takes the snapshot only when the rules changed (one load of the
@@ -72,6 +83,8 @@ impl Snapshot {
     pub fn refresh(&mut self, firewall: &Firewall, project: Option<&str>) {
         if firewall.generation() != self.rules.generation {
             *self = Snapshot::take(firewall, project);
+        } else {
+            self.now = rate::now_ns();
         }
     }
 }
@@ -85,14 +98,14 @@ fn inspect(frame: &Frame<'_>) -> Option<(PacketInfo, Plan)> {
 
 impl Router {
     /// Classifies `p` on `chain` for the project `project` (`id` in the
-    /// snapshot); a denial by a rule with `log = true` is left as evidence
-    /// for the event watch.
+    /// snapshot), whose other end is `peer`; a denial by a rule with
+    /// `log = true` is left as evidence for the event watch.
     fn allowed(
         &self,
         snap: &Snapshot,
         chain: Chain,
-        id: ProjectId,
-        project: &Project,
+        (id, project): (ProjectId, &Project),
+        peer: Peer,
         p: &PacketInfo,
     ) -> bool {
         let ports = p.proto == packet::proto::TCP || p.proto == packet::proto::UDP;
@@ -103,6 +116,7 @@ impl Router {
             proto: p.proto,
             src_port: if ports { p.src_port } else { 0 },
             dst_port: if ports { p.dst_port } else { 0 },
+            peer,
         };
         let verdict = snap.rules.classifier.classify(chain, &key);
         if verdict.log && verdict.action == Action::Deny {
@@ -139,6 +153,44 @@ impl Router {
                 .config
                 .gateway6
                 .is_some_and(|g| g.contains(&a) && a != g.addr()),
+        }
+    }
+
+    /// Whether `addr` is the gateway (the host's address in the subnet).
+    fn is_gateway(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => a == self.config.gateway.addr(),
+            IpAddr::V6(a) => self.config.gateway6.is_some_and(|g| g.addr() == a),
+        }
+    }
+
+    /// Whether `addr` lies in the cluster prefix where no host's block is:
+    /// neither this host's (gateway included) nor another's.
+    fn in_no_block(&self, remote: &RemoteView, addr: IpAddr) -> bool {
+        remote.in_prefix(addr)
+            && !remote.in_remote_block(addr)
+            && !self.in_own_subnet(addr)
+            && !self.is_gateway(addr)
+    }
+
+    /// The other end `addr`, not attached here, as the rules see it for a
+    /// vassal of project `own`: the gateway is the host (outside), the rest
+    /// of this host's block an unknown vassal address, and beyond it the
+    /// remote view decides (another host's vassal, an unknown address of
+    /// the prefix, or outside).
+    fn peer_of(
+        &self,
+        remote: &RemoteView,
+        classifier: &firewall_rules::Classifier,
+        own: &str,
+        addr: IpAddr,
+    ) -> Peer {
+        if self.is_gateway(addr) {
+            Peer::Outside
+        } else if self.in_own_subnet(addr) {
+            Peer::Unknown
+        } else {
+            remote.peer(classifier, Some(own), addr)
         }
     }
 
@@ -182,9 +234,13 @@ impl Router {
     /// view of the registry for this batch.
     pub fn from_vassal(&self, v: &Vassal, snap: &Snapshot, vassals: &AddrMap, frame: Frame<'_>) {
         let counters = &v.project.counters;
+        // Whatever becomes of it, what the vassal sent counts against its
+        // `net_out` (its reader waits on the bucket before reading more).
         let Some((info, plan)) = inspect(&frame) else {
+            v.egress.charge(snap.now, frame.ip.len() as u64);
             return counters.drop(DropReason::Malformed, 1);
         };
+        v.egress.charge(snap.now, plan.wire.bytes);
         let n = plan.wire.packets;
         if icmp::is_link_local(&info) {
             return counters.drop(DropReason::LinkLocal, n);
@@ -197,17 +253,35 @@ impl Router {
             return counters.drop(DropReason::Fragment, n);
         };
         let dest = vassals.get(&info.dst);
-        let own_subnet = dest.is_none() && self.in_own_subnet(info.dst);
+        let remote = self.remote.load();
+        // No vassal to deliver to: this host's block (or subnet) without
+        // the address attached, or a part of the cluster prefix that no
+        // host holds. Another host's block leaves through the host tun.
+        let own_subnet =
+            dest.is_none() && (self.in_own_subnet(info.dst) || self.in_no_block(&remote, info.dst));
+        let classifier = &snap.rules.classifier;
+        // The other end of the out chain: the destination.
+        let receiver = match dest {
+            Some(w) => Peer::Vassal {
+                project: classifier.project_id(&w.project.name),
+                same: w.project.name == v.project.name,
+            },
+            None => self.peer_of(&remote, classifier, &v.project.name, info.dst),
+        };
         // Both chains, and whether the packet would open its flow: not
         // when it is to be dropped for its TTL or for want of a vassal.
         let decide = || {
-            if !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
+            if !self.allowed(snap, Chain::Out, (snap.own, &v.project), receiver, &info) {
                 return (Verdict::DeniedOut, false);
             }
             match dest {
                 Some(w) => {
-                    let theirs = snap.rules.classifier.project_id(&w.project.name);
-                    if !self.allowed(snap, Chain::In, theirs, &w.project, &info) {
+                    let theirs = classifier.project_id(&w.project.name);
+                    let sender = Peer::Vassal {
+                        project: snap.own,
+                        same: w.project.name == v.project.name,
+                    };
+                    if !self.allowed(snap, Chain::In, (theirs, &w.project), sender, &info) {
                         return (Verdict::DeniedIn, false);
                     }
                     (Verdict::Pass, icmp::hop_limit(frame.ip) > 1)
@@ -251,6 +325,9 @@ impl Router {
                     .is_err()
                 {
                     return counters.drop(DropReason::Fragment, n);
+                }
+                if !w.ingress.admit(snap.now, plan.wire.bytes) {
+                    return w.project.counters.drop(DropReason::RateLimit, n);
                 }
                 let d = w.port.write_hop(&frame, &plan);
                 self.count_offload(&plan, &d, !w.port_has_offloads());
@@ -302,7 +379,11 @@ impl Router {
         // Vassal sources never come from the host (vassal-to-vassal is
         // switched here): such a packet was forged outside. The gateway is
         // the host's own address. Behind the nft forward/output rules.
-        if self.in_own_subnet(info.src) {
+        // With [cluster], a source in the prefix comes only from another
+        // host's block (which host: the nftables table and the kernel's
+        // reverse path, docs/cluster.md).
+        let remote = self.remote.load();
+        if self.in_own_subnet(info.src) || self.in_no_block(&remote, info.src) {
             return self.host.drop(DropReason::Spoofed, n);
         }
         let Some(w) = vassals.get(&info.dst) else {
@@ -318,8 +399,12 @@ impl Router {
             return counters.drop(DropReason::Fragment, n);
         };
         let decide = || {
-            let theirs = snap.rules.classifier.project_id(&w.project.name);
-            let pass = self.allowed(snap, Chain::In, theirs, &w.project, &info);
+            let classifier = &snap.rules.classifier;
+            let theirs = classifier.project_id(&w.project.name);
+            // The other end of the in chain: the source, from the identity
+            // cache when it is a remote vassal.
+            let sender = self.peer_of(&remote, classifier, &w.project.name, info.src);
+            let pass = self.allowed(snap, Chain::In, (theirs, &w.project), sender, &info);
             (pass, pass)
         };
         let established = snap.rules.classifier.defaults().established;
@@ -343,6 +428,11 @@ impl Router {
         }
         if self.fragments.passing(&info, w.project.slot, true).is_err() {
             return counters.drop(DropReason::Fragment, n);
+        }
+        // Ingress polices: holding the packet would hold every vassal
+        // behind it on this shared reader (docs/design.md).
+        if !w.ingress.admit(snap.now, plan.wire.bytes) {
+            return counters.drop(DropReason::RateLimit, n);
         }
         let d = w.port.write(&frame, &plan);
         self.count_offload(&plan, &d, !w.port_has_offloads());
@@ -434,6 +524,7 @@ mod tests {
                 firewall: Firewall::with_rules(&set, None),
                 host: HostCounters::register(),
                 host_tun: HostTun::from_queues(host_tun, Vec::new(), host_vnet),
+                remote: Remote::default(),
                 config,
             },
             host_peer,
@@ -450,7 +541,7 @@ mod tests {
         fn vassal_with(&self, project: &str, host: u8, vnet: bool) -> (Arc<Vassal>, OwnedFd) {
             let (ours, theirs) = pair();
             let p = self.router.registry.project(project);
-            self.router.flows.ensure_slot(p.slot);
+            self.router.flows.ensure_slot(p.slot, &p.name);
             self.router.fragments.ensure_slot(p.slot);
             let v = self
                 .router
@@ -587,6 +678,113 @@ mod tests {
             (2, 6)
         );
         assert_eq!(b.router.flows.len(), 1, "no port-0 flows");
+    }
+
+    /// The cluster recipe of docs/rules.md: a project's vassals reach each
+    /// other, nobody else reaches them; the same rules hold for a peer on
+    /// this host and one on another (from the identity cache).
+    const SAME_PROJECT: &str = "[default]\nout = \"deny\"\nin = \"deny\"\n\
+        [[out]]\naction = \"allow\"\npeer = \"same\"\n\
+        [[in]]\naction = \"allow\"\npeer = \"same\"\n";
+
+    /// 10.44.0.0/16 is the cluster prefix, 10.44.2.0/24 another host's
+    /// block with alice's 10.44.2.5 and bob's 10.44.2.6 in the cache.
+    fn with_remote(b: &Bench) {
+        let mut view = crate::state::remote::RemoteView::new(
+            vec!["10.44.0.0/16".parse().unwrap()],
+            ["10.44.2.0/24".parse().unwrap()],
+            Default::default(),
+        );
+        view.identities
+            .insert("10.44.2.5".parse().unwrap(), Arc::from("alice"));
+        view.identities
+            .insert("10.44.2.6".parse().unwrap(), Arc::from("bob"));
+        b.router.remote.publish(view);
+    }
+
+    #[test]
+    fn peer_rules_see_the_other_ends_project_on_this_host() {
+        let b = bench(SAME_PROJECT, "");
+        let (a1, _) = b.vassal("alice", 2);
+        let (_a2, a2_peer) = b.vassal("alice", 3);
+        let (_b1, b1_peer) = b.vassal("bob", 4);
+        b.send(&a1, &udp([10, 9, 0, 2], 4000, [10, 9, 0, 3], 53));
+        assert!(received(&a2_peer).is_some());
+        b.send(&a1, &udp([10, 9, 0, 2], 4000, [10, 9, 0, 4], 53));
+        assert_eq!(received(&b1_peer), None);
+        assert_eq!(a1.project.counters.dropped(DropReason::Firewall), 1);
+        // Outside is not "same": the internet stays shut by this file.
+        b.send(&a1, &udp([10, 9, 0, 2], 4000, [203, 0, 113, 1], 53));
+        assert_eq!(received(&b.host_peer), None);
+    }
+
+    #[test]
+    fn remote_blocks_leave_through_the_host_and_their_sources_are_judged_by_the_cache() {
+        let b = bench(SAME_PROJECT, "");
+        with_remote(&b);
+        let (a, a_peer) = b.vassal("alice", 2);
+        let c = &a.project.counters;
+        // To alice on the other host: out through the host tun.
+        let out = udp([10, 9, 0, 2], 4000, [10, 44, 2, 5], 53);
+        b.send(&a, &out);
+        assert_eq!(received(&b.host_peer), Some(out));
+        // To bob there: denied by peer = "same".
+        b.send(&a, &udp([10, 9, 0, 2], 4000, [10, 44, 2, 6], 53));
+        assert_eq!(received(&b.host_peer), None);
+        assert_eq!(c.dropped(DropReason::Firewall), 1);
+        // From the other host: alice's remote vassal passes the in chain
+        // (project from the cache), bob's and an unknown address do not.
+        let from_alice = udp([10, 44, 2, 5], 5000, [10, 9, 0, 2], 7);
+        b.host_sends(&from_alice);
+        assert_eq!(received(&a_peer), Some(from_alice));
+        b.host_sends(&udp([10, 44, 2, 6], 5000, [10, 9, 0, 2], 7));
+        b.host_sends(&udp([10, 44, 2, 7], 5000, [10, 9, 0, 2], 7));
+        assert_eq!(received(&a_peer), None);
+        assert_eq!(c.dropped(DropReason::Firewall), 3);
+        // To an address of the prefix in no host's block: no route (never
+        // the host's default route), whatever the rules allow.
+        let open = bench(OPEN_OUT, "");
+        with_remote(&open);
+        let (o, _) = open.vassal("alice", 2);
+        open.send(&o, &udp([10, 9, 0, 2], 4000, [10, 44, 9, 1], 53));
+        assert_eq!(received(&open.host_peer), None);
+        assert_eq!(o.project.counters.dropped(DropReason::NoRoute), 1);
+        // The gateway (inside the prefix) is the host: outside, not an
+        // unknown vassal address.
+        let gw = bench(
+            "[default]\nout = \"deny\"\nin = \"deny\"\n[[in]]\naction = \"allow\"\npeer = \"outside\"\n",
+            "",
+        );
+        let mut view = crate::state::remote::RemoteView::new(
+            vec!["10.9.0.0/16".parse().unwrap()],
+            ["10.9.1.0/24".parse().unwrap()],
+            Default::default(),
+        );
+        view.identities.clear();
+        gw.router.remote.publish(view);
+        let (g, g_peer) = gw.vassal("alice", 2);
+        let from_gateway = udp([10, 9, 0, 1], 5000, [10, 9, 0, 2], 7);
+        gw.host_sends(&from_gateway);
+        assert_eq!(received(&g_peer), Some(from_gateway));
+        assert_eq!(g.project.counters.dropped(DropReason::Firewall), 0);
+        // And a vassal's packet to the gateway goes to the host, not to
+        // no_route.
+        let open = bench(OPEN_OUT, "");
+        open.router
+            .remote
+            .publish(crate::state::remote::RemoteView::new(
+                vec!["10.9.0.0/16".parse().unwrap()],
+                ["10.9.1.0/24".parse().unwrap()],
+                Default::default(),
+            ));
+        let (o, _) = open.vassal("alice", 2);
+        let to_gateway = udp([10, 9, 0, 2], 4000, [10, 9, 0, 1], 53);
+        open.send(&o, &to_gateway);
+        assert_eq!(received(&open.host_peer), Some(to_gateway));
+        // A source of the prefix that no host holds is forged.
+        b.host_sends(&udp([10, 44, 9, 1], 5000, [10, 9, 0, 2], 7));
+        assert_eq!(received(&a_peer), None);
+        assert_eq!(b.router.host.dropped(DropReason::Spoofed), 1);
     }
 
     #[test]

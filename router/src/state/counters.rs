@@ -33,11 +33,14 @@ pub enum DropReason {
     /// datagram whose first fragment did not pass (or expired), out of
     /// order or overlapping, or a first fragment the table had no room for.
     Fragment,
+    /// The destination vassal's `net_in` bucket was empty (ingress is
+    /// policed; egress is shaped and never dropped for its limit).
+    RateLimit,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Firewall,
         DropReason::Spoofed,
         DropReason::Malformed,
@@ -47,6 +50,7 @@ impl DropReason {
         DropReason::TtlExceeded,
         DropReason::LinkLocal,
         DropReason::Fragment,
+        DropReason::RateLimit,
     ];
 
     /// The `reason` label.
@@ -61,6 +65,7 @@ impl DropReason {
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::LinkLocal => "link_local",
             DropReason::Fragment => "fragment",
+            DropReason::RateLimit => "rate_limit",
         }
     }
 
@@ -115,6 +120,14 @@ pub struct ProjectCounters {
     pub attached: Gauge,
     /// `vassal_flows{project}`.
     pub flows: Gauge,
+    /// `vassal_rate_limited_microseconds_total{project}`: time its reader
+    /// held off its tun, waiting for its `net_out` bucket.
+    pub shaped_us: Count,
+    /// `vassal_limit_net_out_bits_per_second{project}`: the `net_out` of
+    /// its latest attached vassal, 0 when unlimited.
+    pub limit_net_out: Gauge,
+    /// `vassal_limit_net_in_bits_per_second{project}`.
+    pub limit_net_in: Gauge,
 }
 
 impl ProjectCounters {
@@ -131,7 +144,10 @@ impl ProjectCounters {
             }),
             compat_rule_blocks: Count::new(counter!("vassal_compat_rule_blocks_total", "project" => p.clone())),
             attached: gauge!("vassal_attached", "project" => p.clone()),
-            flows: gauge!("vassal_flows", "project" => p),
+            flows: gauge!("vassal_flows", "project" => p.clone()),
+            shaped_us: Count::new(counter!("vassal_rate_limited_microseconds_total", "project" => p.clone())),
+            limit_net_out: gauge!("vassal_limit_net_out_bits_per_second", "project" => p.clone()),
+            limit_net_in: gauge!("vassal_limit_net_in_bits_per_second", "project" => p),
         }
     }
 

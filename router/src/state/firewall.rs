@@ -139,6 +139,7 @@ mod tests {
             proto: 6,
             src_port: 40000,
             dst_port: 443,
+            peer: firewall_rules::Peer::Outside,
         };
         for denied in [
             "10.200.0.1",

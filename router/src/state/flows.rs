@@ -13,8 +13,17 @@
 //! expires. Expiry is incremental: [`FlowTable::sweep_step`] visits a few
 //! shards at a time. Time is a coarse seconds counter ticked by the
 //! sweeper, so the datapath makes no clock syscall.
+//!
+//! Persistence (`state::flow_store`, marked `[persist]` below): with a
+//! store, each shard owns a fixed range of the state file's slots (a free
+//! list allocated up front) and writes a flow's slot under its own lock
+//! when the flow opens, changes second or closes, and frees it on expiry,
+//! so the flows outlive the process; [`FlowTable::restore`] takes them
+//! back under the same bounds.
 
 use crate::config::FlowConfig;
+use crate::state::flow_store::{self, Store};
+use crate::wire::flow_file::{Entry, Name};
 use crate::wire::packet::{proto, PacketInfo, Quoted, TCP_FIN, TCP_RST};
 use crossbeam_utils::CachePadded;
 use std::collections::hash_map::RandomState;
@@ -91,8 +100,24 @@ impl Hasher for PassHasher {
 
 type Map = HashMap<Hashed, Flow, BuildHasherDefault<PassHasher>>;
 
-/// The flow counters of [`SLOT_CHUNK`] consecutive slots.
-type SlotChunk = Box<[CachePadded<AtomicU32>]>;
+/// A project slot: its flow counter and (for the state file) its name.
+#[derive(Default)]
+struct SlotInfo {
+    count: AtomicU32,
+    name: OnceLock<Name>,
+}
+
+/// The counters of [`SLOT_CHUNK`] consecutive slots.
+type SlotChunk = Box<[CachePadded<SlotInfo>]>;
+
+/// No state file slot (no store, or the shard's range is used up).
+const NO_FILE: u32 = u32::MAX;
+
+/// One shard: its flows and (`[persist]`) its free state file slots.
+struct Shard {
+    map: Map,
+    free: Vec<u32>,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Flow {
@@ -101,6 +126,19 @@ struct Flow {
     /// Whether the opening packet came from endpoint `a`.
     opener_is_a: bool,
     tcp_closing: bool,
+    /// `[persist]` Its slot in the state file, or [`NO_FILE`].
+    file: u32,
+}
+
+/// A stored flow was not restored ([`FlowTable::restore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The same flow is already in the table.
+    #[error("duplicate flow")]
+    Duplicate,
+    /// The project's (or the whole table's) bound is reached.
+    #[error("over flows.max_per_project or flows.max_total")]
+    Full,
 }
 
 /// A new flow could not be opened.
@@ -138,7 +176,7 @@ struct Place {
 
 /// The flow table.
 pub struct FlowTable {
-    shards: Box<[CachePadded<Mutex<Map>>]>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     /// Flows charged to each slot, by chunks allocated at attach.
     per_slot: Box<[OnceLock<SlotChunk>]>,
     total: CachePadded<AtomicUsize>,
@@ -147,21 +185,31 @@ pub struct FlowTable {
     now: AtomicU32,
     /// The next shard the incremental sweep visits.
     cursor: AtomicUsize,
+    /// `[persist]` The state file, if any.
+    store: Option<Store>,
 }
 
 impl FlowTable {
     /// An empty table with room for `config.max_total` flows, spread over
     /// the shards with headroom so that no insert allocates.
     pub fn new(config: FlowConfig) -> FlowTable {
-        let per_shard = config.max_total.div_ceil(SHARDS);
-        let room = per_shard + per_shard / 4 + 8;
+        FlowTable::with_store(config, None)
+    }
+
+    /// An empty table that writes its flows to `store` as they change
+    /// (`[persist]`).
+    pub fn with_store(config: FlowConfig, store: Option<Store>) -> FlowTable {
+        let room = flow_store::per_shard(&config, SHARDS);
+        let files = store.as_ref().map_or(0, |s| s.per_shard());
         FlowTable {
             shards: (0..SHARDS)
-                .map(|_| {
-                    CachePadded::new(Mutex::new(Map::with_capacity_and_hasher(
-                        room,
-                        BuildHasherDefault::default(),
-                    )))
+                .map(|i| {
+                    // Popped from the end: the range's first slot first.
+                    let first = (i * files) as u32;
+                    CachePadded::new(Mutex::new(Shard {
+                        map: Map::with_capacity_and_hasher(room, BuildHasherDefault::default()),
+                        free: (first..first + files as u32).rev().collect(),
+                    }))
                 })
                 .collect(),
             per_slot: (0..MAX_SLOTS / SLOT_CHUNK)
@@ -172,29 +220,72 @@ impl FlowTable {
             config,
             now: AtomicU32::new(0),
             cursor: AtomicUsize::new(0),
+            store,
         }
     }
 
-    /// Makes room for the per-project counter of `slot` (done at attach,
-    /// never on the datapath). A slot beyond [`MAX_SLOTS`] gets none: its
-    /// project opens no flow.
-    pub fn ensure_slot(&self, slot: u32) {
+    /// Makes room for the per-project counter of `slot`, project `name`
+    /// (done at attach, never on the datapath). A slot beyond
+    /// [`MAX_SLOTS`] gets none: its project opens no flow.
+    pub fn ensure_slot(&self, slot: u32, name: &str) {
         if let Some(chunk) = self.per_slot.get(slot as usize / SLOT_CHUNK) {
-            chunk.get_or_init(|| {
+            let chunk = chunk.get_or_init(|| {
                 (0..SLOT_CHUNK)
-                    .map(|_| CachePadded::new(AtomicU32::new(0)))
+                    .map(|_| CachePadded::new(SlotInfo::default()))
                     .collect()
             });
+            if let (Some(info), Some(name)) =
+                (chunk.get(slot as usize % SLOT_CHUNK), Name::new(name))
+            {
+                let _ = info.name.set(name);
+            }
         }
     }
 
-    /// The flow counter of `slot`, if made room for.
-    fn quota(&self, slot: u32) -> Option<&AtomicU32> {
+    fn info(&self, slot: u32) -> Option<&SlotInfo> {
         let chunk = self.per_slot.get(slot as usize / SLOT_CHUNK)?.get()?;
         chunk.get(slot as usize % SLOT_CHUNK).map(|c| &**c)
     }
 
-    fn shard(&self, key: &Hashed) -> MutexGuard<'_, Map> {
+    /// The flow counter of `slot`, if made room for.
+    fn quota(&self, slot: u32) -> Option<&AtomicU32> {
+        self.info(slot).map(|i| &i.count)
+    }
+
+    /// `[persist]` Writes `flow` to its state file slot, if it has one.
+    fn save(&self, key: &Canon, flow: &Flow) {
+        let (Some(store), Some(project)) = (
+            self.store.as_ref().filter(|_| flow.file != NO_FILE),
+            self.info(flow.slot).and_then(|i| i.name.get()),
+        ) else {
+            return;
+        };
+        store.write(
+            flow.file,
+            &Entry {
+                proto: key.proto,
+                a: key.a,
+                b: key.b,
+                a_port: key.a_port,
+                b_port: key.b_port,
+                opener_is_a: flow.opener_is_a,
+                tcp_closing: flow.tcp_closing,
+                last_seen: flow.last_seen,
+                project: *project,
+            },
+        );
+    }
+
+    /// `[persist]` Takes a state file slot for a new flow of `shard`.
+    fn take_file(&self, shard: &mut Shard) -> u32 {
+        if self.store.is_some() {
+            shard.free.pop().unwrap_or(NO_FILE)
+        } else {
+            NO_FILE
+        }
+    }
+
+    fn shard(&self, key: &Hashed) -> MutexGuard<'_, Shard> {
         // Bits the map uses neither for its buckets (low) nor its tags
         // (top seven).
         let i = (key.hash >> 32) as usize & (SHARDS - 1);
@@ -276,7 +367,7 @@ impl FlowTable {
                 a_port,
                 b_port,
             });
-            self.shard(&key).contains_key(&key)
+            self.shard(&key).map.contains_key(&key)
         })
     }
 
@@ -315,11 +406,10 @@ impl FlowTable {
         };
         let now = self.now.load(Ordering::Relaxed);
         let closing = p.proto == proto::TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-        let mut map = self.shard(&place.key);
-        if let Some(flow) = map.get_mut(&place.key) {
+        let mut shard = self.shard(&place.key);
+        if let Some(flow) = shard.map.get_mut(&place.key) {
             if relate && place.answers && flow.opener_is_a != place.from_a {
-                flow.last_seen = now;
-                flow.tcp_closing |= closing;
+                self.refresh(&place.key.key, flow, now, closing);
                 return Seen::Reply;
             }
         }
@@ -327,24 +417,69 @@ impl FlowTable {
         if !open || !place.opens {
             return Seen::Decided(verdict);
         }
-        if let Some(flow) = map.get_mut(&place.key) {
-            flow.last_seen = now;
-            flow.tcp_closing |= closing;
+        if let Some(flow) = shard.map.get_mut(&place.key) {
+            self.refresh(&place.key.key, flow, now, closing);
             return Seen::Decided(verdict);
         }
         if !self.reserve(slot) {
             return Seen::Full;
         }
-        map.insert(
-            place.key,
-            Flow {
-                slot,
-                last_seen: now,
-                opener_is_a: place.from_a,
-                tcp_closing: closing,
-            },
-        );
+        let flow = Flow {
+            slot,
+            last_seen: now,
+            opener_is_a: place.from_a,
+            tcp_closing: closing,
+            file: self.take_file(&mut shard),
+        };
+        self.save(&place.key.key, &flow);
+        shard.map.insert(place.key, flow);
         Seen::Decided(verdict)
+    }
+
+    /// Marks `flow` seen at `now`; `[persist]` rewrites its slot when that
+    /// changed anything (at most once a second: the clock is coarse).
+    fn refresh(&self, key: &Canon, flow: &mut Flow, now: u32, closing: bool) {
+        if flow.last_seen != now || (closing && !flow.tcp_closing) {
+            flow.last_seen = now;
+            flow.tcp_closing |= closing;
+            self.save(key, flow);
+        }
+    }
+
+    /// `[persist]` Puts the state file in place of the previous one (once
+    /// the restore is done); nothing without a store.
+    pub fn publish_store(&self) -> Result<(), flow_store::FlowStoreError> {
+        self.store.as_ref().map_or(Ok(()), Store::publish)
+    }
+
+    /// `[persist]` Puts back a flow read from a previous process's state
+    /// file (already checked: `flow_store::check`), charged to `slot`,
+    /// under the same bounds as a new flow.
+    pub fn restore(&self, e: &Entry, slot: u32) -> Result<(), RestoreError> {
+        let key = self.hashed(Canon {
+            proto: e.proto,
+            a: e.a,
+            b: e.b,
+            a_port: e.a_port,
+            b_port: e.b_port,
+        });
+        let mut shard = self.shard(&key);
+        if shard.map.contains_key(&key) {
+            return Err(RestoreError::Duplicate);
+        }
+        if !self.reserve(slot) {
+            return Err(RestoreError::Full);
+        }
+        let flow = Flow {
+            slot,
+            last_seen: e.last_seen,
+            opener_is_a: e.opener_is_a,
+            tcp_closing: e.tcp_closing,
+            file: self.take_file(&mut shard),
+        };
+        self.save(&key.key, &flow);
+        shard.map.insert(key, flow);
+        Ok(())
     }
 
     /// Takes a place for a new flow of `slot` under both bounds.
@@ -398,25 +533,27 @@ impl FlowTable {
         let c = &self.config;
         for _ in 0..shards.min(SHARDS) {
             let i = self.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            let mut map = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+            let Shard { map, free } = &mut *guard;
             let mut removed = 0;
             map.retain(|key, flow| {
-                let timeout = match key.key.proto {
-                    proto::TCP if flow.tcp_closing => c.tcp_closed_timeout,
-                    proto::TCP => c.tcp_timeout,
-                    proto::ICMP | proto::ICMPV6 => c.icmp_timeout,
-                    _ => c.udp_timeout,
-                };
+                let timeout = flow_store::timeout(c, key.key.proto, flow.tcp_closing);
                 let keep = u64::from(now.saturating_sub(flow.last_seen)) < timeout;
                 if !keep {
                     removed += 1;
                     if let Some(n) = self.quota(flow.slot) {
                         n.fetch_sub(1, Ordering::Relaxed);
                     }
+                    // [persist] Free its slot (the free list has room:
+                    // it was allocated with every slot of the range).
+                    if let (Some(store), true) = (&self.store, flow.file != NO_FILE) {
+                        store.free(flow.file);
+                        free.push(flow.file);
+                    }
                 }
                 keep
             });
-            drop(map);
+            drop(guard);
             self.total.fetch_sub(removed, Ordering::Relaxed);
         }
         self.len()
@@ -483,7 +620,7 @@ mod tests {
     #[test]
     fn replies_of_open_flows_are_recognised() {
         let t = FlowTable::new(cfg(5));
-        t.ensure_slot(0);
+        t.ensure_slot(0, "p0");
         let out = udp("10.0.0.2", 1000, "203.0.113.1", 53);
         let back = udp("203.0.113.1", 53, "10.0.0.2", 1000);
         assert!(!t.is_reply(&back));
@@ -499,7 +636,7 @@ mod tests {
         // an unregistered slot opens nothing
         t.open(&udp("10.0.0.2", 1, "203.0.113.1", 53), 0)
             .unwrap_err();
-        t.ensure_slot(1);
+        t.ensure_slot(1, "p1");
         t.open(&udp("10.0.0.2", 1, "203.0.113.1", 53), 0).unwrap();
         t.open(&udp("10.0.0.2", 2, "203.0.113.1", 53), 0).unwrap();
         assert_eq!(
@@ -515,7 +652,7 @@ mod tests {
     #[test]
     fn idle_flows_expire_by_protocol() {
         let t = FlowTable::new(cfg(5));
-        t.ensure_slot(0);
+        t.ensure_slot(0, "p0");
         t.open(&udp("10.0.0.2", 1, "203.0.113.1", 53), 0).unwrap();
         let mut syn = udp("10.0.0.2", 2, "203.0.113.1", 80);
         syn.proto = proto::TCP;
@@ -536,7 +673,7 @@ mod tests {
     #[test]
     fn icmp_echo_flows() {
         let t = FlowTable::new(cfg(5));
-        t.ensure_slot(0);
+        t.ensure_slot(0, "p0");
         let mut req = udp("10.0.0.2", 7, "203.0.113.1", 7);
         req.proto = proto::ICMP;
         req.icmp_echo_request = true;
@@ -561,7 +698,7 @@ mod tests {
     #[test]
     fn icmp_errors_about_a_flow_are_related() {
         let t = FlowTable::new(cfg(5));
-        t.ensure_slot(0);
+        t.ensure_slot(0, "p0");
         let out = udp("10.0.0.2", 1000, "203.0.113.1", 53);
         t.open(&out, 0).unwrap();
         let mut err = udp("198.51.100.7", 0, "10.0.0.2", 0);
@@ -588,7 +725,7 @@ mod tests {
             ..cfg(300)
         }));
         for slot in 0..4 {
-            t.ensure_slot(slot);
+            t.ensure_slot(slot, &format!("p{slot}"));
         }
         // Four projects on four threads, each trying 500 distinct flows:
         // every project stops at exactly its bound; the total at 1000.
@@ -618,7 +755,7 @@ mod tests {
     #[test]
     fn replies_and_openers_share_one_entry_in_one_shard() {
         let t = FlowTable::new(cfg(5));
-        t.ensure_slot(0);
+        t.ensure_slot(0, "p0");
         let out = udp("10.0.0.2", 1000, "203.0.113.1", 53);
         let back = udp("203.0.113.1", 53, "10.0.0.2", 1000);
         // One probe: the opening packet is decided and opens its flow.
@@ -642,7 +779,7 @@ mod tests {
         let shards_with_flows = t
             .shards
             .iter()
-            .filter(|s| !s.lock().unwrap().is_empty())
+            .filter(|s| !s.lock().unwrap().map.is_empty())
             .count();
         assert_eq!(shards_with_flows, 1);
     }
@@ -653,7 +790,7 @@ mod tests {
             max_total: 4096,
             ..cfg(4096)
         });
-        t.ensure_slot(0);
+        t.ensure_slot(0, "p0");
         for port in 0..2048u16 {
             t.open(&udp("10.0.0.2", port, "203.0.113.1", 53), 0)
                 .unwrap();
@@ -677,7 +814,7 @@ mod tests {
     #[test]
     fn two_hosts_pinging_each_other_hold_two_flows() {
         let t = FlowTable::new(cfg(5));
-        t.ensure_slot(0);
+        t.ensure_slot(0, "p0");
         let echo = |src: &str, dst: &str, request: bool| {
             let mut p = udp(src, 7, dst, 7);
             p.proto = proto::ICMP;

@@ -11,6 +11,7 @@
 use crate::port::Port;
 use crate::state::counters::ProjectCounters;
 use crate::state::evidence::Evidence;
+use crate::state::rate::TokenBucket;
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -50,6 +51,10 @@ pub struct Vassal {
     pub ipv6: Option<Ipv6Addr>,
     /// Where to write its packets.
     pub port: Port,
+    /// Its `net_out` bucket, charged by its own reader (which waits on it).
+    pub egress: TokenBucket,
+    /// Its `net_in` bucket, shared by every reader delivering to it.
+    pub ingress: TokenBucket,
 }
 
 impl std::fmt::Debug for Vassal {
@@ -148,6 +153,19 @@ impl Registry {
         ipv6: Option<Ipv6Addr>,
         port: Port,
     ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
+        let unlimited = [TokenBucket::unlimited(), TokenBucket::unlimited()];
+        self.attach_limited(project, ipv4, ipv6, port, unlimited)
+    }
+
+    /// [`Registry::attach`] with the vassal's `[egress, ingress]` buckets.
+    pub fn attach_limited(
+        &self,
+        project: Arc<Project>,
+        ipv4: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+        port: Port,
+        [egress, ingress]: [TokenBucket; 2],
+    ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut map = AddrMap::clone(&self.by_addr.load());
         for addr in std::iter::once(IpAddr::V4(ipv4)).chain(ipv6.map(IpAddr::V6)) {
@@ -174,6 +192,8 @@ impl Registry {
             ipv4,
             ipv6,
             port,
+            egress,
+            ingress,
         });
         map.insert(IpAddr::V4(ipv4), Arc::clone(&vassal));
         if let Some(a) = ipv6 {

@@ -1,0 +1,535 @@
+//! Kernel routes to the other hosts' blocks (docs/cluster.md), over
+//! rtnetlink with the `netlink-packet-route` crate (docs/design.md says
+//! why).
+//!
+//! `direct`: one route per peer block, `<block> via <peer underlay>`.
+//! `vxlan`: one VXLAN device created by the router (`nolearning`, its MAC
+//! derived from this host's block), and per peer a forwarding entry (the
+//! peer's MAC -> its underlay address), a permanent neighbour entry (the
+//! peer block's gateway -> the peer's MAC) and a route `<block> via
+//! <gateway> dev <vxlan> onlink`. MACs are derived from the block
+//! (`02:76` + the block's network address), so nothing but the blocks and
+//! underlay addresses already in etcd is needed, and a frame reaches a
+//! peer's device only with that peer's MAC as destination.
+//!
+//! Beside the routes, an nftables table `inet vassal_cluster` refuses a
+//! packet claiming a remote block's source unless it came the way that
+//! block's host sends (rebuilt whole at every sync, see [`guard_script`]).
+//!
+//! Routes are installed with the router's own protocol number
+//! ([`PROTOCOL`]), so `ip route show proto 118` lists exactly them, and a
+//! restarted router replaces rather than duplicates them.
+
+use ipnet::Ipv4Net;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+/// The nftables table guarding remote sources.
+pub const GUARD_TABLE: &str = "vassal_cluster";
+
+/// The routes' protocol number (`ip route ... proto 118`): 'v'.
+pub const PROTOCOL: u8 = 118;
+
+/// How packets reach another host's block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// A route via the peer's underlay address (hosts on one network).
+    Direct,
+    /// Through a VXLAN device the router creates.
+    Vxlan {
+        /// The device's name.
+        device: String,
+        /// VXLAN network identifier.
+        vni: u32,
+        /// UDP port, on both ends.
+        port: u16,
+    },
+}
+
+/// Another host's block as the routes need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerBlock {
+    /// The block.
+    pub block: Ipv4Net,
+    /// Its gateway (the neighbour of the route in VXLAN mode).
+    pub gateway: Ipv4Addr,
+    /// The peer host's underlay address.
+    pub underlay: Ipv4Addr,
+}
+
+/// A route operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The netlink socket could not be opened.
+    #[error("opening an rtnetlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The kernel refused (or the socket failed) one request.
+    #[error("{step} ({what}): {source}")]
+    Request {
+        /// What was asked.
+        step: &'static str,
+        /// The block, device or address.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guard table could not be installed or removed.
+    #[error("nft ({step} table inet {GUARD_TABLE}): {message}")]
+    Guard {
+        /// install or delete.
+        step: &'static str,
+        /// nft's stderr or the spawn error.
+        message: String,
+    },
+    /// The VXLAN device has no index after its creation.
+    #[error("looking up the VXLAN device {device}: {source}")]
+    Device {
+        /// Its name.
+        device: String,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The MAC of the VXLAN device of the host holding `block`.
+pub fn mac_of(block: Ipv4Net) -> [u8; 6] {
+    let [a, b, c, d] = block.network().octets();
+    [0x02, 0x76, a, b, c, d]
+}
+
+/// The routes this router installed, kept equal to the peer blocks it is
+/// given.
+pub struct Routes {
+    socket: Socket,
+    sequence: u32,
+    mode: Mode,
+    /// The VXLAN device's index (VXLAN mode).
+    device: Option<u32>,
+    installed: BTreeMap<Ipv4Net, PeerBlock>,
+}
+
+/// The guard table's script for `peers` (each one's block, underlay and,
+/// in VXLAN mode, MAC), replacing any table of the same name:
+///
+/// - both modes: a source in a peer block must arrive on the interface
+///   the route to that block leaves by (`fib saddr . iif oif`: the
+///   underlay in direct mode, the VXLAN device in VXLAN mode);
+/// - VXLAN: UDP to the VXLAN port only from the peers' underlay
+///   addresses; from each, only frames whose inner source MAC is that
+///   peer's (the UDP payload's bytes 22-27); and out of the device, a
+///   source of a peer block only with that peer's MAC. So a packet with
+///   block B's source is accepted only when B's host sent it.
+pub fn guard_script(mode: &Mode, peers: &[PeerBlock]) -> String {
+    let mut s = format!(
+        "table inet {GUARD_TABLE}\ndelete table inet {GUARD_TABLE}\ntable inet {GUARD_TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority -300; policy accept;\n"
+    );
+    if !peers.is_empty() {
+        let blocks: Vec<String> = peers.iter().map(|p| p.block.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "    ip saddr {{ {} }} fib saddr . iif oif missing drop",
+            blocks.join(", ")
+        );
+    }
+    if let Mode::Vxlan { device, port, .. } = mode {
+        let underlays: Vec<String> = peers.iter().map(|p| p.underlay.to_string()).collect();
+        if underlays.is_empty() {
+            let _ = writeln!(s, "    udp dport {port} drop");
+        } else {
+            let _ = writeln!(
+                s,
+                "    udp dport {port} ip saddr != {{ {} }} drop",
+                underlays.join(", ")
+            );
+        }
+        for p in peers {
+            let mac = mac_of(p.block);
+            let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+            let colons: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(
+                s,
+                "    ip saddr {} udp dport {port} @th,176,48 != 0x{hex} drop",
+                p.underlay
+            );
+            let _ = writeln!(
+                s,
+                "    iifname \"{device}\" ip saddr {} ether saddr != {} drop",
+                p.block,
+                colons.join(":")
+            );
+        }
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+fn nft(step: &'static str, script: &str) -> Result<(), RouteError> {
+    let fail = |message: String| RouteError::Guard { step, message };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+    }
+}
+
+impl Routes {
+    /// Opens the socket; in VXLAN mode (re)creates the device, bound to
+    /// `underlay`, with the MAC of `own` (this host's block), and up.
+    pub fn new(mode: Mode, own: Ipv4Net, underlay: Ipv4Addr) -> Result<Routes, RouteError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
+        socket.bind_auto().map_err(RouteError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(RouteError::Socket)?;
+        let mut routes = Routes {
+            socket,
+            sequence: 0,
+            mode,
+            device: None,
+            installed: BTreeMap::new(),
+        };
+        if let Mode::Vxlan { device, vni, port } = routes.mode.clone() {
+            // A device left by a router that died keeps stale entries.
+            routes.delete_device(&device);
+            let mut link = LinkMessage::default();
+            link.header.flags = LinkFlags::Up;
+            link.header.change_mask = LinkFlags::Up;
+            link.attributes = vec![
+                LinkAttribute::IfName(device.clone()),
+                LinkAttribute::Address(mac_of(own).to_vec()),
+                LinkAttribute::LinkInfo(vec![
+                    LinkInfo::Kind(InfoKind::Vxlan),
+                    LinkInfo::Data(InfoData::Vxlan(vec![
+                        InfoVxlan::Id(vni),
+                        InfoVxlan::Local(underlay),
+                        InfoVxlan::Port(port),
+                        InfoVxlan::Learning(false),
+                    ])),
+                ]),
+            ];
+            routes.request(
+                RouteNetlinkMessage::NewLink(link),
+                NLM_F_CREATE | NLM_F_EXCL,
+                "creating the VXLAN device",
+                &device,
+            )?;
+            let index = nix::net::if_::if_nametoindex(device.as_str()).map_err(|source| {
+                RouteError::Device {
+                    device: device.clone(),
+                    source,
+                }
+            })?;
+            routes.device = Some(index);
+        }
+        nft("install", &guard_script(&routes.mode, &[]))?;
+        Ok(routes)
+    }
+
+    /// The peer blocks routed now.
+    pub fn installed(&self) -> Vec<PeerBlock> {
+        self.installed.values().copied().collect()
+    }
+
+    /// Makes the kernel's routes match `peers`: adds the new ones,
+    /// replaces the changed ones, removes the gone ones. Stops at the
+    /// first refusal (the next sync tries again).
+    pub fn sync(&mut self, peers: &[PeerBlock]) -> Result<(), RouteError> {
+        let wanted: BTreeMap<Ipv4Net, PeerBlock> = peers.iter().map(|p| (p.block, *p)).collect();
+        let gone: Vec<PeerBlock> = self
+            .installed
+            .values()
+            .filter(|p| wanted.get(&p.block) != Some(p))
+            .copied()
+            .collect();
+        for peer in gone {
+            self.remove(&peer)?;
+        }
+        for peer in wanted.values() {
+            if self.installed.get(&peer.block) != Some(peer) {
+                self.add(peer)?;
+            }
+        }
+        nft("install", &guard_script(&self.mode, &self.installed()))
+    }
+
+    /// Removes every route (and the VXLAN device) this router installed.
+    pub fn clear(&mut self) {
+        for peer in self.installed() {
+            if let Err(e) = self.remove(&peer) {
+                tracing::warn!("{e}");
+            }
+        }
+        if let Mode::Vxlan { device, .. } = self.mode.clone() {
+            self.delete_device(&device);
+            self.device = None;
+        }
+        let delete = format!("table inet {GUARD_TABLE}\ndelete table inet {GUARD_TABLE}\n");
+        if let Err(e) = nft("delete", &delete) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn add(&mut self, peer: &PeerBlock) -> Result<(), RouteError> {
+        let what = format!("{} via {}", peer.block, peer.underlay);
+        if let Some(index) = self.device {
+            let mac = mac_of(peer.block).to_vec();
+            self.request(
+                RouteNetlinkMessage::NewNeighbour(fdb(index, &mac, peer.underlay)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                "adding the VXLAN forwarding entry",
+                &what,
+            )?;
+            self.request(
+                RouteNetlinkMessage::NewNeighbour(neighbour(index, &mac, peer.gateway)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                "adding the VXLAN neighbour entry",
+                &what,
+            )?;
+        }
+        self.request(
+            RouteNetlinkMessage::NewRoute(route(peer, self.device)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            "adding the route to a peer block",
+            &what,
+        )?;
+        self.installed.insert(peer.block, *peer);
+        Ok(())
+    }
+
+    fn remove(&mut self, peer: &PeerBlock) -> Result<(), RouteError> {
+        let what = format!("{} via {}", peer.block, peer.underlay);
+        // Already gone (someone else removed it) counts as removed.
+        self.request_absent(
+            RouteNetlinkMessage::DelRoute(route(peer, self.device)),
+            "removing the route to a peer block",
+            &what,
+        )?;
+        if let Some(index) = self.device {
+            let mac = mac_of(peer.block).to_vec();
+            self.request_absent(
+                RouteNetlinkMessage::DelNeighbour(neighbour(index, &mac, peer.gateway)),
+                "removing the VXLAN neighbour entry",
+                &what,
+            )?;
+            self.request_absent(
+                RouteNetlinkMessage::DelNeighbour(fdb(index, &mac, peer.underlay)),
+                "removing the VXLAN forwarding entry",
+                &what,
+            )?;
+        }
+        self.installed.remove(&peer.block);
+        Ok(())
+    }
+
+    fn delete_device(&mut self, device: &str) {
+        let Ok(index) = nix::net::if_::if_nametoindex(device) else {
+            return;
+        };
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        if let Err(e) = self.request(RouteNetlinkMessage::DelLink(link), 0, "deleting", device) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Like [`Routes::request`], but "no such entry" is success.
+    fn request_absent(
+        &mut self,
+        message: RouteNetlinkMessage,
+        step: &'static str,
+        what: &str,
+    ) -> Result<(), RouteError> {
+        match self.request(message, 0, step, what) {
+            Err(RouteError::Request { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Sends one request and waits for the kernel's acknowledgement.
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        step: &'static str,
+        what: &str,
+    ) -> Result<(), RouteError> {
+        let fail = |source: std::io::Error| RouteError::Request {
+            step,
+            what: what.to_owned(),
+            source,
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0).map_err(fail)?;
+        let mut answer = vec![0u8; 8192];
+        loop {
+            let n = self.socket.recv(&mut &mut answer[..], 0).map_err(fail)?;
+            if n == 0 {
+                return Err(fail(std::io::Error::from(
+                    std::io::ErrorKind::UnexpectedEof,
+                )));
+            }
+            let mut offset = 0;
+            while offset < n {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer[offset..n])
+                    .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+                let length = reply.header.length as usize;
+                if reply.header.sequence_number == self.sequence {
+                    if let NetlinkPayload::Error(e) = reply.payload {
+                        return match e.code {
+                            None => Ok(()),
+                            Some(_) => Err(fail(e.to_io())),
+                        };
+                    }
+                }
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+            }
+        }
+    }
+}
+
+fn route(peer: &PeerBlock, device: Option<u32>) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header = RouteHeader {
+        address_family: AddressFamily::Inet,
+        destination_prefix_length: peer.block.prefix_len(),
+        table: RouteHeader::RT_TABLE_MAIN,
+        protocol: RouteProtocol::Other(PROTOCOL),
+        scope: RouteScope::Universe,
+        kind: RouteType::Unicast,
+        ..RouteHeader::default()
+    };
+    m.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet(
+        peer.block.network(),
+    ))];
+    match device {
+        None => m
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(peer.underlay))),
+        Some(index) => {
+            m.header.flags = RouteFlags::Onlink;
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(peer.gateway)));
+            m.attributes.push(RouteAttribute::Oif(index));
+        }
+    }
+    m
+}
+
+/// `bridge fdb append <mac> dev <vxlan> dst <underlay> self permanent`.
+fn fdb(index: u32, mac: &[u8], underlay: Ipv4Addr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.attributes = vec![
+        NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(underlay)),
+    ];
+    m
+}
+
+/// `ip neigh replace <gateway> lladdr <mac> dev <vxlan> nud permanent`.
+fn neighbour(index: u32, mac: &[u8], gateway: Ipv4Addr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(gateway)),
+        NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+    ];
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(k: u8) -> PeerBlock {
+        PeerBlock {
+            block: format!("10.44.{k}.0/24").parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 44, k, 1),
+            underlay: Ipv4Addr::new(198, 51, 100, k),
+        }
+    }
+
+    #[test]
+    fn the_guard_pairs_each_block_with_its_hosts_path() {
+        let direct = guard_script(&Mode::Direct, &[peer(2), peer(3)]);
+        assert!(direct.starts_with("table inet vassal_cluster\ndelete table inet vassal_cluster\n"));
+        assert!(direct
+            .contains("ip saddr { 10.44.2.0/24, 10.44.3.0/24 } fib saddr . iif oif missing drop"));
+        assert!(!direct.contains("udp dport"));
+        let vxlan = Mode::Vxlan {
+            device: "vassal-vx".into(),
+            vni: 1,
+            port: 4789,
+        };
+        let script = guard_script(&vxlan, &[peer(2)]);
+        assert!(script.contains("udp dport 4789 ip saddr != { 198.51.100.2 } drop"));
+        assert!(script
+            .contains("ip saddr 198.51.100.2 udp dport 4789 @th,176,48 != 0x02760a2c0200 drop"));
+        assert!(script.contains(
+            "iifname \"vassal-vx\" ip saddr 10.44.2.0/24 ether saddr != 02:76:0a:2c:02:00 drop"
+        ));
+        // No peer yet: nobody may send VXLAN to this host.
+        assert!(guard_script(&vxlan, &[]).contains("udp dport 4789 drop"));
+    }
+
+    #[test]
+    fn macs_follow_the_block() {
+        assert_eq!(
+            mac_of("10.44.1.0/24".parse().unwrap()),
+            [0x02, 0x76, 10, 44, 1, 0]
+        );
+    }
+}
