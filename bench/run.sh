@@ -26,8 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-cargo build --release --bins --quiet
-BIN=$ROOT/target/release
+[ -n "${NO_BUILD:-}" ] || cargo build --release --bins --quiet   # NO_BUILD=1: use the binaries already built
+BIN=${BIN:-$ROOT/target/release}   # BIN=dir: other binaries (a before/after comparison)
 WORK=$(mktemp -d /tmp/vassal-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -79,20 +79,24 @@ PY
 
 # measure PEER SERVER_ADDR PREFIX...: every figure of one path, the client
 # side run under PREFIX (entering the client's namespace).
+# The servers listen on BIND (default: SERVER_ADDR itself; the userspace
+# peers map the address their namespace sees to the host's loopback).
 measure() {
     local peer=$1 srv=$2; shift 2
-    iperf3 -s -B "$srv" -1 >/dev/null 2>&1 & sleep 0.3
-    record "$peer" tcp_up_mbps "$("$@" iperf3 -c "$srv" -t "$SECS" -J 2>/dev/null | mbps)"
-    iperf3 -s -B "$srv" -1 >/dev/null 2>&1 & sleep 0.3
-    record "$peer" tcp_down_mbps "$("$@" iperf3 -c "$srv" -R -t "$SECS" -J 2>/dev/null | mbps)"
-    iperf3 -s -B "$srv" -1 >/dev/null 2>&1 & sleep 0.3
-    record "$peer" udp64_up_pps "$("$@" iperf3 -c "$srv" -u -l 64 -b 0 -t "$SECS" -J 2>/dev/null | udp_pps)"
-    record "$peer" rtt_us "$("$@" ping -q -c 200 -i 0.005 "$srv" 2>/dev/null | rtt_us)"
+    local bind=${BIND:-$srv}
+    iperf3 -s -B "$bind" -1 >/dev/null 2>&1 & sleep 0.3
+    record "$peer" tcp_up_mbps "$(timeout $((SECS + 20)) "$@" iperf3 -c "$srv" -t "$SECS" -J 2>/dev/null | mbps)"
+    iperf3 -s -B "$bind" -1 >/dev/null 2>&1 & sleep 0.3
+    record "$peer" tcp_down_mbps "$(timeout $((SECS + 20)) "$@" iperf3 -c "$srv" -R -t "$SECS" -J 2>/dev/null | mbps)"
+    iperf3 -s -B "$bind" -1 >/dev/null 2>&1 & sleep 0.3
+    record "$peer" udp64_up_pps "$(timeout $((SECS + 20)) "$@" iperf3 -c "$srv" -u -l 64 -b 0 -t "$SECS" -J 2>/dev/null | udp_pps)"
+    pkill -f "iperf3 -s -B $bind -1" 2>/dev/null || true   # the server of a failed run
+    record "$peer" rtt_us "$(timeout 30 "$@" ping -q -c 200 -i 0.005 "$srv" 2>/dev/null | rtt_us)"
     # The same back to back: no thread of the path ever sleeps (see
     # docs/benchmarks.md on what the 5 ms figure measures on a VM).
-    record "$peer" rtt_busy_us "$("$@" ping -q -f -c 5000 "$srv" 2>/dev/null | rtt_us_frac)"
-    python3 "$WORK/rr.py" server "$srv" 5301 0 & local s=$!; sleep 0.3
-    record "$peer" tcp_rr_per_s "$("$@" python3 "$WORK/rr.py" client "$srv" 5301 "$SECS" 2>/dev/null || echo fail)"
+    record "$peer" rtt_busy_us "$(timeout 60 "$@" ping -q -f -c 5000 "$srv" 2>/dev/null | rtt_us_frac)"
+    python3 "$WORK/rr.py" server "$bind" 5301 0 & local s=$!; sleep 0.3
+    record "$peer" tcp_rr_per_s "$(timeout $((SECS + 20)) "$@" python3 "$WORK/rr.py" client "$srv" 5301 "$SECS" 2>/dev/null || echo fail)"
     kill $s 2>/dev/null || true; wait $s 2>/dev/null || true
 }
 
@@ -126,7 +130,7 @@ launch_vassal() { # $1 name $2 address -> prints the supervisor's pid
 }
 
 printf '[default]\nout = "allow"\nin = "allow"\nestablished = true\n' >"$WORK/open.toml"
-"$BIN/gen-rules" 10000 "$GW" "$NET" >"$WORK/rules10k.toml"
+[ ! -x "$BIN/gen-rules" ] || "$BIN/gen-rules" 10000 "$GW" "$NET" >"$WORK/rules10k.toml"
 
 ours() {
     start_router "$WORK/open.toml"
@@ -137,7 +141,9 @@ ours() {
     nsenter -t "$vb" -n iperf3 -s -B "$B" -1 >/dev/null 2>&1 & sleep 0.3
     record vassal-router v2v_tcp_mbps "$(nsenter -t "$va" -n iperf3 -c "$B" -t "$SECS" -J 2>/dev/null | mbps)"
     # the same with 10 000 rules: restart the router; the launchers re-attach
+    # (skipped when gen-rules was not built: a NO_BUILD look)
     kill "$ROUTER"; wait "$ROUTER" 2>/dev/null || true
+    if [ ! -s "$WORK/rules10k.toml" ]; then pkill -f "vassal-launch run --name bench" || true; return; fi
     start_router "$WORK/rules10k.toml"
     for _ in $(seq 100); do nsenter -t "$va" -n ping -q -c 1 -W 1 "$GW" >/dev/null 2>&1 && break; sleep 0.1; done
     iperf3 -s -B "$GW" -1 >/dev/null 2>&1 & sleep 0.3
@@ -162,6 +168,39 @@ veth() {
     ip link del vbveth0 2>/dev/null || true
 }
 
+# --- slirp4netns and pasta, every figure through run.sh's own measure -------
+# Set up as peers.sh does; both present the host's loopback at an address of
+# their namespace (slirp4netns 10.0.2.2, pasta the namespace's gateway), so
+# the servers listen on 127.0.0.1. Their ICMP goes out through ping sockets:
+# the group range is opened for the run (pasta runs as nobody) and restored.
+slirp4netns_peer() {
+    unshare --net --fork sleep 600 & local u=$!; sleep 0.3
+    local child; child=$(pgrep -P $u sleep || echo $u)
+    slirp4netns --configure --mtu=65520 "$child" tap0 >"$WORK/slirp.log" 2>&1 & local s=$!; sleep 1
+    BIND=127.0.0.1 measure slirp4netns 10.0.2.2 nsenter -t "$child" -n
+    kill -9 "$s" "$u" "$child" 2>/dev/null || true
+}
+pasta_peer() {
+    local mode; mode=$(stat -c %a /dev/net/tun); chmod 666 /dev/net/tun
+    setpriv --reuid 65534 --regid 65534 --clear-groups \
+        pasta --config-net -T none -U none -f -- sleep 600 >"$WORK/pasta.log" 2>&1 & local p=$!; sleep 2
+    local child; child=$(pgrep -P "$p" -x sleep || pgrep -u 65534 -x sleep | head -1)
+    local gw; gw=$(nsenter -t "$child" -n ip route | awk '/default/ {print $3; exit}')
+    if [ -n "$gw" ]; then BIND=127.0.0.1 measure pasta "$gw" nsenter -t "$child" -n; fi
+    kill -9 "$p" "$child" 2>/dev/null || true
+    chmod "$mode" /dev/net/tun
+}
+userspace_peers() {
+    local range; range=$(cat /proc/sys/net/ipv4/ping_group_range)
+    echo "0 65534" >/proc/sys/net/ipv4/ping_group_range
+    for peer in ${USERSPACE_PEERS:-slirp4netns pasta}; do
+        local marker="VASSAL_BENCH_PEER=$$-$peer"
+        ( export "${marker%%=*}=${marker#*=}"; "${peer}_peer" ) || true
+        kill_marked "$marker"
+    done
+    echo "$range" >/proc/sys/net/ipv4/ping_group_range
+}
+
 peers() {
     # One peer at a time, each bounded: pasta was seen to hang on this kind
     # of machine; a hung peer costs its timeout and a "n/a", not the run.
@@ -169,7 +208,7 @@ peers() {
     # namespaces' `sleep 600`): they are found by a marker in their
     # environment and killed, and its output goes to a file, not a pipe a
     # leftover could hold open forever.
-    for peer in ${PEER_LIST:-uwsgi slirp4netns pasta}; do
+    for peer in ${PEER_LIST:-uwsgi}; do
         local marker="VASSAL_BENCH_PEER=$$-$peer" out="$WORK/peer-$peer.out"
         env "$marker" SECS="$SECS" timeout -k 5 $((SECS * 4 + 60)) bash "$PEERS" "$peer" >"$out" 2>/dev/null || true
         while read -r name rest; do
@@ -254,7 +293,10 @@ aggregate() {
 for run in $(seq "$RUNS"); do
     if part ours; then echo "== run $run/$RUNS: vassal-router"; ours; fi
     if part veth; then echo "== run $run/$RUNS: veth"; veth; fi
-    if part peers; then echo "== run $run/$RUNS: peers (uWSGI tuntap, slirp4netns, pasta)"; peers; fi
+    if part peers; then
+        echo "== run $run/$RUNS: peers (uWSGI tuntap through peers.sh; slirp4netns, pasta)"
+        peers; userspace_peers
+    fi
     if part aggregate; then echo "== run $run/$RUNS: $AGGREGATE vassals at once, ours and veth"; aggregate; fi
 done
 if part launch; then echo "== launch time ($LAUNCHES each)"; launch_times; fi

@@ -217,7 +217,7 @@ pub struct Limits {
     pub max_compat_connections: usize,
     /// Open compat connections of one peer uid (SO_PEERCRED).
     pub max_compat_connections_per_uid: usize,
-    /// Queues (and reader tasks) of the host tun; 0 = one per worker thread.
+    /// Queues of the host tun, and datapath threads; 0 = one per core (at most 8).
     pub host_queues: usize,
     /// TCP segmentation and checksum offload on the tun devices: packets of
     /// up to 64 KiB cross the router whole (docs/design.md, "Offloads").

@@ -8,8 +8,8 @@
 //! detached when it closes.
 
 use crate::config::{host6_in_subnet, host_in_subnet, Config};
-use crate::datapath::reader;
 use crate::datapath::router::Router;
+use crate::datapath::{cores, reader};
 use crate::os::events;
 use crate::os::socket;
 use crate::os::tun;
@@ -222,7 +222,7 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                             net_out,
                             net_in,
                         };
-                        let reader = tokio::spawn(reader::vassal_reader(
+                        let reader = cores::spawn(reader::vassal_reader(
                             Arc::clone(&router),
                             Arc::clone(&vassal),
                         ));

@@ -12,6 +12,7 @@ pub mod watch;
 use crate::compat;
 use crate::config::Config;
 use crate::control;
+use crate::datapath::cores::{self, CoresError};
 use crate::datapath::reader;
 use crate::datapath::router::Router;
 use crate::metrics::{self, MetricsError};
@@ -42,6 +43,8 @@ pub enum DaemonError {
     /// The host tun failed.
     #[error(transparent)]
     HostTun(#[from] HostTunError),
+    #[error(transparent)]
+    Cores(#[from] CoresError),
     /// NAT setup or removal failed.
     #[error(transparent)]
     Nat(#[from] NatError),
@@ -81,12 +84,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(path) = &config.compat_socket {
         socket::ensure_free(path, SockType::Stream)?;
     }
-    // One host tun queue (and reader) per worker thread.
+    // One host tun queue (and reader, and datapath thread) per core.
     let queues = match config.limits.host_queues {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
         n => n,
     };
     let host_tun = host_tun::create(&config, queues)?;
+    // One datapath thread per queue (docs/design.md, "Threads and tasks").
+    cores::start(queues)?;
     // NAT on or off: the table also guards the host (docs/design.md).
     let table = Table::install(&config)?;
     let registry = Registry::new(config.limits.max_vassals);
@@ -163,7 +168,10 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let mut tasks = Vec::new();
     for queue in 0..router.host_tun.len() {
-        tasks.push(tokio::spawn(reader::host_reader(Arc::clone(router), queue)));
+        tasks.push(cores::spawn_on(
+            queue,
+            reader::host_reader(Arc::clone(router), queue),
+        ));
     }
     tasks.push(tokio::spawn(sweeper(Arc::clone(router))));
     if let Some(path) = &router.config.compat_socket {

@@ -13,6 +13,7 @@
 //! counted as the segments it stands for (see `wire::offload`).
 
 use crate::config::Config;
+use crate::datapath::cores;
 use crate::os::host_tun::HostTun;
 use crate::port::delivery::{Delivered, Delivery};
 use crate::port::write_tun;
@@ -351,7 +352,12 @@ impl Router {
                     return counters.drop(DropReason::Fragment, n);
                 }
                 let vnet = self.host_tun.vnet();
-                let d = write_tun(self.host_tun.writer(), vnet, &frame, &plan);
+                let d = write_tun(
+                    self.host_tun.writer_for(cores::current()),
+                    vnet,
+                    &frame,
+                    &plan,
+                );
                 self.count_offload(&plan, &d, !vnet);
                 counters.tx(d.sent);
                 match d.outcome {

@@ -31,7 +31,7 @@ pub enum HostTunError {
 pub const TXQUEUELEN: u32 = 5000;
 
 /// The host tun's queues: one fd per queue, each read by its own task so
-/// that host-to-vassal traffic is spread over the worker threads.
+/// that host-to-vassal traffic is spread over the datapath threads.
 pub struct HostTun {
     first: OwnedFd,
     others: Vec<OwnedFd>,
@@ -54,10 +54,22 @@ impl HostTun {
         self.vnet
     }
 
-    /// The fd packets toward the host are written to. Any queue would do:
-    /// a tun write is handed to the stack whichever queue carries it.
+    /// Queue 0's fd, for a write from outside the datapath threads. A tun
+    /// write is handed to the stack whichever queue carries it; the queue
+    /// only decides where the flow's answers come back (see `writer_for`).
     pub fn writer(&self) -> BorrowedFd<'_> {
         self.first.as_fd()
+    }
+
+    /// The fd of queue `queue` (modulo their number), for the packets a
+    /// datapath thread writes toward the host: tun's flow steering sends a
+    /// flow's answers to the queue its packets were written to, so they
+    /// come back to the thread that reads that queue (`datapath::cores`).
+    pub fn writer_for(&self, queue: usize) -> BorrowedFd<'_> {
+        match queue % self.len() {
+            0 => self.first.as_fd(),
+            i => self.others[i - 1].as_fd(),
+        }
     }
 
     /// Every queue, for the readers.
@@ -76,7 +88,7 @@ impl HostTun {
     }
 }
 
-/// Creates the host tun with `queues` queues (one per worker thread), with
+/// Creates the host tun with `queues` queues (one per datapath thread), with
 /// offloads when `limits.offload` is on, sets its MTU, queue length and
 /// addresses, and brings it up.
 pub fn create(config: &Config, queues: usize) -> Result<HostTun, HostTunError> {
@@ -142,4 +154,31 @@ fn ip(device: &str, args: &[&str]) -> Result<(), HostTunError> {
         return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+
+    /// A datapath thread's index picks its own queue, modulo the number.
+    #[test]
+    fn writer_for_picks_the_queue_of_the_thread() {
+        let fd = || {
+            socketpair(
+                AddressFamily::Unix,
+                SockType::Datagram,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .unwrap()
+            .0
+        };
+        let tun = HostTun::from_queues(fd(), vec![fd(), fd()], false);
+        let raw: Vec<_> = tun.queues().map(|q| q.as_raw_fd()).collect();
+        for i in 0..7 {
+            assert_eq!(tun.writer_for(i).as_raw_fd(), raw[i % 3]);
+        }
+    }
 }
