@@ -63,6 +63,7 @@ fn ops_live_metrics_pass_promtool_lint() {
         "vassal_memory_bytes",
         "vassal_io_write_bytes_total",
         "vassal_limit_memory_bytes",
+        "vassal_flows_restored_total",
     ] {
         assert!(
             body.contains(&format!("# HELP {name} ")),

@@ -35,6 +35,10 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
     describe_counter!(
+        "vassal_flows_restored_total",
+        "Flows of the previous router process read back from the state file at start, by outcome: loaded, invalid, expired, over_bound."
+    );
+    describe_counter!(
         "vassal_tx_bytes_total",
         Unit::Bytes,
         "IP bytes leaving the project's vassal, as it sent them."
