@@ -7,6 +7,7 @@ pub mod events;
 pub mod host_tun;
 pub mod mapped;
 pub mod nat;
+pub mod nft;
 pub mod routes;
 pub mod socket;
 pub mod tun;

@@ -14,8 +14,6 @@
 //! - `postrouting`, with NAT on: masquerade for the vassal subnets.
 
 use crate::config::{Config, HostProto};
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 /// An nftables or sysctl step failed.
 #[derive(Debug, thiserror::Error)]
@@ -195,28 +193,11 @@ fn sysctl(path: &'static str) -> Result<(), NatError> {
 }
 
 fn nft(step: &'static str, table: &str, script: &str) -> Result<(), NatError> {
-    let err = |message: String| NatError::Nft {
+    super::nft::run(script).map_err(|message| NatError::Nft {
         step,
         table: table.to_owned(),
         message,
-    };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(e.to_string()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
-    if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

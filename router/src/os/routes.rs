@@ -39,9 +39,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 /// The nftables table guarding remote sources.
 pub const GUARD_TABLE: &str = "vassal_cluster";
@@ -185,25 +183,7 @@ pub fn guard_script(mode: &Mode, peers: &[PeerBlock]) -> String {
 }
 
 fn nft(step: &'static str, script: &str) -> Result<(), RouteError> {
-    let fail = |message: String| RouteError::Guard { step, message };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(e.to_string()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
-    }
+    super::nft::run(script).map_err(|message| RouteError::Guard { step, message })
 }
 
 impl Routes {
