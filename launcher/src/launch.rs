@@ -152,7 +152,6 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         write_id_maps(child, uid_map, gid_map)?;
     }
     cg.add(child.as_raw())?;
-    state.record(child.as_raw())?;
     // The tun device, made in the vassal's network namespace (see
     // network::create_tun_in); only this process holds its fd.
     let tun = match &config.network {
@@ -195,6 +194,9 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
         _ => None,
     };
     sync::send(outer_end.as_fd(), &Message::Start)?;
+    // Only now the pid goes on record: `enter` must never join a vassal
+    // whose mounts, hostname and devpts are still being set up.
+    state.record(child.as_raw())?;
     let mut relay = master.map(|m| Relay::new(m, stdio));
 
     // 7. Supervise from outside: forward signals, keep the attachment,
