@@ -17,8 +17,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub mod transport;
 
-/// Version carried in every hello; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version this side speaks; bumped on any change. 2 added
+/// [`Request::Lease`] (automatic addresses) and [`Request::Cluster`].
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Oldest hello version a router still accepts: a version-1 launcher (no
+/// lease) attaches as before.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// Longest vassal name in a [`Request::Lease`], in bytes.
+pub const MAX_VASSAL_NAME_LEN: usize = 64;
 
 /// Largest message either side sends or accepts, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -42,6 +50,59 @@ pub enum Request {
     /// connection that attached a vassal (the event is that vassal's, never
     /// a name in the message); the router does not answer.
     Event(VassalEvent),
+    /// Version 2: reserve an address of the router's block (or subnet) for
+    /// the vassal `name` of `project`, before its network is set up; the
+    /// same name gets the same address back while the block lasts. Answered
+    /// with [`Response::Leased`]; the connection then closes, and the
+    /// launcher attaches with a hello carrying that address.
+    Lease(LeaseRequest),
+    /// Version 2: the router's view of the cluster (its block, the other
+    /// hosts' blocks, the identity cache), answered with as many
+    /// [`Response::Cluster`] datagrams as it takes.
+    Cluster,
+}
+
+/// An address lease request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// At least 2.
+    pub version: u32,
+    /// The vassal's project; see [`validate_project_name`].
+    pub project: String,
+    /// The vassal's name, unique on its host; see [`validate_vassal_name`].
+    pub name: String,
+    /// Whether the vassal wants an IPv6 address too (when the router has
+    /// an IPv6 subnet).
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+/// One block of the cluster, as [`Response::Cluster`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterBlock {
+    /// The node holding it.
+    pub node: String,
+    /// Its IPv4 network.
+    pub ipv4: String,
+    /// Its IPv6 network, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    /// The node's underlay address.
+    pub underlay: String,
+}
+
+/// One entry of the identity cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterIdentity {
+    /// The vassal's address.
+    pub address: String,
+    /// Its project.
+    pub project: String,
+    /// The node it is attached to.
+    pub node: String,
 }
 
 /// An event a launcher reports about its vassal.
@@ -129,6 +190,43 @@ pub enum Response {
         /// Whether another `stats` datagram follows.
         more: bool,
     },
+    /// Answer to [`Request::Lease`].
+    Leased {
+        /// The router's protocol version.
+        version: u32,
+        /// The vassal's IPv4 address.
+        ipv4: Ipv4Addr,
+        /// Its IPv6 address, when asked for and the router has a subnet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ipv6: Option<Ipv6Addr>,
+        /// The gateway.
+        gateway: Ipv4Addr,
+        /// The IPv4 subnet's prefix length.
+        prefix_len: u8,
+        /// The IPv6 gateway, with `ipv6`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway6: Option<Ipv6Addr>,
+        /// The IPv6 subnet's prefix length, with `ipv6`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix6_len: Option<u8>,
+    },
+    /// Answer to [`Request::Cluster`], in as many datagrams as it takes
+    /// (the header fields repeat in each); all but the last have
+    /// `more = true`.
+    Cluster {
+        /// This router's node name (`None` without `[cluster]`).
+        node: Option<String>,
+        /// Whether etcd answers now.
+        etcd_up: bool,
+        /// This router's block.
+        block: Option<String>,
+        /// Blocks of every node, this one included.
+        blocks: Vec<ClusterBlock>,
+        /// The identity cache.
+        identities: Vec<ClusterIdentity>,
+        /// Whether another `cluster` datagram follows.
+        more: bool,
+    },
     /// Answer to [`Request::Reload`]: the new rule set is in force.
     Reloaded {
         /// Rules in the `out` chain.
@@ -164,6 +262,8 @@ pub enum RefuseReason {
     ProjectMismatch,
     /// The router has reached its vassal limit.
     TooManyVassals,
+    /// No free address is left to lease.
+    NoAddress,
 }
 
 impl RefuseReason {
@@ -178,6 +278,7 @@ impl RefuseReason {
             RefuseReason::AddressInUse => "address_in_use",
             RefuseReason::ProjectMismatch => "project_mismatch",
             RefuseReason::TooManyVassals => "too_many_vassals",
+            RefuseReason::NoAddress => "no_address",
         }
     }
 }
@@ -249,6 +350,70 @@ pub fn validate_project_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Checks a vassal name in a lease: 1 to [`MAX_VASSAL_NAME_LEN`] bytes of
+/// ASCII letters, digits, `-`, `_` and `.`, not starting with `.`.
+pub fn validate_vassal_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_VASSAL_NAME_LEN {
+        return Err("must be 1 to 64 bytes long");
+    }
+    if name.starts_with('.') {
+        return Err("must not start with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err("may hold only ASCII letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// Splits a cluster view into datagrams of at most [`MAX_MESSAGE_LEN`]
+/// bytes: blocks first, then identities, as many whole entries per
+/// datagram as fit.
+pub fn encode_cluster(
+    node: Option<String>,
+    etcd_up: bool,
+    block: Option<String>,
+    blocks: Vec<ClusterBlock>,
+    identities: Vec<ClusterIdentity>,
+) -> Vec<Vec<u8>> {
+    let make = |b: Vec<ClusterBlock>, i: Vec<ClusterIdentity>, more: bool| Response::Cluster {
+        node: node.clone(),
+        etcd_up,
+        block: block.clone(),
+        blocks: b,
+        identities: i,
+        more,
+    };
+    let mut out = Vec::new();
+    let (mut cb, mut ci): (Vec<ClusterBlock>, Vec<ClusterIdentity>) = (Vec::new(), Vec::new());
+    for b in blocks {
+        cb.push(b);
+        if encode(&make(cb.clone(), Vec::new(), true)).len() > MAX_MESSAGE_LEN {
+            let last = cb.pop();
+            if !cb.is_empty() {
+                out.push(encode(&make(std::mem::take(&mut cb), Vec::new(), true)));
+            }
+            cb.extend(last);
+        }
+    }
+    for i in identities {
+        ci.push(i);
+        if encode(&make(cb.clone(), ci.clone(), true)).len() > MAX_MESSAGE_LEN {
+            let last = ci.pop();
+            out.push(encode(&make(
+                std::mem::take(&mut cb),
+                std::mem::take(&mut ci),
+                true,
+            )));
+            ci.extend(last);
+        }
+    }
+    out.push(encode(&make(cb, ci, false)));
+    out
+}
+
 /// Parses one request datagram and checks the fields the format constrains.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
     if bytes.len() > MAX_MESSAGE_LEN {
@@ -262,6 +427,20 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
                 name: hello.project.chars().take(MAX_PROJECT_NAME_LEN).collect(),
                 why,
             })?;
+        }
+        Request::Lease(lease) => {
+            validate_project_name(&lease.project).map_err(|why| ProtocolError::BadProjectName {
+                name: lease.project.chars().take(MAX_PROJECT_NAME_LEN).collect(),
+                why,
+            })?;
+            validate_vassal_name(&lease.name).map_err(|why| {
+                ProtocolError::Malformed(format!("invalid vassal name {:?}: {why}", lease.name))
+            })?;
+            if lease.version < 2 {
+                return Err(ProtocolError::Malformed(
+                    "a lease request needs protocol version 2 or later".into(),
+                ));
+            }
         }
         Request::Event(e) if e.count == 0 => {
             return Err(ProtocolError::Malformed(

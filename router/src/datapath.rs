@@ -70,6 +70,9 @@ pub struct Router {
     pub host: HostCounters,
     /// The host tun device.
     pub host_tun: HostTun,
+    /// Automatic addresses, and with `[cluster]` the membership: blocks of
+    /// every host and the identity cache (`crate::cluster`).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// One packet as read: its offload header ([`VnetHdr::NONE`] when its
@@ -371,9 +374,7 @@ impl Router {
         };
         let established = snap.rules.classifier.defaults().established;
         let reply = follows
-            || (established
-                && icmp::may_relate(&info, false, false)
-                && self.flows.is_reply(&info));
+            || (established && icmp::may_relate(&info, false, false) && self.flows.is_reply(&info));
         if !reply && !self.allowed(snap, Chain::Out, snap.own, &v.project, &info) {
             note_port(&v.project, &info);
             return counters.drop(DropReason::Firewall, n);
@@ -671,6 +672,7 @@ mod tests {
                 firewall: Firewall::with_rules(&set, None),
                 host: HostCounters::register(),
                 host_tun: HostTun::from_queues(host_tun, Vec::new(), host_vnet),
+                cluster: Arc::new(crate::cluster::Cluster::standalone(&config)),
                 config,
             },
             host_peer,

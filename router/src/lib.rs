@@ -6,6 +6,7 @@
 //! docs/design.md, section "Router datapath".
 
 pub mod client;
+pub mod cluster;
 pub mod compat;
 pub mod config;
 pub mod control;
