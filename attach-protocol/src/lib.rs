@@ -528,9 +528,81 @@ mod tests {
         let bytes = encode(&hello("alice"));
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            r#"{"type":"hello","version":1,"project":"alice","ipv4":"10.200.0.2"}"#
+            r#"{"type":"hello","version":2,"project":"alice","ipv4":"10.200.0.2"}"#
         );
         assert_eq!(decode_request(&bytes).unwrap(), hello("alice"));
+    }
+
+    #[test]
+    fn leases_round_trip_and_are_checked() {
+        let bytes = br#"{"type":"lease","version":2,"project":"alice","name":"web.1"}"#;
+        assert_eq!(
+            decode_request(bytes).unwrap(),
+            Request::Lease(LeaseRequest {
+                version: 2,
+                project: "alice".into(),
+                name: "web.1".into(),
+                ipv6: false
+            })
+        );
+        for bad in [
+            r#"{"type":"lease","version":1,"project":"alice","name":"web"}"#,
+            r#"{"type":"lease","version":2,"project":"Alice","name":"web"}"#,
+            r#"{"type":"lease","version":2,"project":"alice","name":"../x"}"#,
+            r#"{"type":"lease","version":2,"project":"alice","name":""}"#,
+            r#"{"type":"lease","version":2,"project":"alice"}"#,
+        ] {
+            assert!(decode_request(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let leased = Response::Leased {
+            version: 2,
+            ipv4: Ipv4Addr::new(10, 200, 3, 2),
+            ipv6: None,
+            gateway: Ipv4Addr::new(10, 200, 3, 1),
+            prefix_len: 24,
+            gateway6: None,
+            prefix6_len: None,
+        };
+        assert_eq!(decode_response(&encode(&leased)).unwrap(), leased);
+    }
+
+    #[test]
+    fn cluster_views_are_split_into_datagrams_that_fit() {
+        let identities: Vec<ClusterIdentity> = (0..500)
+            .map(|i| ClusterIdentity {
+                address: format!("10.200.{}.{}", i / 250, i % 250 + 2),
+                project: format!("project-{i}"),
+                node: "node-a".into(),
+            })
+            .collect();
+        let blocks = vec![ClusterBlock {
+            node: "node-a".into(),
+            ipv4: "10.200.0.0/24".into(),
+            ipv6: None,
+            underlay: "198.51.100.11".into(),
+        }];
+        let datagrams = encode_cluster(
+            Some("node-a".into()),
+            true,
+            None,
+            blocks,
+            identities.clone(),
+        );
+        assert!(datagrams.len() > 1);
+        let mut got = Vec::new();
+        for (n, d) in datagrams.iter().enumerate() {
+            assert!(d.len() <= MAX_MESSAGE_LEN);
+            match decode_response(d).unwrap() {
+                Response::Cluster {
+                    identities, more, ..
+                } => {
+                    assert_eq!(more, n + 1 < datagrams.len());
+                    got.extend(identities);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, identities);
     }
 
     #[test]

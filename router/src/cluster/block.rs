@@ -201,7 +201,7 @@ mod tests {
             .block(7)
             .unwrap();
         assert_eq!(b.gateway().to_string(), "10.200.7.1/24");
-        assert_eq!(b.gateway6().unwrap().to_string(), "fd00:200:0:701::1/56");
+        assert_eq!(b.gateway6().unwrap().to_string(), "fd00:200:0:700::1/56");
         let hosts: Vec<_> = b.hosts().collect();
         assert_eq!(hosts.len(), 253);
         assert_eq!(hosts[0], Ipv4Addr::new(10, 200, 7, 2));

@@ -143,3 +143,187 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const GOOD: &str = r#"
+[cluster]
+etcd = ["http://198.51.100.1:2379", "http://etcd-b:2379"]
+node = "host-a"
+underlay = "198.51.100.11"
+prefix = "10.200.0.0/16"
+prefix6 = "fd00:200::/48"
+block = 24
+mode = "vxlan"
+lease_ttl = 5
+key_prefix = "/vassal-test"
+state_file = "/tmp/x.json"
+"#;
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "r.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_cluster_table_parses() {
+        let c = Config::parse(GOOD, "r.toml").unwrap();
+        let k = c.cluster.unwrap();
+        assert_eq!(k.node, "host-a");
+        assert_eq!(k.etcd.len(), 2);
+        assert_eq!(k.blocks.count(), 256);
+        assert_eq!(k.mode, super::settings::Mode::Vxlan);
+        assert_eq!(k.lease_ttl, 5);
+        assert_eq!(k.key_prefix, "/vassal-test");
+        assert!(Config::parse("", "r").unwrap().cluster.is_none());
+    }
+
+    #[test]
+    fn defaults_and_hostname() {
+        let c = Config::parse(
+            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"n1\"\nunderlay = \"198.51.100.2\"\nprefix = \"10.1.0.0/16\"\nblock = 26\n",
+            "r",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.mode, super::settings::Mode::Direct);
+        assert_eq!(c.lease_ttl, 15);
+        assert_eq!(c.key_prefix, "/vassal");
+        assert!(c.blocks.prefix6().is_none());
+    }
+
+    #[test]
+    fn bad_cluster_values_are_located_with_their_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("block = 24", "block = 16", "r.toml:8:9: cluster.block"),
+            ("block = 24", "block = 31", "cluster.block"),
+            (
+                "prefix = \"10.200.0.0/16\"",
+                "prefix = \"10.200.1.0/16\"",
+                "r.toml:6:10: cluster.prefix",
+            ),
+            (
+                "prefix6 = \"fd00:200::/48\"",
+                "prefix6 = \"fd00:200::/120\"",
+                "r.toml:7:11: cluster.block",
+            ),
+            (
+                "mode = \"vxlan\"",
+                "mode = \"gre\"",
+                "r.toml:9:8: cluster.mode",
+            ),
+            (
+                "lease_ttl = 5",
+                "lease_ttl = 1",
+                "r.toml:10:13: cluster.lease_ttl",
+            ),
+            (
+                "node = \"host-a\"",
+                "node = \"Host/A\"",
+                "r.toml:4:8: cluster.node",
+            ),
+            (
+                "underlay = \"198.51.100.11\"",
+                "underlay = \"127.0.0.1\"",
+                "r.toml:5:12: cluster.underlay",
+            ),
+            (
+                "\"http://etcd-b:2379\"",
+                "\"https://etcd-b:2379\"",
+                "r.toml:3:37: cluster.etcd",
+            ),
+            (
+                "\"http://etcd-b:2379\"",
+                "\"http://etcd-b\"",
+                "cluster.etcd",
+            ),
+            (
+                "key_prefix = \"/vassal-test\"",
+                "key_prefix = \"vassal\"",
+                "r.toml:11:14: cluster.key_prefix",
+            ),
+            ("mode = \"vxlan\"", "mode = \"vxlan\"\nextra = 1", "extra"),
+        ];
+        for (from, to, want) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from}");
+            let e = error_of(&text);
+            assert!(e.contains(want), "{to}: {e}");
+        }
+        let e = error_of(&GOOD.replace(
+            "etcd = [\"http://198.51.100.1:2379\", \"http://etcd-b:2379\"]",
+            "etcd = []",
+        ));
+        assert!(
+            e.starts_with("r.toml:3:8:") && e.contains("cluster.etcd"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gateway_is_derived_not_given() {
+        let e = error_of(&format!("gateway = \"10.200.0.1/24\"\n{GOOD}"));
+        assert!(
+            e.starts_with("r.toml:1:11:") && e.contains("gateway: not with [cluster]"),
+            "{e}"
+        );
+        let e = error_of(&format!("gateway6 = \"fd00:200::1/64\"\n{GOOD}"));
+        assert!(
+            e.starts_with("r.toml:1:12:") && e.contains("gateway6"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{GOOD}[[project]]\nname = \"a\"\naddress = \"10.9.0.2\"\n"
+        ));
+        assert!(
+            e.contains("project.address") && e.contains("cluster.prefix"),
+            "{e}"
+        );
+        assert!(Config::parse(
+            &format!("{GOOD}[[project]]\nname = \"a\"\naddress = \"10.200.9.2\"\n"),
+            "r"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn persisted_state_is_validated() {
+        use super::alloc::Reservation;
+        use super::persist::{validate, State};
+        let c = Config::parse(GOOD, "r").unwrap().cluster.unwrap();
+        let ok = State {
+            node: "host-a".into(),
+            block: "10.200.7.0/24".parse().unwrap(),
+            reservations: vec![Reservation {
+                project: "p".into(),
+                name: "web".into(),
+                ipv4: "10.200.7.9".parse().unwrap(),
+            }],
+        };
+        assert_eq!(validate(&c, &ok), Ok(7));
+        let mut bad = ok.clone();
+        bad.node = "host-b".into();
+        assert!(validate(&c, &bad).is_err());
+        let mut bad = ok.clone();
+        bad.block = "10.200.7.0/25".parse().unwrap();
+        assert!(validate(&c, &bad).is_err());
+        let mut bad = ok.clone();
+        bad.block = "10.201.7.0/24".parse().unwrap();
+        assert!(validate(&c, &bad).is_err());
+        let mut bad = ok.clone();
+        bad.reservations[0].ipv4 = "10.200.8.9".parse().unwrap();
+        assert!(validate(&c, &bad).is_err());
+        let mut bad = ok.clone();
+        bad.reservations[0].ipv4 = "10.200.7.1".parse().unwrap();
+        assert!(validate(&c, &bad).is_err(), "the gateway is no reservation");
+        let mut bad = ok.clone();
+        bad.reservations.push(bad.reservations[0].clone());
+        bad.reservations[1].name = "db".into();
+        assert!(validate(&c, &bad).is_err());
+        let mut bad = ok;
+        bad.reservations[0].project = "../x".into();
+        assert!(validate(&c, &bad).is_err());
+    }
+}
