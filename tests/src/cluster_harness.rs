@@ -73,8 +73,18 @@ impl Cluster {
             let ns = Netns::new("ch");
             let port = format!("p{i}");
             run(Command::new("ip").args([
-                "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port,
-                "netns", &underlay.name,
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &underlay.name,
             ]));
             underlay.exec(&["ip", "link", "set", &port, "master", "br0"]);
             underlay.exec(&["ip", "link", "set", &port, "up"]);
@@ -306,7 +316,12 @@ impl ClusterRouter {
         let ready = wait_until(Duration::from_secs(20), || {
             transport::connect(&self.socket).is_ok()
         });
-        assert!(ready, "router {} did not become ready; log:\n{}", self.node, self.log_text());
+        assert!(
+            ready,
+            "router {} did not become ready; log:\n{}",
+            self.node,
+            self.log_text()
+        );
     }
 
     /// Starts the process and waits until ready.
@@ -429,13 +444,22 @@ impl ClusterVassal {
     /// and attaches it: the order `vassal-launch` follows.
     pub fn launch(router: &ClusterRouter, project: &str, name: &str) -> ClusterVassal {
         let (addr, prefix_len) = match router.lease(project, name) {
-            Response::Leased { ipv4, prefix_len, .. } => (ipv4, prefix_len),
+            Response::Leased {
+                ipv4, prefix_len, ..
+            } => (ipv4, prefix_len),
             other => panic!("lease refused: {other:?}"),
         };
         let ns = Netns::new("cv");
         ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         let tun = create_tun_in(&ns, "vt0", libc::IFF_VNET_HDR);
-        ns.exec(&["ip", "addr", "add", &format!("{addr}/{prefix_len}"), "dev", "vt0"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/{prefix_len}"),
+            "dev",
+            "vt0",
+        ]);
         ns.exec(&["ip", "link", "set", "vt0", "up"]);
         ns.exec(&["ip", "route", "add", "default", "dev", "vt0"]);
         let conn = transport::connect(&router.socket).expect("connect to the control socket");

@@ -23,7 +23,9 @@ fn every_router_knows(routers: &[ClusterRouter], what: impl Fn(&ClusterRouter) -
 fn blocks_never_collide_even_when_claimed_at_the_same_instant() {
     let cluster = Cluster::new(3);
     let mut rs: Vec<ClusterRouter> = (0..3)
-        .map(|i| ClusterRouter::configure(&cluster, i, &ClusterRouterSpec::node(&format!("host-{i}"))))
+        .map(|i| {
+            ClusterRouter::configure(&cluster, i, &ClusterRouterSpec::node(&format!("host-{i}")))
+        })
         .collect();
     for r in &mut rs {
         r.spawn_nowait();
@@ -41,15 +43,26 @@ fn blocks_never_collide_even_when_claimed_at_the_same_instant() {
     let out = cluster.etcdctl(&["get", "--prefix", "/vassal/blocks/"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for (r, b) in rs.iter().zip(&blocks) {
-        assert!(text.contains(&format!("\"node\":\"{}\"", r.node)) && text.contains(b.as_str()), "{text}");
+        assert!(
+            text.contains(&format!("\"node\":\"{}\"", r.node)) && text.contains(b.as_str()),
+            "{text}"
+        );
     }
     // Every router sees every block.
     let want: Vec<(String, String)> = {
-        let mut w: Vec<_> = rs.iter().zip(&blocks).map(|(r, b)| (r.node.clone(), b.clone())).collect();
+        let mut w: Vec<_> = rs
+            .iter()
+            .zip(&blocks)
+            .map(|(r, b)| (r.node.clone(), b.clone()))
+            .collect();
         w.sort();
         w
     };
-    assert!(every_router_knows(&rs, |r| r.nodes() == want), "{:?}", rs[0].nodes());
+    assert!(
+        every_router_knows(&rs, |r| r.nodes() == want),
+        "{:?}",
+        rs[0].nodes()
+    );
 }
 
 #[test]
@@ -114,7 +127,11 @@ fn a_first_start_without_etcd_and_without_state_fails_clearly() {
     r.spawn_nowait();
     let status = r.child.as_mut().unwrap().0.wait().unwrap();
     assert!(!status.success());
-    assert!(r.log_text().contains("a first start needs etcd"), "{}", r.log_text());
+    assert!(
+        r.log_text().contains("a first start needs etcd"),
+        "{}",
+        r.log_text()
+    );
 }
 
 #[test]
@@ -151,8 +168,16 @@ fn automatic_addresses_never_collide_and_survive_a_relaunch() {
         for k in 0..20 {
             let project = if k % 2 == 0 { "alpha" } else { "beta" };
             match r.lease(project, &format!("v{k}")) {
-                Response::Leased { ipv4, gateway, prefix_len, .. } => {
-                    assert!(ipv4.to_string().starts_with(&format!("{net}.")), "{ipv4} outside {block}");
+                Response::Leased {
+                    ipv4,
+                    gateway,
+                    prefix_len,
+                    ..
+                } => {
+                    assert!(
+                        ipv4.to_string().starts_with(&format!("{net}.")),
+                        "{ipv4} outside {block}"
+                    );
                     assert_eq!(gateway.to_string(), format!("{net}.1"));
                     assert_eq!(prefix_len, 24);
                     assert!(seen.insert(ipv4), "{ipv4} handed out twice");
@@ -190,7 +215,13 @@ fn automatic_addresses_never_collide_and_survive_a_relaunch() {
     )
     .unwrap();
     assert!(
-        matches!(answer, Response::Refused { reason: RefuseReason::AddressInUse, .. }),
+        matches!(
+            answer,
+            Response::Refused {
+                reason: RefuseReason::AddressInUse,
+                ..
+            }
+        ),
         "{answer:?}"
     );
     // The reservation survives a router restart (persisted with the block).
@@ -225,7 +256,11 @@ fn identities_reach_every_router_and_leave_with_their_vassal() {
         })
         .collect();
     want.sort();
-    assert!(every_router_knows(&rs, |r| r.identities() == want), "{:?}", rs[0].identities());
+    assert!(
+        every_router_knows(&rs, |r| r.identities() == want),
+        "{:?}",
+        rs[0].identities()
+    );
     let gone = vassals.into_iter().next().unwrap();
     let addr = gone.addr.to_string();
     drop(gone);
@@ -248,14 +283,21 @@ fn losing_one_etcd_member_of_three_changes_nothing() {
     assert!(b.accepted());
     assert!(
         every_router_knows(&rs, |r| r.identities().len() == 2),
-        "{:?}\n{}",
+        "{:?}\n{}\n{}\n{}",
         rs[0].identities(),
-        rs[1].log_text()
+        rs[0].log_text(),
+        rs[1].log_text(),
+        rs[2].log_text()
     );
     std::thread::sleep(Duration::from_secs(4));
     for r in &rs {
         assert_eq!(r.metric("vassal_cluster_etcd_up"), Some(1.0), "{}", r.node);
-        assert!(!r.log_text().contains("cluster_etcd_down"), "{}: {}", r.node, r.log_text());
+        assert!(
+            !r.log_text().contains("cluster_etcd_down"),
+            "{}: {}",
+            r.node,
+            r.log_text()
+        );
         assert_eq!(r.nodes().len(), 3);
     }
     drop(a);
@@ -278,7 +320,11 @@ fn losing_every_etcd_member_fails_static() {
         rs[0].log_text()
     );
     for (r, (ids, nodes)) in rs.iter().zip(&before) {
-        assert!(r.log_text().contains("\"event\":\"cluster_etcd_down\""), "{}", r.log_text());
+        assert!(
+            r.log_text().contains("\"event\":\"cluster_etcd_down\""),
+            "{}",
+            r.log_text()
+        );
         // The caches stay as they were: nothing is forgotten.
         assert_eq!(&r.identities(), ids);
         assert_eq!(&r.nodes(), nodes);
@@ -292,12 +338,16 @@ fn losing_every_etcd_member_fails_static() {
     }
     let want = (c.addr.to_string(), "alpha".to_owned(), "host-0".to_owned());
     assert!(
-        wait_until(Duration::from_secs(40), || rs[1].identities().contains(&want)),
+        wait_until(Duration::from_secs(40), || rs[1]
+            .identities()
+            .contains(&want)),
         "{:?}\n{}",
         rs[1].identities(),
         rs[0].log_text()
     );
-    assert!(every_router_knows(&rs, |r| r.metric("vassal_cluster_etcd_up") == Some(1.0)));
+    assert!(every_router_knows(&rs, |r| r
+        .metric("vassal_cluster_etcd_up")
+        == Some(1.0)));
     assert!(rs[0].log_text().contains("\"event\":\"cluster_etcd_up\""));
     assert_eq!(rs[1].identities().len(), 3);
     drop((a, b));

@@ -135,6 +135,23 @@ fn options() -> ConnectOptions {
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
+        // A member cut off from the majority fails requests instead of
+        // serving stale reads or holding watches open.
+        .with_require_leader(true)
+}
+
+/// Connects to one endpoint and grants a lease. One endpoint per session,
+/// the next one after a failure: the client's own balancing keeps trying a
+/// dead member, which would stall every session on it.
+async fn open(m: &ClusterConfig, endpoint: &str) -> Result<(Client, i64), EtcdError> {
+    let mut client = call("connecting", Client::connect([endpoint], Some(options()))).await?;
+    let lease = call(
+        "granting a lease",
+        client.lease_grant(m.lease_ttl as i64, None),
+    )
+    .await?
+    .id();
+    Ok((client, lease))
 }
 
 impl Membership {
@@ -184,22 +201,19 @@ impl Membership {
             up: AtomicBool::new(false),
         };
         let preferred = persisted.as_ref().map(|(i, _)| *i);
-        let claimed = async {
-            let mut client = call(
-                "connecting",
-                Client::connect(&probe.config.etcd, Some(options())),
-            )
-            .await?;
-            let lease = call(
-                "granting a lease",
-                client.lease_grant(probe.config.lease_ttl as i64, None),
-            )
-            .await?
-            .id();
-            let index = probe.claim(&mut client, lease, preferred, false).await?;
-            Ok::<_, EtcdError>((client, lease, index))
+        let mut claimed = Err(EtcdError::Lost("no endpoint".into()));
+        for endpoint in &probe.config.etcd {
+            claimed = async {
+                let (mut client, lease) = open(&probe.config, endpoint).await?;
+                let index = probe.claim(&mut client, lease, preferred, false).await?;
+                Ok::<_, EtcdError>((client, lease, index))
+            }
+            .await;
+            match &claimed {
+                Ok(_) | Err(EtcdError::Exhausted) => break,
+                Err(e) => tracing::warn!(endpoint, "claiming a block through this endpoint: {e}"),
+            }
         }
-        .await;
         let (index, session) = match claimed {
             Ok((client, lease, index)) => (index, Some((client, lease))),
             Err(EtcdError::Exhausted) => {
@@ -507,9 +521,14 @@ fn set_up(m: &Membership, up: bool) {
 /// Sessions, one after the other, for the router's lifetime.
 async fn run(m: Arc<Membership>, mut first: Option<(Client, i64)>) {
     let mut backoff = Duration::from_millis(200);
+    let endpoints = m.config.etcd.len();
+    let mut attempt = 0usize;
+    let mut failed_in_a_row = 0usize;
     loop {
         let mut reached = false;
-        let e = match session(&m, first.take(), &mut reached).await {
+        let endpoint = m.config.etcd[attempt % endpoints].clone();
+        attempt += 1;
+        let e = match session(&m, &endpoint, first.take(), &mut reached).await {
             Ok(()) => EtcdError::Lost("the session ended".into()),
             Err(e) => e,
         };
@@ -527,11 +546,17 @@ async fn run(m: Arc<Membership>, mut first: Option<(Client, i64)>) {
             _ => tracing::warn!("etcd session ended: {e}"),
         }
         if reached {
-            // A session that was up is retried at once before etcd counts
-            // as down: one lost member is not an outage.
+            failed_in_a_row = 0;
             backoff = Duration::from_millis(200);
+        } else {
+            failed_in_a_row += 1;
+        }
+        // etcd counts as down only when every endpoint failed in a row:
+        // one lost member is not an outage.
+        if failed_in_a_row < endpoints {
             continue;
         }
+        failed_in_a_row = 0;
         set_up(&m, false);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -541,23 +566,14 @@ async fn run(m: Arc<Membership>, mut first: Option<(Client, i64)>) {
 /// One session: lease, block, identities, watch, until something fails.
 async fn session(
     m: &Arc<Membership>,
+    endpoint: &str,
     first: Option<(Client, i64)>,
     reached: &mut bool,
 ) -> Result<(), EtcdError> {
     let (mut client, lease) = match first {
         Some(s) => s,
         None => {
-            let mut c = call(
-                "connecting",
-                Client::connect(&m.config.etcd, Some(options())),
-            )
-            .await?;
-            let lease = call(
-                "granting a lease",
-                c.lease_grant(m.config.lease_ttl as i64, None),
-            )
-            .await?
-            .id();
+            let (mut c, lease) = open(&m.config, endpoint).await?;
             m.claim(&mut c, lease, Some(m.block.index), true).await?;
             (c, lease)
         }
