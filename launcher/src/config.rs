@@ -106,10 +106,15 @@ pub enum SeccompProfile {
 pub struct Network {
     /// The router's control socket.
     pub router: PathBuf,
-    /// The vassal's IPv4 address.
+    /// The vassal's IPv4 address (unspecified until leased with `auto`).
     pub address: Ipv4Addr,
     /// The vassal's IPv6 address.
     pub address6: Option<Ipv6Addr>,
+    /// `address = "auto"`: the router leases the address before the
+    /// namespaces exist (docs/design.md, "Launch order", step 1).
+    pub auto: bool,
+    /// `address6 = "auto"` (only with `auto`): lease an IPv6 address too.
+    pub auto6: bool,
     /// The router's gateway, when the file names it: the attach is refused
     /// if the router answers with another one. Routes need no next hop (the
     /// tun is point-to-point), so absent is fine.
@@ -185,13 +190,34 @@ pub struct VassalConfig {
     pub filter: Option<Filter>,
 }
 
+/// `--address`: a fixed address, or `auto` (leased from the router).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressChoice {
+    /// Leased from the router at launch.
+    Auto,
+    /// This address.
+    Fixed(Ipv4Addr),
+}
+
+impl std::str::FromStr for AddressChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AddressChoice, String> {
+        if s == "auto" {
+            return Ok(AddressChoice::Auto);
+        }
+        s.parse()
+            .map(AddressChoice::Fixed)
+            .map_err(|_| format!("{s:?} is neither an IPv4 address nor \"auto\""))
+    }
+}
+
 /// Values given on the command line; each overrides the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--name`.
     pub name: Option<String>,
-    /// `--address`.
-    pub address: Option<Ipv4Addr>,
+    /// `--address` (an address or `auto`).
+    pub address: Option<AddressChoice>,
     /// `--uid`.
     pub uid: Option<u32>,
     /// `--gid`.
@@ -780,20 +806,43 @@ fn network(raw: Option<&RawNetwork>, o: &Overrides, p: &mut Problems<'_>) -> Opt
             p.at(
                 a.span(),
                 "network.address",
-                format!("{:?} is not an IPv4 address", a.get_ref()),
+                format!("{:?} is neither an IPv4 address nor \"auto\"", a.get_ref()),
             );
-            Ipv4Addr::UNSPECIFIED
+            AddressChoice::Fixed(Ipv4Addr::UNSPECIFIED)
         }),
         (None, None) => {
             p.missing(
                 "network.address",
                 "required when [network] is present (or pass --address)",
             );
-            Ipv4Addr::UNSPECIFIED
+            AddressChoice::Fixed(Ipv4Addr::UNSPECIFIED)
         }
     };
-    let address6 = raw
-        .and_then(|n| n.address6.as_ref())
+    let auto = address == AddressChoice::Auto;
+    let address = match address {
+        AddressChoice::Auto => Ipv4Addr::UNSPECIFIED,
+        AddressChoice::Fixed(a) => a,
+    };
+    let raw6 = raw.and_then(|n| n.address6.as_ref());
+    let auto6 = raw6.is_some_and(|a| a.get_ref() == "auto");
+    if let Some(a) = raw6 {
+        if auto6 && !auto {
+            p.at(
+                a.span(),
+                "network.address6",
+                "\"auto\" only with an automatic IPv4 address (network.address = \"auto\")"
+                    .to_owned(),
+            );
+        } else if auto && !auto6 {
+            p.at(
+                a.span(),
+                "network.address6",
+                "with an automatic IPv4 address the IPv6 one is automatic too: write \"auto\" or leave it out".to_owned(),
+            );
+        }
+    }
+    let address6 = raw6
+        .filter(|_| !auto6)
         .and_then(|a| match a.get_ref().parse() {
             Ok(v) => Some(v),
             Err(_) => {
@@ -840,7 +889,9 @@ fn network(raw: Option<&RawNetwork>, o: &Overrides, p: &mut Problems<'_>) -> Opt
     Some(Network {
         router,
         address,
-        address6,
+        address6: if auto { None } else { address6 },
+        auto,
+        auto6,
         gateway,
         mtu,
     })
@@ -1005,10 +1056,52 @@ profile = "default"
     }
 
     #[test]
+    fn automatic_addresses() {
+        let base = "name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"auto\"\n";
+        let n = parse(base).unwrap().network.unwrap();
+        assert!(n.auto && !n.auto6);
+        assert_eq!(n.address, Ipv4Addr::UNSPECIFIED);
+        let n = parse(&format!("{base}address6 = \"auto\"\n"))
+            .unwrap()
+            .network
+            .unwrap();
+        assert!(n.auto && n.auto6 && n.address6.is_none());
+        let e = errors(&format!("{base}address6 = \"fd00::2\"\n"));
+        assert!(
+            e.contains("network.address6") && e.contains("automatic"),
+            "{e}"
+        );
+        let e = errors("name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"10.0.0.2\"\naddress6 = \"auto\"\n");
+        assert!(e.contains("network.address6"), "{e}");
+        let e = errors("name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"automatic\"\n");
+        assert!(e.contains("network.address") && e.contains("auto"), "{e}");
+        assert_eq!("auto".parse(), Ok(AddressChoice::Auto));
+        assert_eq!(
+            "10.0.0.2".parse(),
+            Ok(AddressChoice::Fixed(Ipv4Addr::new(10, 0, 0, 2)))
+        );
+        assert!("10.0.0.300".parse::<AddressChoice>().is_err());
+        let o = Overrides {
+            name: Some("carol".into()),
+            address: Some(AddressChoice::Auto),
+            uid: Some(7),
+            command: vec!["/bin/true".into()],
+            ..Overrides::default()
+        };
+        assert!(
+            VassalConfig::from_overrides(&o)
+                .unwrap()
+                .network
+                .unwrap()
+                .auto
+        );
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let o = Overrides {
             name: Some("carol".into()),
-            address: Some(Ipv4Addr::new(10, 200, 0, 9)),
+            address: Some(AddressChoice::Fixed(Ipv4Addr::new(10, 200, 0, 9))),
             uid: Some(7),
             command: vec!["/bin/echo".into(), "hi".into()],
             ..Default::default()
@@ -1052,7 +1145,7 @@ profile = "default"
             "{e}"
         );
         assert!(
-            e.contains("v.toml:9:11: network.address: \"10.0.0.300\" is not an IPv4 address"),
+            e.contains("v.toml:9:11: network.address: \"10.0.0.300\" is neither an IPv4 address nor \"auto\""),
             "{e}"
         );
         assert_eq!(e.lines().count(), 5, "{e}");

@@ -89,8 +89,19 @@ impl Drop for ChildGuard {
 /// Runs a vassal to its end. The order of steps is the one documented.
 pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome, LaunchError> {
     let started = Instant::now();
-    // 1. Claim the name: one running vassal per name.
+    // 1. Claim the name: one running vassal per name. With an automatic
+    //    address, lease it now: the supervisor is cloned with it.
     let state = State::claim(config)?;
+    let leased;
+    let config = match &config.network {
+        Some(net) if net.auto => {
+            let mut c = config.clone();
+            c.network = Some(network::lease(&config.name, net)?);
+            leased = c;
+            &leased
+        }
+        _ => config,
+    };
 
     // 2. The cgroup, with its limits, before any process exists to escape it.
     let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;

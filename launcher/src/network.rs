@@ -8,7 +8,7 @@ use crate::netlink::{Netlink, NetlinkError};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use vassal_attach::{transport, Hello, Request, Response, PROTOCOL_VERSION};
+use vassal_attach::{transport, Hello, LeaseRequest, Request, Response, PROTOCOL_VERSION};
 
 /// Name of the tun device inside every vassal.
 pub const DEVICE: &str = "vx0";
@@ -178,6 +178,56 @@ fn quiet_ipv6() -> Result<(), NetworkError> {
 pub struct Attachment {
     /// The control connection; the router detaches when it closes.
     pub socket: OwnedFd,
+}
+
+/// `address = "auto"`: asks the router for the vassal's address (a lease
+/// request, protocol version 2) and returns `net` with it filled in. Runs
+/// before any namespace exists, so the supervisor is cloned with the
+/// address and configures it before *ready*.
+pub fn lease(project: &str, net: &Network) -> Result<Network, NetworkError> {
+    let path = net.router.clone();
+    let connect_error = |source| NetworkError::Connect {
+        path: path.clone(),
+        source,
+    };
+    let socket = transport::connect(&path).map_err(connect_error)?;
+    let request = Request::Lease(LeaseRequest {
+        version: PROTOCOL_VERSION,
+        project: project.to_string(),
+        // One vassal per name on a host (the launcher's state claim): the
+        // name is the project's.
+        name: project.to_string(),
+        ipv6: net.auto6,
+    });
+    match transport::call(socket.as_fd(), &request, None).map_err(connect_error)? {
+        Response::Leased {
+            ipv4,
+            ipv6,
+            gateway,
+            ..
+        } => {
+            if net.gateway.is_some_and(|g| g != gateway) {
+                return Err(NetworkError::WrongRouter {
+                    path,
+                    expected: net.gateway.unwrap_or(gateway),
+                    actual: gateway,
+                });
+            }
+            let mut leased = net.clone();
+            leased.address = ipv4;
+            leased.address6 = ipv6;
+            Ok(leased)
+        }
+        Response::Refused { reason, message } => Err(NetworkError::Refused {
+            path,
+            reason: reason.as_str(),
+            message,
+        }),
+        other => Err(NetworkError::Unexpected {
+            path,
+            answer: format!("{other:?}"),
+        }),
+    }
 }
 
 /// Sends the hello with the tun fd and waits for the answer.
