@@ -172,6 +172,18 @@ impl Cluster {
         self.etcd[i].child = None;
     }
 
+    /// Cuts host `i` off the underlay (`true`) or joins it again: its
+    /// bridge port goes down or up, nothing else changes.
+    pub fn partition(&self, i: usize, cut: bool) {
+        self._underlay.exec(&[
+            "ip",
+            "link",
+            "set",
+            &format!("p{i}"),
+            if cut { "down" } else { "up" },
+        ]);
+    }
+
     /// `etcdctl ARGS` against the whole cluster, from host 0.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         let mut cmd = self.hosts[0].ns.command("etcdctl");

@@ -376,3 +376,60 @@ fn a_killed_router_vanishes_from_every_cache_within_its_lease_ttl() {
     assert!(took < Duration::from_secs(3 + 3), "took {took:?}");
     drop(v);
 }
+
+#[test]
+fn a_partition_heals_without_duplicate_blocks_or_addresses() {
+    let cluster = Cluster::new(5);
+    // Four blocks (/18 of the /16), so the third router has a choice.
+    let spec = |node: &str| ClusterRouterSpec {
+        block: 18,
+        ..ClusterRouterSpec::node(node)
+    };
+    let a = ClusterRouter::start(&cluster, 3, &spec("host-3"));
+    let b = ClusterRouter::start(&cluster, 0, &spec("host-0"));
+    let a_block = a.block();
+    // The third router's name is chosen so that it tries the cut-off
+    // host's block first (the claim starts at an FNV-1a hash of the name).
+    let a_index = a_block.split('.').nth(2).unwrap().parse::<u32>().unwrap() / 64;
+    let fnv = |s: &str| s.bytes().fold(2166136261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16777619));
+    let c_name = (0..)
+        .map(|k| format!("host-4-{k}"))
+        .find(|n| fnv(n) % 4 == a_index)
+        .unwrap();
+    let before = ClusterVassal::launch(&a, "alpha", "before");
+    assert!(wait_until(Duration::from_secs(15), || b.nodes().len() == 2 && b.identities().len() == 1));
+    cluster.partition(3, true);
+    // The others forget the cut-off host within its TTL...
+    assert!(
+        wait_until(Duration::from_secs(15), || b.nodes().len() == 1 && b.identities().is_empty()),
+        "{:?}",
+        b.nodes()
+    );
+    // ...but a router starting meanwhile leaves its block alone (the node
+    // record in etcd remembers it), while the cut-off host keeps serving it.
+    let c = ClusterRouter::start(&cluster, 4, &spec(&c_name));
+    assert_ne!(c.block(), a_block);
+    assert!(wait_until(Duration::from_secs(15), || a.view()["etcd_up"] == false));
+    assert_eq!(a.block(), a_block);
+    let during = ClusterVassal::launch(&a, "alpha", "during");
+    assert!(during.accepted(), "{:?}", during.answer);
+    cluster.partition(3, false);
+    // Healed: one block per node, every identity back, none twice.
+    let rs = [a, b, c];
+    assert!(
+        every_router_knows(&rs, |r| r.nodes().len() == 3 && r.identities().len() == 2),
+        "{:?} {:?}\n{}",
+        rs[1].nodes(),
+        rs[1].identities(),
+        rs[0].log_text()
+    );
+    let nodes = rs[1].nodes();
+    let blocks: HashSet<&String> = nodes.iter().map(|n| &n.1).collect();
+    assert_eq!(blocks.len(), 3, "{nodes:?}");
+    assert!(nodes.contains(&("host-3".to_owned(), a_block.clone())));
+    let ids = rs[1].identities();
+    let addrs: HashSet<&String> = ids.iter().map(|i| &i.0).collect();
+    assert_eq!(addrs.len(), 2);
+    assert!(ids.iter().all(|i| i.2 == "host-3"));
+    assert_ne!(before.addr, during.addr);
+}
