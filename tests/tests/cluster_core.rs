@@ -19,6 +19,18 @@ fn every_router_knows(routers: &[ClusterRouter], what: impl Fn(&ClusterRouter) -
     wait_until(Duration::from_secs(15), || routers.iter().all(&what))
 }
 
+/// The router's exit status, or `None` if it is still running after 20 s
+/// (it started when it should have refused to).
+fn exit_of(r: &mut ClusterRouter) -> Option<std::process::ExitStatus> {
+    let child = &mut r.child.as_mut().expect("started").0;
+    let mut status = None;
+    wait_until(Duration::from_secs(20), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
 #[test]
 fn blocks_never_collide_even_when_claimed_at_the_same_instant() {
     let cluster = Cluster::new(3);
@@ -125,8 +137,8 @@ fn a_first_start_without_etcd_and_without_state_fails_clearly() {
     }
     let mut r = ClusterRouter::configure(&cluster, 0, &ClusterRouterSpec::node("host-0"));
     r.spawn_nowait();
-    let status = r.child.as_mut().unwrap().0.wait().unwrap();
-    assert!(!status.success());
+    let status = exit_of(&mut r);
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}");
     assert!(
         r.log_text().contains("a first start needs etcd"),
         "{}",
@@ -151,8 +163,8 @@ fn a_tampered_state_file_is_not_trusted() {
     ] {
         std::fs::write(&r.state_file, bad).unwrap();
         r.spawn_nowait();
-        let status = r.child.as_mut().unwrap().0.wait().unwrap();
-        assert!(!status.success(), "{bad}");
+        let status = exit_of(&mut r);
+        assert!(status.is_some_and(|s| !s.success()), "{bad}: {status:?}");
         assert!(r.log_text().contains("is invalid"), "{}", r.log_text());
     }
 }
@@ -391,17 +403,23 @@ fn a_partition_heals_without_duplicate_blocks_or_addresses() {
     // The third router's name is chosen so that it tries the cut-off
     // host's block first (the claim starts at an FNV-1a hash of the name).
     let a_index = a_block.split('.').nth(2).unwrap().parse::<u32>().unwrap() / 64;
-    let fnv = |s: &str| s.bytes().fold(2166136261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16777619));
+    let fnv = |s: &str| {
+        s.bytes().fold(2166136261u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(16777619)
+        })
+    };
     let c_name = (0..)
         .map(|k| format!("host-4-{k}"))
         .find(|n| fnv(n) % 4 == a_index)
         .unwrap();
     let before = ClusterVassal::launch(&a, "alpha", "before");
-    assert!(wait_until(Duration::from_secs(15), || b.nodes().len() == 2 && b.identities().len() == 1));
+    assert!(wait_until(Duration::from_secs(15), || b.nodes().len() == 2
+        && b.identities().len() == 1));
     cluster.partition(3, true);
     // The others forget the cut-off host within its TTL...
     assert!(
-        wait_until(Duration::from_secs(15), || b.nodes().len() == 1 && b.identities().is_empty()),
+        wait_until(Duration::from_secs(15), || b.nodes().len() == 1
+            && b.identities().is_empty()),
         "{:?}",
         b.nodes()
     );
