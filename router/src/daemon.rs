@@ -2,8 +2,9 @@
 //! handles signals, and undoes what it installed on exit.
 //!
 //! Order: rules (refuse to start on a bad file) -> metrics listener ->
-//! cluster block (docs/cluster.md) -> host tun -> nftables table -> tasks -> control and compat sockets last, so that
-//! the control socket existing means the router is ready.
+//! cluster block (docs/cluster.md) -> host tun -> nftables table -> tasks
+//! -> control and compat sockets last, so that the control socket existing
+//! means the router is ready.
 
 use crate::compat;
 use crate::config::Config;
