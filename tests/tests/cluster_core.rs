@@ -273,6 +273,31 @@ fn identities_reach_every_router_and_leave_with_their_vassal() {
         "{:?}",
         rs[0].identities()
     );
+    // A key naming a node for an address outside that node's block, or
+    // outside the prefix, is not an identity (it would let one host speak
+    // for another's vassals).
+    let other_block = rs[1].block().replace(".0/24", ".77");
+    for (addr, value) in [
+        (
+            other_block.as_str(),
+            r#"{"project":"evil","node":"host-0"}"#,
+        ),
+        ("192.0.2.7", r#"{"project":"evil","node":"host-0"}"#),
+    ] {
+        let out = cluster.etcdctl(&["put", &format!("/vassal/identities/{addr}"), value]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let marker = ClusterVassal::launch(&rs[0], "alpha", "marker");
+    assert!(every_router_knows(&rs, |r| r.identities().len() == 4));
+    for r in &rs {
+        assert!(
+            r.identities().iter().all(|i| i.1 != "evil"),
+            "{:?}",
+            r.identities()
+        );
+    }
+    drop(marker);
+    assert!(every_router_knows(&rs, |r| r.identities() == want));
     let gone = vassals.into_iter().next().unwrap();
     let addr = gone.addr.to_string();
     drop(gone);

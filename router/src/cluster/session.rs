@@ -715,6 +715,20 @@ fn apply(
 }
 
 fn publish(m: &Membership, nodes: HashMap<u32, NodeBlock>, identities: HashMap<IpAddr, Identity>) {
+    // An identity counts only inside the block its node holds: a node
+    // (or a stale key) cannot speak for addresses of another block.
+    let identities: HashMap<IpAddr, Identity> = identities
+        .into_iter()
+        .filter(|(addr, id)| {
+            nodes.values().any(|n| {
+                n.node == id.node
+                    && match addr {
+                        IpAddr::V4(a) => n.block.net.contains(a),
+                        IpAddr::V6(a) => n.block.net6.is_some_and(|b| b.contains(a)),
+                    }
+            })
+        })
+        .collect();
     metrics::gauge!("vassal_cluster_identities").set(identities.len() as f64);
     metrics::gauge!("vassal_cluster_nodes").set(nodes.len() as f64);
     m.identities.store(Arc::new(identities));
