@@ -592,7 +592,7 @@ impl Config {
                             .ok()
                             .and_then(|h| h.into_string().ok())
                     },
-                    &at,
+                    at,
                 )?)
             }
             None => None,

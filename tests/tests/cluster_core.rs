@@ -3,6 +3,8 @@
 //! lost. Real etcd (three members) and real routers, each in its own
 //! simulated host's network namespace.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use vassal_attach::{RefuseReason, Response};

@@ -2,6 +2,8 @@
 //! address from the router before the namespaces exist (docs/design.md,
 //! "Launch order", step 1), and the same name gets the same address again.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use vassal_tests::binary;

@@ -85,7 +85,7 @@ impl Blocks {
     }
 
     /// Length of a block.
-    pub fn len(&self) -> u8 {
+    pub fn block_len(&self) -> u8 {
         self.len
     }
 

@@ -98,7 +98,7 @@ pub fn validate(config: &ClusterConfig, state: &State) -> Result<u32, String> {
         format!(
             "{} is not a /{} block of {}",
             state.block,
-            config.blocks.len(),
+            config.blocks.block_len(),
             config.blocks.prefix()
         )
     })?;
