@@ -428,12 +428,17 @@ impl ClusterRouter {
 
     /// Asks for an automatic address for `project`/`name` (protocol 2).
     pub fn lease(&self, project: &str, name: &str) -> Response {
+        self.lease_with(project, name, false)
+    }
+
+    /// [`ClusterRouter::lease`], asking for an IPv6 address too with `ipv6`.
+    pub fn lease_with(&self, project: &str, name: &str, ipv6: bool) -> Response {
         let conn = transport::connect(&self.socket).expect("connect to the control socket");
         let req = Request::Lease(LeaseRequest {
             version: PROTOCOL_VERSION,
             project: project.to_owned(),
             name: name.to_owned(),
-            ipv6: false,
+            ipv6,
         });
         transport::call(conn.as_fd(), &req, None).expect("lease exchange")
     }

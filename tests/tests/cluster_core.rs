@@ -478,3 +478,64 @@ fn a_partition_heals_without_duplicate_blocks_or_addresses() {
     assert!(ids.iter().all(|i| i.2 == "host-3"));
     assert_ne!(before.addr, during.addr);
 }
+
+#[test]
+fn ipv6_blocks_pair_with_ipv4_and_both_identities_spread() {
+    let cluster = Cluster::new(3);
+    let spec = |node: &str| ClusterRouterSpec {
+        cluster_extra: "prefix6 = \"fd00:240::/48\"\n".into(),
+        ..ClusterRouterSpec::node(node)
+    };
+    let a = ClusterRouter::start(&cluster, 0, &spec("host-0"));
+    let b = ClusterRouter::start(&cluster, 1, &spec("host-1"));
+    let (v4, v6, g6, len6) = match a.lease_with("alpha", "web", true) {
+        Response::Leased {
+            ipv4,
+            ipv6: Some(ipv6),
+            gateway6: Some(g6),
+            prefix6_len: Some(l),
+            ..
+        } => (ipv4, ipv6, g6, l),
+        other => panic!("{other:?}"),
+    };
+    // Same offset in the paired /56 as in the /24.
+    let third = v4.octets()[2];
+    assert_eq!(len6, 56);
+    assert_eq!(
+        v6.to_string(),
+        format!("fd00:240:0:{:x}00::{:x}", third, v4.octets()[3])
+    );
+    assert_eq!(g6.to_string(), format!("fd00:240:0:{third:x}00::1"));
+    let ns = vassal_tests::Netns::new("cv");
+    let tun = vassal_tests::router_harness::create_tun_in(&ns, "vt0", 0);
+    let conn = vassal_attach::transport::connect(&a.socket).unwrap();
+    let hello = vassal_attach::Request::Hello(vassal_attach::Hello {
+        version: 2,
+        project: "alpha".into(),
+        ipv4: v4,
+        ipv6: Some(v6),
+    });
+    let answer = vassal_attach::transport::call(
+        std::os::fd::AsFd::as_fd(&conn),
+        &hello,
+        Some(std::os::fd::AsFd::as_fd(&tun)),
+    )
+    .unwrap();
+    assert!(matches!(answer, Response::Accepted { .. }), "{answer:?}");
+    let want = vec![
+        (v4.to_string(), "alpha".to_owned(), "host-0".to_owned()),
+        (v6.to_string(), "alpha".to_owned(), "host-0".to_owned()),
+    ];
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let mut ids = b.identities();
+            ids.sort();
+            let mut w = want.clone();
+            w.sort();
+            ids == w
+        }),
+        "{:?}",
+        b.identities()
+    );
+    drop(conn);
+}
