@@ -268,7 +268,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     events: Option<RawEvents>,
     host: Option<RawHost>,
-    cluster: Option<crate::cluster::settings::RawCluster>,
+    cluster: Option<Spanned<crate::cluster::settings::RawCluster>>,
     #[serde(default)]
     project: Vec<Spanned<RawProject>>,
 }
@@ -586,12 +586,14 @@ impl Config {
                         "gateway6: not with [cluster]: the IPv6 gateway comes from the block of cluster.prefix6".to_owned(),
                     ));
                 }
-                Some(c.validate(
+                let table = c.span();
+                Some(c.into_inner().validate(
                     || {
                         nix::unistd::gethostname()
                             .ok()
                             .and_then(|h| h.into_string().ok())
                     },
+                    table,
                     at,
                 )?)
             }

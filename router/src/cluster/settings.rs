@@ -109,10 +109,12 @@ fn validate_key_prefix(p: &str) -> Result<(), &'static str> {
 
 impl RawCluster {
     /// Validates the table; `at` turns a span and a message into the
-    /// caller's located error; `hostname` is the default node name.
+    /// caller's located error; `hostname` is the default node name;
+    /// `table` is the span of the whole table (for a missing node name).
     pub fn validate<E>(
         self,
         hostname: impl FnOnce() -> Option<String>,
+        table: Range<usize>,
         at: impl Fn(Option<Range<usize>>, String) -> E,
     ) -> Result<ClusterConfig, E> {
         let span = self.etcd.span();
@@ -140,7 +142,7 @@ impl RawCluster {
                 let h = hostname().unwrap_or_default().to_ascii_lowercase();
                 validate_node(&h).map_err(|why| {
                     at(
-                        None,
+                        Some(table.clone()),
                         format!("cluster.node: unset, and the hostname {h:?} is no node name: it {why}; set cluster.node"),
                     )
                 })?;
@@ -235,5 +237,52 @@ impl RawCluster {
                 .state_file
                 .unwrap_or_else(|| PathBuf::from("/var/lib/vassal/cluster-state.json")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Wrap {
+        cluster: Spanned<RawCluster>,
+    }
+
+    fn validate(
+        text: &str,
+        host: Option<&str>,
+    ) -> Result<ClusterConfig, (Option<Range<usize>>, String)> {
+        let w: Wrap = toml::from_str(text).unwrap();
+        let table = w.cluster.span();
+        w.cluster
+            .into_inner()
+            .validate(|| host.map(str::to_owned), table, |s, m| (s, m))
+    }
+
+    const NO_NODE: &str = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nunderlay = \"198.51.100.2\"\nprefix = \"10.1.0.0/16\"\nblock = 24\n";
+
+    #[test]
+    fn the_node_defaults_to_the_hostname_lowercased() {
+        assert_eq!(validate(NO_NODE, Some("Host-A")).unwrap().node, "host-a");
+    }
+
+    #[test]
+    fn a_hostname_that_is_no_node_name_points_at_the_table() {
+        for bad in [None, Some("a b"), Some("")] {
+            let (span, message) = validate(NO_NODE, bad).unwrap_err();
+            assert!(span.is_some(), "{message}");
+            assert!(message.starts_with("cluster.node: unset"), "{message}");
+        }
+    }
+
+    #[test]
+    fn node_names() {
+        for ok in ["a", "host-1", "h.example_2", &"x".repeat(63)] {
+            assert_eq!(validate_node(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "A", "a/b", "a b", &"x".repeat(64)] {
+            assert!(validate_node(bad).is_err(), "{bad}");
+        }
     }
 }
