@@ -5,7 +5,8 @@
 //! first three hosts, and a `vassal-router` started inside a given host's
 //! namespace with its own host tun, control socket and metrics listener.
 //!
-//! Everything is removed on drop (processes killed, namespaces deleted).
+//! Everything is removed on drop (processes killed, namespaces deleted,
+//! the working directory with etcd's data removed).
 
 use crate::router_harness::create_tun_in;
 use crate::{binary, run, unique, wait_until, KillOnDrop, Netns};
@@ -18,6 +19,17 @@ use vassal_attach::{transport, Hello, LeaseRequest, Request, Response, PROTOCOL_
 
 /// The cluster prefix the tests' routers share.
 pub const PREFIX: &str = "10.240.0.0/16";
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Members first (each preallocates a 64 MB WAL segment or two),
+        // then their data: a test run must not fill the disk.
+        for m in &mut self.etcd {
+            m.child = None;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// One simulated host.
 pub struct Host {

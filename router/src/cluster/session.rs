@@ -524,11 +524,12 @@ async fn run(m: Arc<Membership>, mut first: Option<(Client, i64)>) {
     let endpoints = m.config.etcd.len();
     let mut attempt = 0usize;
     let mut failed_in_a_row = 0usize;
+    let mut previous: Option<i64> = None;
     loop {
         let mut reached = false;
         let endpoint = m.config.etcd[attempt % endpoints].clone();
         attempt += 1;
-        let e = match session(&m, &endpoint, first.take(), &mut reached).await {
+        let e = match session(&m, &endpoint, first.take(), &mut reached, &mut previous).await {
             Ok(()) => EtcdError::Lost("the session ended".into()),
             Err(e) => e,
         };
@@ -569,6 +570,7 @@ async fn session(
     endpoint: &str,
     first: Option<(Client, i64)>,
     reached: &mut bool,
+    previous: &mut Option<i64>,
 ) -> Result<(), EtcdError> {
     let (mut client, lease) = match first {
         Some(s) => s,
@@ -613,6 +615,12 @@ async fn session(
     *reached = true;
     let mut written: HashMap<IpAddr, String> = HashMap::new();
     sync(m, &mut client, lease, &mut written).await?;
+    // The block and the identities are under this lease now: revoking the
+    // last session's lease removes only keys of vassals that left while
+    // it was away (instead of waiting for its TTL). It may have expired.
+    if let Some(old) = previous.replace(lease).filter(|old| *old != lease) {
+        let _ = call("revoking the previous lease", client.lease_revoke(old)).await;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(
         (m.config.lease_ttl * 1000 / 3).max(500),
     ));
