@@ -1,9 +1,10 @@
 //! `vassal-router run`: sets everything up in a safe order, runs the tasks,
 //! handles signals, and undoes what it installed on exit.
 //!
-//! Order: rules (refuse to start on a bad file) -> metrics listener -> host
-//! tun -> nftables table -> tasks -> control and compat sockets last, so that
-//! the control socket existing means the router is ready.
+//! Order: rules (refuse to start on a bad file) -> metrics listener ->
+//! cluster block (docs/cluster.md) -> host tun -> nftables table -> tasks
+//! -> control and compat sockets last, so that the control socket existing
+//! means the router is ready.
 
 pub mod watch;
 
@@ -46,6 +47,9 @@ pub enum DaemonError {
     /// The event sink could not be set up.
     #[error("setting up the event sink: {0}")]
     Events(#[source] std::io::Error),
+    /// The cluster could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Installing a signal handler failed.
     #[error("installing the {signal} handler: {source}")]
     Signal {
@@ -57,7 +61,7 @@ pub enum DaemonError {
 }
 
 /// Runs the router until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(mut config: Config) -> Result<(), DaemonError> {
     let firewall = Firewall::load(config.rules.clone())?;
     metrics::install(config.metrics_listen)?;
     crate::os::events::init(&config.events.sink).map_err(DaemonError::Events)?;
@@ -76,6 +80,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(path) = &config.compat_socket {
         socket::ensure_free(path, SockType::Stream)?;
     }
+    // With [cluster], the block (hence the gateway) is known from here on.
+    let cluster = crate::cluster::Cluster::start(&mut config).await?;
     // One host tun queue (and reader) per worker thread.
     let queues = match config.limits.host_queues {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
@@ -91,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         firewall,
         host,
         host_tun,
+        cluster,
         config,
     });
     let result = serve(&router, &mut hup, &mut term, &mut int).await;

@@ -49,6 +49,9 @@ pub struct Router {
     pub host: HostCounters,
     /// The host tun device.
     pub host_tun: HostTun,
+    /// Automatic addresses, and with `[cluster]` the membership: blocks of
+    /// every host and the identity cache (`crate::cluster`).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// The rules snapshot a reader uses for one batch, with its own project's
@@ -450,6 +453,7 @@ mod tests {
                 firewall: Firewall::with_rules(&set, None),
                 host: HostCounters::register(),
                 host_tun: HostTun::from_queues(host_tun, Vec::new(), host_vnet),
+                cluster: Arc::new(crate::cluster::Cluster::standalone(&config)),
                 config,
             },
             host_peer,
