@@ -18,6 +18,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub mod transport;
 
 /// Version carried in every hello; bumped on any incompatible change.
+/// Version 2 added the hello's net limits (and the accepted limits),
+/// [`Request::Usage`], [`Request::Lease`] (automatic addresses),
+/// [`Request::Cluster`] and the `no_address` refusal; docs/protocol.md
+/// lists them.
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest hello version a router still accepts: a version-1 launcher
 /// attaches as it always did, and gets none of what version 2 added.
@@ -28,6 +32,9 @@ pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 pub fn version_supported(version: u32) -> bool {
     (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
 }
+
+/// Longest vassal name in a [`Request::Lease`], in bytes.
+pub const MAX_VASSAL_NAME_LEN: usize = 64;
 
 /// Largest message either side sends or accepts, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -57,6 +64,16 @@ pub enum Request {
     /// [`Request::Event`], only valid on a connection that attached a
     /// vassal, counted to that vassal's project, and not answered.
     Usage(VassalUsage),
+    /// Version 2: reserve an address of the router's block (or subnet) for
+    /// the vassal `name` of `project`, before its network is set up; the
+    /// same name gets the same address back while the block lasts. Answered
+    /// with [`Response::Leased`]; the connection then closes, and the
+    /// launcher attaches with a hello carrying that address.
+    Lease(LeaseRequest),
+    /// Version 2: the router's view of the cluster (its block, the other
+    /// hosts' blocks, the identity cache), answered with as many
+    /// [`Response::Cluster`] datagrams as it takes.
+    Cluster,
 }
 
 /// Longest a launcher waits between two [`Request::Usage`] reports.
@@ -135,6 +152,49 @@ impl VassalUsage {
         }
         Ok(())
     }
+}
+
+/// An address lease request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// At least 2.
+    pub version: u32,
+    /// The vassal's project; see [`validate_project_name`].
+    pub project: String,
+    /// The vassal's name, unique on its host; see [`validate_vassal_name`].
+    pub name: String,
+    /// Whether the vassal wants an IPv6 address too (when the router has
+    /// an IPv6 subnet).
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+/// One block of the cluster, as [`Response::Cluster`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterBlock {
+    /// The node holding it.
+    pub node: String,
+    /// Its IPv4 network.
+    pub ipv4: String,
+    /// Its IPv6 network, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    /// The node's underlay address.
+    pub underlay: String,
+}
+
+/// One entry of the identity cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterIdentity {
+    /// The vassal's address.
+    pub address: String,
+    /// Its project.
+    pub project: String,
+    /// The node it is attached to.
+    pub node: String,
 }
 
 /// An event a launcher reports about its vassal.
@@ -319,6 +379,43 @@ pub enum Response {
         /// Whether another `stats` datagram follows.
         more: bool,
     },
+    /// Answer to [`Request::Lease`].
+    Leased {
+        /// The router's protocol version.
+        version: u32,
+        /// The vassal's IPv4 address.
+        ipv4: Ipv4Addr,
+        /// Its IPv6 address, when asked for and the router has a subnet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ipv6: Option<Ipv6Addr>,
+        /// The gateway.
+        gateway: Ipv4Addr,
+        /// The IPv4 subnet's prefix length.
+        prefix_len: u8,
+        /// The IPv6 gateway, with `ipv6`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway6: Option<Ipv6Addr>,
+        /// The IPv6 subnet's prefix length, with `ipv6`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix6_len: Option<u8>,
+    },
+    /// Answer to [`Request::Cluster`], in as many datagrams as it takes
+    /// (the header fields repeat in each); all but the last have
+    /// `more = true`.
+    Cluster {
+        /// This router's node name (`None` without `[cluster]`).
+        node: Option<String>,
+        /// Whether etcd answers now.
+        etcd_up: bool,
+        /// This router's block.
+        block: Option<String>,
+        /// Blocks of every node, this one included.
+        blocks: Vec<ClusterBlock>,
+        /// The identity cache.
+        identities: Vec<ClusterIdentity>,
+        /// Whether another `cluster` datagram follows.
+        more: bool,
+    },
     /// Answer to [`Request::Reload`]: the new rule set is in force.
     Reloaded {
         /// Rules in the `out` chain.
@@ -354,6 +451,8 @@ pub enum RefuseReason {
     ProjectMismatch,
     /// The router has reached its vassal limit.
     TooManyVassals,
+    /// No free address is left to lease.
+    NoAddress,
 }
 
 impl RefuseReason {
@@ -368,6 +467,7 @@ impl RefuseReason {
             RefuseReason::AddressInUse => "address_in_use",
             RefuseReason::ProjectMismatch => "project_mismatch",
             RefuseReason::TooManyVassals => "too_many_vassals",
+            RefuseReason::NoAddress => "no_address",
         }
     }
 }
@@ -449,6 +549,70 @@ pub fn validate_project_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Checks a vassal name in a lease: 1 to [`MAX_VASSAL_NAME_LEN`] bytes of
+/// ASCII letters, digits, `-`, `_` and `.`, not starting with `.`.
+pub fn validate_vassal_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_VASSAL_NAME_LEN {
+        return Err("must be 1 to 64 bytes long");
+    }
+    if name.starts_with('.') {
+        return Err("must not start with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err("may hold only ASCII letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// Splits a cluster view into datagrams of at most [`MAX_MESSAGE_LEN`]
+/// bytes: blocks first, then identities, as many whole entries per
+/// datagram as fit.
+pub fn encode_cluster(
+    node: Option<String>,
+    etcd_up: bool,
+    block: Option<String>,
+    blocks: Vec<ClusterBlock>,
+    identities: Vec<ClusterIdentity>,
+) -> Vec<Vec<u8>> {
+    let make = |b: Vec<ClusterBlock>, i: Vec<ClusterIdentity>, more: bool| Response::Cluster {
+        node: node.clone(),
+        etcd_up,
+        block: block.clone(),
+        blocks: b,
+        identities: i,
+        more,
+    };
+    let mut out = Vec::new();
+    let (mut cb, mut ci): (Vec<ClusterBlock>, Vec<ClusterIdentity>) = (Vec::new(), Vec::new());
+    for b in blocks {
+        cb.push(b);
+        if encode(&make(cb.clone(), Vec::new(), true)).len() > MAX_MESSAGE_LEN {
+            let last = cb.pop();
+            if !cb.is_empty() {
+                out.push(encode(&make(std::mem::take(&mut cb), Vec::new(), true)));
+            }
+            cb.extend(last);
+        }
+    }
+    for i in identities {
+        ci.push(i);
+        if encode(&make(cb.clone(), ci.clone(), true)).len() > MAX_MESSAGE_LEN {
+            let last = ci.pop();
+            out.push(encode(&make(
+                std::mem::take(&mut cb),
+                std::mem::take(&mut ci),
+                true,
+            )));
+            ci.extend(last);
+        }
+    }
+    out.push(encode(&make(cb, ci, false)));
+    out
+}
+
 /// Parses one request datagram and checks the fields the format constrains.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
     if bytes.len() > MAX_MESSAGE_LEN {
@@ -476,6 +640,20 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
             }
         }
         Request::Usage(u) => u.check().map_err(ProtocolError::Malformed)?,
+        Request::Lease(lease) => {
+            validate_project_name(&lease.project).map_err(|why| ProtocolError::BadProjectName {
+                name: lease.project.chars().take(MAX_PROJECT_NAME_LEN).collect(),
+                why,
+            })?;
+            validate_vassal_name(&lease.name).map_err(|why| {
+                ProtocolError::Malformed(format!("invalid vassal name {:?}: {why}", lease.name))
+            })?;
+            if lease.version < 2 {
+                return Err(ProtocolError::Malformed(
+                    "a lease request needs protocol version 2 or later".into(),
+                ));
+            }
+        }
         Request::Event(e) if e.count == 0 => {
             return Err(ProtocolError::Malformed(
                 "event count must be at least 1".into(),
@@ -614,6 +792,78 @@ mod tests {
             r#"{"type":"hello","version":2,"project":"alice","ipv4":"10.200.0.2"}"#
         );
         assert_eq!(decode_request(&bytes).unwrap(), hello("alice"));
+    }
+
+    #[test]
+    fn leases_round_trip_and_are_checked() {
+        let bytes = br#"{"type":"lease","version":2,"project":"alice","name":"web.1"}"#;
+        assert_eq!(
+            decode_request(bytes).unwrap(),
+            Request::Lease(LeaseRequest {
+                version: 2,
+                project: "alice".into(),
+                name: "web.1".into(),
+                ipv6: false
+            })
+        );
+        for bad in [
+            r#"{"type":"lease","version":1,"project":"alice","name":"web"}"#,
+            r#"{"type":"lease","version":2,"project":"Alice","name":"web"}"#,
+            r#"{"type":"lease","version":2,"project":"alice","name":"../x"}"#,
+            r#"{"type":"lease","version":2,"project":"alice","name":""}"#,
+            r#"{"type":"lease","version":2,"project":"alice"}"#,
+        ] {
+            assert!(decode_request(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let leased = Response::Leased {
+            version: 2,
+            ipv4: Ipv4Addr::new(10, 200, 3, 2),
+            ipv6: None,
+            gateway: Ipv4Addr::new(10, 200, 3, 1),
+            prefix_len: 24,
+            gateway6: None,
+            prefix6_len: None,
+        };
+        assert_eq!(decode_response(&encode(&leased)).unwrap(), leased);
+    }
+
+    #[test]
+    fn cluster_views_are_split_into_datagrams_that_fit() {
+        let identities: Vec<ClusterIdentity> = (0..500)
+            .map(|i| ClusterIdentity {
+                address: format!("10.200.{}.{}", i / 250, i % 250 + 2),
+                project: format!("project-{i}"),
+                node: "node-a".into(),
+            })
+            .collect();
+        let blocks = vec![ClusterBlock {
+            node: "node-a".into(),
+            ipv4: "10.200.0.0/24".into(),
+            ipv6: None,
+            underlay: "198.51.100.11".into(),
+        }];
+        let datagrams = encode_cluster(
+            Some("node-a".into()),
+            true,
+            None,
+            blocks,
+            identities.clone(),
+        );
+        assert!(datagrams.len() > 1);
+        let mut got = Vec::new();
+        for (n, d) in datagrams.iter().enumerate() {
+            assert!(d.len() <= MAX_MESSAGE_LEN);
+            match decode_response(d).unwrap() {
+                Response::Cluster {
+                    identities, more, ..
+                } => {
+                    assert_eq!(more, n + 1 < datagrams.len());
+                    got.extend(identities);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, identities);
     }
 
     #[test]

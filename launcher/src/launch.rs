@@ -105,10 +105,21 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     let started = Instant::now();
     // 1. Under the state directory's lock: reap what dead launchers left
     //    (best effort: a launch does not fail for it), claim the name (one
-    //    running vassal per name), and
+    //    running vassal per name), with an automatic address lease it now
+    //    (the supervisor is cloned with it), and
     let lock = state::lock()?;
     let _ = gc::reap_locked(Path::new(MOUNTINFO));
     let state = State::claim(config)?;
+    let leased;
+    let config = match &config.network {
+        Some(net) if net.auto => {
+            let mut c = config.clone();
+            c.network = Some(network::lease(&config.name, net)?);
+            leased = c;
+            &leased
+        }
+        _ => config,
+    };
 
     // 2. the cgroup, with its limits, before any process exists to escape it.
     let hierarchy = cgroup::detect(Path::new(MOUNTINFO))?;

@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vassal_launch::config::{Overrides, VassalConfig};
@@ -44,9 +43,10 @@ enum Command {
         /// Project name (also the hostname and cgroup name).
         #[arg(long)]
         name: Option<String>,
-        /// The vassal's IPv4 address; gives it a network through the router.
+        /// The vassal's IPv4 address, or `auto` (leased from the router);
+        /// gives it a network through the router.
         #[arg(long)]
-        address: Option<Ipv4Addr>,
+        address: Option<vassal_launch::config::AddressChoice>,
         /// uid the command runs as.
         #[arg(long)]
         uid: Option<u32>,
@@ -127,10 +127,11 @@ fn real_main() -> Result<i32> {
                     c.gid,
                     c.network
                         .as_ref()
-                        .map_or("loopback only".to_string(), |n| format!(
-                            "address {}",
-                            n.address
-                        ))
+                        .map_or("loopback only".to_string(), |n| if n.auto {
+                            "address auto".to_string()
+                        } else {
+                            format!("address {}", n.address)
+                        })
                 );
                 Ok(0)
             }

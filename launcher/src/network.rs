@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
-use vassal_attach::{transport, Hello, RateLimit, Request, Response, PROTOCOL_VERSION};
+use vassal_attach::{
+    transport, Hello, LeaseRequest, RateLimit, Request, Response, PROTOCOL_VERSION,
+};
 
 /// Name of the tun device inside every vassal.
 pub const DEVICE: &str = "vx0";
@@ -203,6 +205,57 @@ fn limit_note(field: &str, asked: Option<RateLimit>, given: Option<RateLimit>) -
             show(asked)
         )
     })
+}
+
+/// `address = "auto"`: asks the router for the vassal's address (a lease
+/// request, protocol version 2) and returns `net` with it filled in. Runs
+/// before any namespace exists, so the supervisor is cloned with the
+/// address and configures it before *ready*.
+/// Bounded by [`ATTACH_TIMEOUT`]: it runs under the launch lock.
+pub fn lease(project: &str, net: &Network) -> Result<Network, NetworkError> {
+    let path = net.router.clone();
+    let connect_error = |source| NetworkError::Connect {
+        path: path.clone(),
+        source,
+    };
+    let socket = transport::connect_within(&path, Some(ATTACH_TIMEOUT)).map_err(connect_error)?;
+    let request = Request::Lease(LeaseRequest {
+        version: PROTOCOL_VERSION,
+        project: project.to_string(),
+        // One vassal per name on a host (the launcher's state claim): the
+        // name is the project's.
+        name: project.to_string(),
+        ipv6: net.auto6,
+    });
+    match transport::call(socket.as_fd(), &request, None).map_err(connect_error)? {
+        Response::Leased {
+            ipv4,
+            ipv6,
+            gateway,
+            ..
+        } => {
+            if net.gateway.is_some_and(|g| g != gateway) {
+                return Err(NetworkError::WrongRouter {
+                    path,
+                    expected: net.gateway.unwrap_or(gateway),
+                    actual: gateway,
+                });
+            }
+            let mut leased = net.clone();
+            leased.address = ipv4;
+            leased.address6 = ipv6;
+            Ok(leased)
+        }
+        Response::Refused { reason, message } => Err(NetworkError::Refused {
+            path,
+            reason: reason.as_str(),
+            message,
+        }),
+        other => Err(NetworkError::Unexpected {
+            path,
+            answer: format!("{other:?}"),
+        }),
+    }
 }
 
 /// Sends the hello with the tun fd and waits for the answer, every step

@@ -17,19 +17,25 @@
 //!    nftables table, the event sink.
 //! 4. [`port`]: what a packet can be written to (a vassal tun, a compat
 //!    peer's output queue, the host tun) and what became of the write.
-//! 5. [`state`]: the registry (projects, attached vassals and their ports),
+//! 5. [`cluster`]: state fed by etcd (docs/cluster.md): the block this
+//!    host holds, automatic addresses, the cache of every host's blocks and
+//!    identities. Imports `config` and `os` only, never the datapath or a
+//!    front-end (the `[cluster]` table and the block arithmetic are in
+//!    [`config::cluster`] and [`config::blocks`]).
+//! 6. [`state`]: the registry (projects, attached vassals and their ports),
 //!    flows, fragments, rules in force, counters, evidence, budgets.
-//! 6. [`datapath`]: the packet path ([`datapath::router`]) and the tun
+//! 7. [`datapath`]: the packet path ([`datapath::router`]) and the tun
 //!    readers that feed it ([`datapath::reader`]).
-//! 7. Front-ends: [`control`] (attach protocol server), [`compat`] (uWSGI
+//! 8. Front-ends: [`control`] (attach protocol server), [`compat`] (uWSGI
 //!    peers), [`metrics`] (Prometheus exporter), [`client`] (the CLI's side
 //!    of the control socket).
-//! 8. [`daemon`]: start order, signals, the sweeper and the event watch.
+//! 9. [`daemon`]: start order, signals, the sweeper and the event watch.
 //!
 //! The items re-exported below keep the paths other crates of the
 //! workspace (tests, fuzz targets) use.
 
 pub mod client;
+pub mod cluster;
 pub mod compat;
 pub mod config;
 pub mod control;

@@ -32,6 +32,7 @@ Examples:
   vassal-router check-rules /etc/vassal/firewall.toml
   vassal-router import-uwsgi emperor.ini > /etc/vassal/firewall.toml
   vassal-router stats --json
+  vassal-router cluster                              # blocks and identity cache, JSON
   vassal-router reload                               # same as: kill -HUP <pid>
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.";
@@ -76,6 +77,13 @@ enum Command {
         /// Print JSON (one array of project objects) instead of a table.
         #[arg(long)]
         json: bool,
+        /// The router's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print a running router's cluster view as JSON: its node and block,
+    /// whether etcd answers, every node's block and the identity cache.
+    Cluster {
         /// The router's control socket.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -153,6 +161,11 @@ fn run(command: Command) -> Result<ExitCode> {
             } else {
                 print!("{}", client::format_table(&projects));
             }
+        }
+        Command::Cluster { socket } => {
+            let view = client::cluster(&socket)
+                .with_context(|| format!("asking {} for the cluster view", socket.display()))?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
         }
         Command::Reload { socket } => {
             let (out_rules, in_rules) = client::reload(&socket)

@@ -6,6 +6,7 @@
 //! test leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster_harness;
 pub mod launcher_harness;
 pub mod router_harness;
 

@@ -103,10 +103,15 @@ pub enum SeccompProfile {
 pub struct Network {
     /// The router's control socket.
     pub router: PathBuf,
-    /// The vassal's IPv4 address.
+    /// The vassal's IPv4 address (unspecified until leased with `auto`).
     pub address: Ipv4Addr,
     /// The vassal's IPv6 address.
     pub address6: Option<Ipv6Addr>,
+    /// `address = "auto"`: the router leases the address before the
+    /// namespaces exist (docs/design.md, "Launch order", step 1).
+    pub auto: bool,
+    /// `address6 = "auto"` (only with `auto`): lease an IPv6 address too.
+    pub auto6: bool,
     /// The router's gateway, when the file names it: the attach is refused
     /// if the router answers with another one. Routes need no next hop (the
     /// tun is point-to-point), so absent is fine.
@@ -217,13 +222,34 @@ pub struct VassalConfig {
     pub filter: Option<Filter>,
 }
 
+/// `--address`: a fixed address, or `auto` (leased from the router).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressChoice {
+    /// Leased from the router at launch.
+    Auto,
+    /// This address.
+    Fixed(Ipv4Addr),
+}
+
+impl std::str::FromStr for AddressChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AddressChoice, String> {
+        if s == "auto" {
+            return Ok(AddressChoice::Auto);
+        }
+        s.parse()
+            .map(AddressChoice::Fixed)
+            .map_err(|_| format!("{s:?} is neither an IPv4 address nor \"auto\""))
+    }
+}
+
 /// Values given on the command line; each overrides the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--name`.
     pub name: Option<String>,
-    /// `--address`.
-    pub address: Option<Ipv4Addr>,
+    /// `--address` (an address or `auto`).
+    pub address: Option<AddressChoice>,
     /// `--uid`.
     pub uid: Option<u32>,
     /// `--gid`.

@@ -74,10 +74,53 @@ fn defaults_fill_what_is_absent() {
 }
 
 #[test]
+fn automatic_addresses() {
+    let base =
+        "name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"auto\"\n";
+    let n = parse(base).unwrap().network.unwrap();
+    assert!(n.auto && !n.auto6);
+    assert_eq!(n.address, Ipv4Addr::UNSPECIFIED);
+    let n = parse(&format!("{base}address6 = \"auto\"\n"))
+        .unwrap()
+        .network
+        .unwrap();
+    assert!(n.auto && n.auto6 && n.address6.is_none());
+    let e = errors(&format!("{base}address6 = \"fd00::2\"\n"));
+    assert!(
+        e.contains("network.address6") && e.contains("automatic"),
+        "{e}"
+    );
+    let e = errors("name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"10.0.0.2\"\naddress6 = \"auto\"\n");
+    assert!(e.contains("network.address6"), "{e}");
+    let e = errors("name = \"bob\"\ncommand = [\"/bin/true\"]\nuid = 5000\n[network]\naddress = \"automatic\"\n");
+    assert!(e.contains("network.address") && e.contains("auto"), "{e}");
+    assert_eq!("auto".parse(), Ok(AddressChoice::Auto));
+    assert_eq!(
+        "10.0.0.2".parse(),
+        Ok(AddressChoice::Fixed(Ipv4Addr::new(10, 0, 0, 2)))
+    );
+    assert!("10.0.0.300".parse::<AddressChoice>().is_err());
+    let o = Overrides {
+        name: Some("carol".into()),
+        address: Some(AddressChoice::Auto),
+        uid: Some(7),
+        command: vec!["/bin/true".into()],
+        ..Overrides::default()
+    };
+    assert!(
+        VassalConfig::from_overrides(&o)
+            .unwrap()
+            .network
+            .unwrap()
+            .auto
+    );
+}
+
+#[test]
 fn flags_override_the_file() {
     let o = Overrides {
         name: Some("carol".into()),
-        address: Some(Ipv4Addr::new(10, 200, 0, 9)),
+        address: Some(AddressChoice::Fixed(Ipv4Addr::new(10, 200, 0, 9))),
         uid: Some(7),
         command: vec!["/bin/echo".into(), "hi".into()],
         ..Default::default()
@@ -120,7 +163,9 @@ fn every_problem_is_named_with_line_column_and_field() {
         "{e}"
     );
     assert!(
-        e.contains("v.toml:9:11: network.address: \"10.0.0.300\" is not an IPv4 address"),
+        e.contains(
+            "v.toml:9:11: network.address: \"10.0.0.300\" is neither an IPv4 address nor \"auto\""
+        ),
         "{e}"
     );
     assert_eq!(e.lines().count(), 5, "{e}");

@@ -4,8 +4,9 @@
 use super::raw::{RawFile, RawLimits, RawMount, RawNetwork, SizeOrInt};
 use super::units::{map_to_host, parse_duration, parse_id_map, parse_size, IdRange};
 use super::{
-    default_burst, parse_rate, ConfigProblem, IoLimits, Limits, Mount, Network, Overrides,
-    RateLimit, SeccompProfile, VassalConfig, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_ROUTER_SOCKET,
+    default_burst, parse_rate, AddressChoice, ConfigProblem, IoLimits, Limits, Mount, Network,
+    Overrides, RateLimit, SeccompProfile, VassalConfig, DEFAULT_MEMORY, DEFAULT_PIDS,
+    DEFAULT_ROUTER_SOCKET,
 };
 use crate::seccomp::Filter;
 use std::collections::BTreeMap;
@@ -452,20 +453,43 @@ fn network(raw: Option<&RawNetwork>, o: &Overrides, p: &mut Problems<'_>) -> Opt
             p.at(
                 a.span(),
                 "network.address",
-                format!("{:?} is not an IPv4 address", a.get_ref()),
+                format!("{:?} is neither an IPv4 address nor \"auto\"", a.get_ref()),
             );
-            Ipv4Addr::UNSPECIFIED
+            AddressChoice::Fixed(Ipv4Addr::UNSPECIFIED)
         }),
         (None, None) => {
             p.missing(
                 "network.address",
                 "required when [network] is present (or pass --address)",
             );
-            Ipv4Addr::UNSPECIFIED
+            AddressChoice::Fixed(Ipv4Addr::UNSPECIFIED)
         }
     };
-    let address6 = raw
-        .and_then(|n| n.address6.as_ref())
+    let auto = address == AddressChoice::Auto;
+    let address = match address {
+        AddressChoice::Auto => Ipv4Addr::UNSPECIFIED,
+        AddressChoice::Fixed(a) => a,
+    };
+    let raw6 = raw.and_then(|n| n.address6.as_ref());
+    let auto6 = raw6.is_some_and(|a| a.get_ref() == "auto");
+    if let Some(a) = raw6 {
+        if auto6 && !auto {
+            p.at(
+                a.span(),
+                "network.address6",
+                "\"auto\" only with an automatic IPv4 address (network.address = \"auto\")"
+                    .to_owned(),
+            );
+        } else if auto && !auto6 {
+            p.at(
+                a.span(),
+                "network.address6",
+                "with an automatic IPv4 address the IPv6 one is automatic too: write \"auto\" or leave it out".to_owned(),
+            );
+        }
+    }
+    let address6 = raw6
+        .filter(|_| !auto6)
         .and_then(|a| match a.get_ref().parse() {
             Ok(v) => Some(v),
             Err(_) => {
@@ -512,7 +536,9 @@ fn network(raw: Option<&RawNetwork>, o: &Overrides, p: &mut Problems<'_>) -> Opt
     Some(Network {
         router,
         address,
-        address6,
+        address6: if auto { None } else { address6 },
+        auto,
+        auto6,
         gateway,
         mtu,
     })

@@ -1,5 +1,5 @@
-//! The operator side of the control socket: `vassal-router stats` and
-//! `vassal-router reload`.
+//! The operator side of the control socket: `vassal-router stats`,
+//! `vassal-router cluster` and `vassal-router reload`.
 
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
@@ -39,6 +39,44 @@ pub fn stats(socket: &Path) -> Result<Vec<ProjectStats>, ClientError> {
         Response::Stats { projects, .. } => Ok(projects),
         other => Err(ClientError::Unexpected(Box::new(other))),
     }
+}
+
+/// The router's cluster view (`vassal-router cluster`), all datagrams of it
+/// merged into one JSON object.
+pub fn cluster(socket: &Path) -> Result<serde_json::Value, ClientError> {
+    let fd = transport::connect(socket)?;
+    transport::send_request(fd.as_fd(), &Request::Cluster, None)?;
+    let mut view = serde_json::json!({});
+    let (mut blocks, mut identities) = (Vec::new(), Vec::new());
+    loop {
+        match transport::recv_response(fd.as_fd())? {
+            Response::Cluster {
+                node,
+                etcd_up,
+                block,
+                blocks: b,
+                identities: i,
+                more,
+            } => {
+                view = serde_json::json!({ "node": node, "etcd_up": etcd_up, "block": block });
+                blocks.extend(b);
+                identities.extend(i);
+                if !more {
+                    break;
+                }
+            }
+            Response::Refused { reason, message } => {
+                return Err(ClientError::Refused(format!(
+                    "{}: {message}",
+                    reason.as_str()
+                )))
+            }
+            other => return Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+    view["blocks"] = serde_json::to_value(blocks).unwrap_or_default();
+    view["identities"] = serde_json::to_value(identities).unwrap_or_default();
+    Ok(view)
 }
 
 /// Asks for a rule reload; returns the out and in rule counts.

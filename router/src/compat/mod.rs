@@ -338,6 +338,9 @@ fn attach(
         message,
     })?;
     tracing::info!(project = %entry.name, address = %entry.address, uid, "compat peer attached");
+    router
+        .cluster
+        .register(vassal.ipv4, vassal.ipv6, &vassal.project.name);
     Ok(vassal)
 }
 
@@ -368,6 +371,9 @@ async fn peer(router: Arc<Router>, fd: OwnedFd, peer_uid: u32) -> Result<(), Com
     let result = serve_peer(&router, &afd, &out, peer_uid, &mut vassal, held).await;
     if let Some(v) = vassal {
         router.registry.detach(&v);
+        if router.registry.lookup(IpAddr::V4(v.ipv4)).is_none() {
+            router.cluster.unregister(v.ipv4, v.ipv6);
+        }
         freed().send_modify(|n| *n = n.wrapping_add(1));
         tracing::info!(project = %v.project.name, address = %v.ipv4, "compat peer detached");
     }
@@ -423,6 +429,9 @@ async fn serve_peer(
                         if vassal.is_none() || uid != peer_uid {
                             if let Some(old) = vassal.take() {
                                 router.registry.detach(&old);
+                                if router.registry.lookup(IpAddr::V4(old.ipv4)).is_none() {
+                                    router.cluster.unregister(old.ipv4, old.ipv6);
+                                }
                                 freed().send_modify(|n| *n = n.wrapping_add(1));
                             }
                             *vassal = Some(attach(router, uid, out, true)?);

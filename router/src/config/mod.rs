@@ -5,6 +5,9 @@
 //! The bottom layer: every other module reads it, it imports nothing of the
 //! router.
 
+pub mod blocks;
+pub mod cluster;
+
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -297,6 +300,9 @@ pub struct Config {
     pub events: EventsConfig,
     /// What vassals may reach on the host's own addresses.
     pub host: HostConfig,
+    /// `[cluster]`: many hosts through etcd (docs/cluster.md); `gateway`
+    /// and `gateway6` then come from the block the router holds.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +323,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     events: Option<RawEvents>,
     host: Option<RawHost>,
+    cluster: Option<Spanned<cluster::RawCluster>>,
     #[serde(default)]
     project: Vec<Spanned<RawProject>>,
 }
@@ -458,6 +465,8 @@ impl Config {
             }
             None => "vr0".to_owned(),
         };
+        let raw_gateway_span = raw.gateway.as_ref().map(|g| g.span());
+        let raw_gateway6_span = raw.gateway6.as_ref().map(|g| g.span());
         let gateway = match raw.gateway {
             Some(g) => {
                 let net = *g.get_ref();
@@ -642,6 +651,36 @@ impl Config {
             host.allow.push(port);
         }
 
+        // With a cluster the gateway comes from the block: a gateway in the
+        // file could only disagree with it (docs/cluster.md).
+        let cluster = match raw.cluster {
+            Some(c) => {
+                if let Some(g) = &raw_gateway_span {
+                    return Err(at(
+                        Some(g.clone()),
+                        "gateway: not with [cluster]: the gateway is the first address of the block the router holds".to_owned(),
+                    ));
+                }
+                if let Some(g) = &raw_gateway6_span {
+                    return Err(at(
+                        Some(g.clone()),
+                        "gateway6: not with [cluster]: the IPv6 gateway comes from the block of cluster.prefix6".to_owned(),
+                    ));
+                }
+                let table = c.span();
+                Some(c.into_inner().validate(
+                    || {
+                        nix::unistd::gethostname()
+                            .ok()
+                            .and_then(|h| h.into_string().ok())
+                    },
+                    table,
+                    at,
+                )?)
+            }
+            None => None,
+        };
+
         let mut projects: Vec<ProjectEntry> = Vec::new();
         for p in raw.project {
             let span = p.span();
@@ -660,7 +699,18 @@ impl Config {
                 ));
             }
             let address = *p.address.get_ref();
-            if !host_in_subnet(gateway, address) {
+            if let Some(c) = &cluster {
+                // The block is only known at start; the attach checks it.
+                if !c.blocks.prefix().contains(&address) {
+                    return Err(at(
+                        Some(p.address.span()),
+                        format!(
+                            "project.address: {address} is not inside cluster.prefix {}",
+                            c.blocks.prefix()
+                        ),
+                    ));
+                }
+            } else if !host_in_subnet(gateway, address) {
                 return Err(at(
                     Some(p.address.span()),
                     format!("project.address: {address} is not a vassal address of {gateway}"),
@@ -675,7 +725,11 @@ impl Config {
             let address6 = match p.address6 {
                 Some(a) => {
                     let addr = *a.get_ref();
-                    if !gateway6.is_some_and(|g| host6_in_subnet(g, addr)) {
+                    let ok = match &cluster {
+                        Some(c) => c.blocks.prefix6().is_some_and(|p| p.contains(&addr)),
+                        None => gateway6.is_some_and(|g| host6_in_subnet(g, addr)),
+                    };
+                    if !ok {
                         return Err(at(
                             Some(a.span()),
                             format!("project.address6: {addr} is not a vassal address of gateway6"),
@@ -758,6 +812,7 @@ impl Config {
             projects,
             events,
             host,
+            cluster,
         })
     }
 

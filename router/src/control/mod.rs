@@ -26,8 +26,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use vassal_attach::transport::{self, TransportError};
 use vassal_attach::{
-    decode_request, encode, encode_stats, Hello, ProjectStats, RateLimit, RefuseReason, Request,
-    Response, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    decode_request, encode, encode_cluster, encode_stats, ClusterBlock, ClusterIdentity, Hello,
+    LeaseRequest, ProjectStats, RateLimit, RefuseReason, Request, Response, MAX_MESSAGE_LEN,
+    PROTOCOL_VERSION,
 };
 
 /// Accepts control connections until the router stops.
@@ -227,6 +228,9 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                             Arc::clone(&vassal),
                         ));
                         tracing::info!(project = %hello.project, ipv4 = %hello.ipv4, ipv6 = ?hello.ipv6, uid, "vassal attached");
+                        router
+                            .cluster
+                            .register(vassal.ipv4, vassal.ipv6, &hello.project);
                         attached = Some((vassal, reader));
                         if send(&afd, &encode(&accepted)).await.is_err() {
                             break;
@@ -236,6 +240,31 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
                         refuse(&afd, uid, reason, message).await;
                         break;
                     }
+                }
+            }
+            Request::Lease(request) => {
+                let answer = match lease(&router, &request) {
+                    Ok(answer) => answer,
+                    Err((reason, message)) => {
+                        refuse(&afd, uid, reason, message).await;
+                        break;
+                    }
+                };
+                tracing::info!(project = %request.project, name = %request.name, uid, "address leased: {answer:?}");
+                let _ = send(&afd, &encode(&answer)).await;
+                // One lease per connection: the attach comes on another.
+                break;
+            }
+            Request::Cluster => {
+                let mut ok = true;
+                for datagram in cluster_view(&router) {
+                    if send(&afd, &datagram).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if !ok {
+                    break;
                 }
             }
             Request::Stats => {
@@ -307,6 +336,13 @@ async fn connection(router: Arc<Router>, fd: OwnedFd) {
         reader.abort();
         router.registry.detach(&vassal);
         vassal.project.usage.detach(vassal.id);
+        if router
+            .registry
+            .lookup(std::net::IpAddr::V4(vassal.ipv4))
+            .is_none()
+        {
+            router.cluster.unregister(vassal.ipv4, vassal.ipv6);
+        }
         tracing::info!(project = %vassal.project.name, ipv4 = %vassal.ipv4, "vassal detached");
     }
 }
@@ -379,6 +415,17 @@ fn attach(
             ),
         ));
     }
+    if let Some(owner) = router.cluster.reserved_by(hello.ipv4) {
+        if owner != hello.project {
+            return Err((
+                RefuseReason::AddressInUse,
+                format!(
+                    "{} is leased to a vassal of project {owner} (automatic address)",
+                    hello.ipv4
+                ),
+            ));
+        }
+    }
     tun::set_nonblocking(fd.as_fd()).map_err(|e| (RefuseReason::BadDevice, e.to_string()))?;
     if device.vnet {
         // The router, not the launcher, decides what the kernel may hand
@@ -426,6 +473,82 @@ pub fn limits_of(config: &Config, hello: &Hello) -> (Option<RateLimit>, Option<R
     (
         rate::effective(hello.net_out, tier.out_default, tier.out_ceiling),
         rate::effective(hello.net_in, tier.in_default, tier.in_ceiling),
+    )
+}
+
+/// Answers a lease request: the project's `[[project]]` address when it
+/// has one, else the vassal name's reservation or a free address.
+fn lease(router: &Router, request: &LeaseRequest) -> Result<Response, (RefuseReason, String)> {
+    let config = &router.config;
+    let (ipv4, static6) = match config.project(&request.project) {
+        Some(entry) => (entry.address, entry.address6),
+        None => {
+            let busy = |a: std::net::Ipv4Addr| {
+                router.registry.lookup(std::net::IpAddr::V4(a)).is_some()
+                    || config.projects.iter().any(|p| p.address == a)
+            };
+            let a = router
+                .cluster
+                .lease(&request.project, &request.name, busy)
+                .ok_or_else(|| {
+                    (
+                        RefuseReason::NoAddress,
+                        format!("every address of {} is in use", config.gateway.trunc()),
+                    )
+                })?;
+            (a, None)
+        }
+    };
+    let ipv6 = match (request.ipv6, config.gateway6) {
+        (true, Some(g6)) => static6.or_else(|| {
+            let offset = u32::from(ipv4).wrapping_sub(u32::from(config.gateway.network()));
+            let a = std::net::Ipv6Addr::from(u128::from(g6.network()) + u128::from(offset));
+            host6_in_subnet(g6, a).then_some(a)
+        }),
+        _ => None,
+    };
+    Ok(Response::Leased {
+        version: PROTOCOL_VERSION,
+        ipv4,
+        ipv6,
+        gateway: config.gateway.addr(),
+        prefix_len: config.gateway.prefix_len(),
+        gateway6: ipv6.and(config.gateway6.map(|g| g.addr())),
+        prefix6_len: ipv6.and(config.gateway6.map(|g| g.prefix_len())),
+    })
+}
+
+/// The `cluster` answer: this router's block, every node's, the cache.
+fn cluster_view(router: &Router) -> Vec<Vec<u8>> {
+    let Some(m) = router.cluster.membership() else {
+        return encode_cluster(None, false, None, Vec::new(), Vec::new());
+    };
+    let blocks = m
+        .nodes()
+        .iter()
+        .map(|n| ClusterBlock {
+            node: n.node.clone(),
+            ipv4: n.block.net.to_string(),
+            ipv6: n.block.net6.map(|b| b.to_string()),
+            underlay: n.underlay.to_string(),
+        })
+        .collect();
+    let mut identities: Vec<ClusterIdentity> = m
+        .identities()
+        .iter()
+        .map(|(a, id)| ClusterIdentity {
+            address: a.to_string(),
+            project: id.project.clone(),
+            node: id.node.clone(),
+        })
+        .collect();
+    identities.sort_by(|a, b| a.address.cmp(&b.address));
+    encode_cluster(
+        Some(m.config.node.clone()),
+        m.etcd_up(),
+        Some(m.block.net.to_string()),
+        blocks,
+        identities,
     )
 }
 

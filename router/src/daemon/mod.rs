@@ -1,10 +1,11 @@
 //! `vassal-router run`: sets everything up in a safe order, runs the tasks,
 //! handles signals, and undoes what it installed on exit.
 //!
-//! Order: rules (refuse to start on a bad file) -> metrics listener -> host
-//! tun -> nftables table -> flow state file (the predecessor's flows
-//! restored) -> tasks -> control and compat sockets last, so that the
-//! control socket existing means the router is ready.
+//! Order: rules (refuse to start on a bad file) -> metrics listener ->
+//! cluster block (docs/cluster.md) -> host tun -> nftables table -> flow
+//! state file (the predecessor's flows restored) -> tasks -> control and
+//! compat sockets last, so that the control socket existing means the
+//! router is ready.
 
 pub mod cluster_routes;
 pub mod watch;
@@ -54,6 +55,9 @@ pub enum DaemonError {
     /// The event sink could not be set up.
     #[error("setting up the event sink: {0}")]
     Events(#[source] std::io::Error),
+    /// The cluster could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Installing a signal handler failed.
     #[error("installing the {signal} handler: {source}")]
     Signal {
@@ -65,7 +69,7 @@ pub enum DaemonError {
 }
 
 /// Runs the router until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(mut config: Config) -> Result<(), DaemonError> {
     let firewall = Firewall::load(config.rules.clone())?;
     metrics::install(config.metrics_listen)?;
     crate::os::events::init(&config.events.sink).map_err(DaemonError::Events)?;
@@ -84,6 +88,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(path) = &config.compat_socket {
         socket::ensure_free(path, SockType::Stream)?;
     }
+    // With [cluster], the block (hence the gateway) is known from here on.
+    let cluster = crate::cluster::Cluster::start(&mut config).await?;
     // One host tun queue (and reader, and datapath thread) per core.
     let queues = match config.limits.host_queues {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
@@ -104,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         host,
         host_tun,
         remote: Default::default(),
+        cluster,
         config,
     });
     let result = serve(&router, &mut hup, &mut term, &mut int).await;

@@ -53,6 +53,9 @@ pub struct Router {
     pub host_tun: HostTun,
     /// Other hosts' blocks and vassals (empty without `[cluster]`).
     pub remote: Remote,
+    /// Automatic addresses, and with `[cluster]` the membership: blocks of
+    /// every host and the identity cache (`crate::cluster`).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// The rules snapshot a reader uses for one batch, with its own project's
@@ -525,6 +528,7 @@ mod tests {
                 host: HostCounters::register(),
                 host_tun: HostTun::from_queues(host_tun, Vec::new(), host_vnet),
                 remote: Remote::default(),
+                cluster: Arc::new(crate::cluster::Cluster::standalone(&config)),
                 config,
             },
             host_peer,

@@ -1,0 +1,517 @@
+//! Many hosts on one machine, for the cluster tests: an underlay bridge in
+//! a namespace of its own, one namespace per simulated host joined to it by
+//! a veth (`198.51.100.1<i>/24`, documentation range, nothing else
+//! reachable), a three-member etcd cluster with one member on each of the
+//! first three hosts, and a `vassal-router` started inside a given host's
+//! namespace with its own host tun, control socket and metrics listener.
+//!
+//! Everything is removed on drop (processes killed, namespaces deleted,
+//! the working directory with etcd's data removed).
+
+use crate::router_harness::create_tun_in;
+use crate::{binary, run, unique, wait_until, KillOnDrop, Netns};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use vassal_attach::{transport, Hello, LeaseRequest, Request, Response, PROTOCOL_VERSION};
+
+/// The cluster prefix the tests' routers share.
+pub const PREFIX: &str = "10.240.0.0/16";
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Members first (each preallocates a 64 MB WAL segment or two),
+        // then their data: a test run must not fill the disk.
+        for m in &mut self.etcd {
+            m.child = None;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One simulated host.
+pub struct Host {
+    /// Its network namespace (underlay interface `eth0`).
+    pub ns: Netns,
+    /// Its underlay address.
+    pub underlay: Ipv4Addr,
+}
+
+/// One etcd member.
+pub struct Member {
+    /// Its name in the etcd cluster.
+    pub name: String,
+    /// The host it runs on.
+    pub host: usize,
+    /// The process; `None` while stopped.
+    pub child: Option<KillOnDrop>,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+/// The test's hosts, underlay and etcd cluster.
+pub struct Cluster {
+    /// Working directory (etcd data, router dirs).
+    pub dir: PathBuf,
+    /// Hosts, in order.
+    pub hosts: Vec<Host>,
+    /// etcd members, on hosts 0, 1, 2.
+    pub etcd: Vec<Member>,
+    // Dropped last: holds the bridge.
+    _underlay: Netns,
+}
+
+fn underlay_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10 + i as u8)
+}
+
+impl Cluster {
+    /// `hosts` hosts (at least 3) on one bridge, etcd running and healthy.
+    pub fn new(hosts: usize) -> Cluster {
+        crate::require_root();
+        assert!(hosts >= 3, "the etcd cluster needs three hosts");
+        let dir = std::env::temp_dir().join(format!("vassal-cluster-{}", unique("c")));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let underlay = Netns::new("cu");
+        underlay.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+        underlay.exec(&["ip", "link", "set", "br0", "up"]);
+        let mut list = Vec::new();
+        for i in 0..hosts {
+            let ns = Netns::new("ch");
+            let port = format!("p{i}");
+            run(Command::new("ip").args([
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &underlay.name,
+            ]));
+            underlay.exec(&["ip", "link", "set", &port, "master", "br0"]);
+            underlay.exec(&["ip", "link", "set", &port, "up"]);
+            let addr = underlay_addr(i);
+            ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ns.exec(&["ip", "link", "set", "eth0", "up"]);
+            list.push(Host { ns, underlay: addr });
+        }
+        let mut cluster = Cluster {
+            etcd: (0..3)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    host: i,
+                    child: None,
+                    data: dir.join(format!("etcd-{i}")),
+                    log: dir.join(format!("etcd-{i}.log")),
+                })
+                .collect(),
+            dir,
+            hosts: list,
+            _underlay: underlay,
+        };
+        for i in 0..3 {
+            cluster.start_etcd(i);
+        }
+        assert!(
+            cluster.wait_etcd(Duration::from_secs(30)),
+            "etcd did not become healthy; log of m0:\n{}",
+            std::fs::read_to_string(&cluster.etcd[0].log).unwrap_or_default()
+        );
+        cluster
+    }
+
+    /// The client endpoints of the three members.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..3)
+            .map(|i| format!("http://{}:2379", underlay_addr(i)))
+            .collect()
+    }
+
+    /// (Re)starts member `i` (with its data directory as left).
+    pub fn start_etcd(&mut self, i: usize) {
+        let initial: Vec<String> = (0..3)
+            .map(|k| format!("m{k}=http://{}:2380", underlay_addr(k)))
+            .collect();
+        let addr = underlay_addr(i);
+        let m = &mut self.etcd[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .unwrap();
+        let mut cmd = self.hosts[m.host].ns.command("etcd");
+        cmd.args([
+            "--name",
+            &m.name,
+            "--data-dir",
+            &m.data.display().to_string(),
+            "--listen-client-urls",
+            &format!("http://{addr}:2379"),
+            "--advertise-client-urls",
+            &format!("http://{addr}:2379"),
+            "--listen-peer-urls",
+            &format!("http://{addr}:2380"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{addr}:2380"),
+            "--initial-cluster",
+            &initial.join(","),
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "vassal-test",
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "1000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log);
+        m.child = Some(KillOnDrop::spawn(&mut cmd));
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill_etcd(&mut self, i: usize) {
+        self.etcd[i].child = None;
+    }
+
+    /// Cuts host `i` off the underlay (`true`) or joins it again: its
+    /// bridge port goes down or up, nothing else changes.
+    pub fn partition(&self, i: usize, cut: bool) {
+        self._underlay.exec(&[
+            "ip",
+            "link",
+            "set",
+            &format!("p{i}"),
+            if cut { "down" } else { "up" },
+        ]);
+    }
+
+    /// `etcdctl ARGS` against the whole cluster, from host 0.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let mut cmd = self.hosts[0].ns.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .args(["--command-timeout=3s", "--dial-timeout=2s"])
+            .args(args);
+        cmd.output().expect("spawn etcdctl")
+    }
+
+    /// Waits until a write through the cluster succeeds.
+    pub fn wait_etcd(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.etcdctl(&["put", "/health-probe", "ok"])
+                .status
+                .success()
+        })
+    }
+}
+
+/// How a test wants a cluster router.
+#[derive(Clone)]
+pub struct ClusterRouterSpec {
+    /// Node name.
+    pub node: String,
+    /// `cluster.lease_ttl`.
+    pub lease_ttl: u64,
+    /// `cluster.block`.
+    pub block: u8,
+    /// `cluster.mode`.
+    pub mode: &'static str,
+    /// Extra TOML inside `[cluster]`.
+    pub cluster_extra: String,
+}
+
+impl ClusterRouterSpec {
+    /// Node `node`, TTL 3 s, /24 blocks, direct mode.
+    pub fn node(node: &str) -> ClusterRouterSpec {
+        ClusterRouterSpec {
+            node: node.to_owned(),
+            lease_ttl: 3,
+            block: 24,
+            mode: "direct",
+            cluster_extra: String::new(),
+        }
+    }
+}
+
+/// A router running inside a host's namespace.
+pub struct ClusterRouter {
+    /// The host index.
+    pub host: usize,
+    /// The host's namespace name (for `ip netns exec`).
+    pub ns: String,
+    /// Node name.
+    pub node: String,
+    /// Working directory.
+    pub dir: PathBuf,
+    /// Config file.
+    pub config_path: PathBuf,
+    /// Control socket (a path: reachable from every namespace).
+    pub socket: PathBuf,
+    /// The persisted state file.
+    pub state_file: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    /// The process.
+    pub child: Option<KillOnDrop>,
+}
+
+impl ClusterRouter {
+    /// Writes the config and starts the router in host `host`'s namespace;
+    /// waits until its control socket answers.
+    pub fn start(cluster: &Cluster, host: usize, spec: &ClusterRouterSpec) -> ClusterRouter {
+        let r = ClusterRouter::configure(cluster, host, spec);
+        let mut r = r;
+        r.spawn();
+        r
+    }
+
+    /// Writes the config without starting (see [`ClusterRouter::spawn`]).
+    pub fn configure(cluster: &Cluster, host: usize, spec: &ClusterRouterSpec) -> ClusterRouter {
+        let dir = cluster.dir.join(format!("router-{}", spec.node));
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let endpoints: Vec<String> = cluster
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        let socket = dir.join("run/router.sock");
+        let state_file = dir.join("cluster-state.json");
+        let config = format!(
+            "device = \"vr0\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:9810\"\n[nat]\nmasquerade = false\n[cluster]\netcd = [{}]\nnode = \"{}\"\nunderlay = \"{}\"\nprefix = \"{PREFIX}\"\nblock = {}\nmode = \"{}\"\nlease_ttl = {}\nkey_prefix = \"/vassal\"\nstate_file = \"{}\"\n{}\n",
+            socket.display(),
+            endpoints.join(", "),
+            spec.node,
+            cluster.hosts[host].underlay,
+            spec.block,
+            spec.mode,
+            spec.lease_ttl,
+            state_file.display(),
+            spec.cluster_extra,
+        );
+        let config_path = dir.join("router.toml");
+        std::fs::write(&config_path, config).unwrap();
+        ClusterRouter {
+            host,
+            ns: cluster.hosts[host].ns.name.clone(),
+            node: spec.node.clone(),
+            log: dir.join("router.log"),
+            dir,
+            config_path,
+            socket,
+            state_file,
+            child: None,
+        }
+    }
+
+    /// Starts the process without waiting.
+    pub fn spawn_nowait(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = KillOnDrop::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns])
+                .arg(binary("vassal-router"))
+                .args(["run", "--config"])
+                .arg(&self.config_path)
+                .env("RUST_LOG", "debug,h2=info,tonic=info,tower=info,hyper=info")
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        self.child = Some(child);
+    }
+
+    /// Waits until the control socket answers.
+    pub fn wait_ready(&self) {
+        let ready = wait_until(Duration::from_secs(20), || {
+            transport::connect(&self.socket).is_ok()
+        });
+        assert!(
+            ready,
+            "router {} did not become ready; log:\n{}",
+            self.node,
+            self.log_text()
+        );
+    }
+
+    /// Starts the process and waits until ready.
+    pub fn spawn(&mut self) {
+        self.spawn_nowait();
+        self.wait_ready();
+    }
+
+    /// Kills the process with SIGKILL (no cleanup: a dead host).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.0.kill();
+            let _ = c.0.wait();
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `vassal-router cluster` as JSON.
+    pub fn view(&self) -> serde_json::Value {
+        let out = Command::new(binary("vassal-router"))
+            .args(["cluster", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("spawn vassal-router cluster");
+        assert!(
+            out.status.success(),
+            "vassal-router cluster failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cluster view JSON")
+    }
+
+    /// This router's block (`10.240.N.0/24`).
+    pub fn block(&self) -> String {
+        self.view()["block"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The identity cache: (address, project, node), sorted.
+    pub fn identities(&self) -> Vec<(String, String, String)> {
+        let v = self.view();
+        let mut out: Vec<(String, String, String)> = v["identities"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| {
+                        (
+                            i["address"].as_str().unwrap_or_default().to_owned(),
+                            i["project"].as_str().unwrap_or_default().to_owned(),
+                            i["node"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// The nodes with a block in this router's cache: (node, block), sorted.
+    pub fn nodes(&self) -> Vec<(String, String)> {
+        let v = self.view();
+        let mut out: Vec<(String, String)> = v["blocks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|b| {
+                        (
+                            b["node"].as_str().unwrap_or_default().to_owned(),
+                            b["ipv4"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// A metric of the router's /metrics (read inside its namespace).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, crate::router_harness::PYTHON, "-c"])
+            .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9810/metrics',timeout=2).read().decode())")
+            .output()
+            .ok()?;
+        crate::metric(&String::from_utf8_lossy(&out.stdout), name, "")
+    }
+
+    /// Asks for an automatic address for `project`/`name` (protocol 2).
+    pub fn lease(&self, project: &str, name: &str) -> Response {
+        self.lease_with(project, name, false)
+    }
+
+    /// [`ClusterRouter::lease`], asking for an IPv6 address too with `ipv6`.
+    pub fn lease_with(&self, project: &str, name: &str, ipv6: bool) -> Response {
+        let conn = transport::connect(&self.socket).expect("connect to the control socket");
+        let req = Request::Lease(LeaseRequest {
+            version: PROTOCOL_VERSION,
+            project: project.to_owned(),
+            name: name.to_owned(),
+            ipv6,
+        });
+        transport::call(conn.as_fd(), &req, None).expect("lease exchange")
+    }
+}
+
+/// A test vassal attached to a cluster router: a namespace with a tun
+/// whose fd was handed over in the hello (the connection is kept).
+pub struct ClusterVassal {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its address.
+    pub addr: Ipv4Addr,
+    /// The router's answer to the hello.
+    pub answer: Response,
+    _control: Option<std::os::fd::OwnedFd>,
+}
+
+impl ClusterVassal {
+    /// Leases an address for `project`/`name`, configures a vassal with it
+    /// and attaches it: the order `vassal-launch` follows.
+    pub fn launch(router: &ClusterRouter, project: &str, name: &str) -> ClusterVassal {
+        let (addr, prefix_len) = match router.lease(project, name) {
+            Response::Leased {
+                ipv4, prefix_len, ..
+            } => (ipv4, prefix_len),
+            other => panic!("lease refused: {other:?}"),
+        };
+        let ns = Netns::new("cv");
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        let tun = create_tun_in(&ns, "vt0", libc::IFF_VNET_HDR);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/{prefix_len}"),
+            "dev",
+            "vt0",
+        ]);
+        ns.exec(&["ip", "link", "set", "vt0", "up"]);
+        ns.exec(&["ip", "route", "add", "default", "dev", "vt0"]);
+        let conn = transport::connect(&router.socket).expect("connect to the control socket");
+        let hello = Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            project: project.to_owned(),
+            ipv4: addr,
+            ipv6: None,
+            net_out: None,
+            net_in: None,
+        });
+        let answer = transport::call(conn.as_fd(), &hello, Some(tun.as_fd())).expect("hello");
+        drop(tun);
+        ClusterVassal {
+            ns,
+            addr,
+            answer,
+            _control: Some(conn),
+        }
+    }
+
+    /// Whether the router accepted it.
+    pub fn accepted(&self) -> bool {
+        matches!(self.answer, Response::Accepted { .. })
+    }
+}
