@@ -594,3 +594,28 @@ pub unsafe fn owned(fd: i32) -> OwnedFd {
     // SAFETY: upheld by the caller.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// Reads events from `sink` until `want` matches one or `timeout` passes.
+pub fn wait_event(
+    sink: &std::os::unix::net::UnixDatagram,
+    timeout: Duration,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        sink.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .max(Duration::from_millis(10)),
+        ))
+        .unwrap();
+        let Ok(n) = sink.recv(&mut buf) else { continue };
+        let event: serde_json::Value =
+            serde_json::from_slice(&buf[..n]).expect("an event is one JSON object");
+        if want(&event) {
+            return Some(event);
+        }
+    }
+    None
+}

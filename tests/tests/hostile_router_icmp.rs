@@ -10,11 +10,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
 use std::process::{ChildStdin, ChildStdout, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vassal_tests::launcher_harness::{
     in_netns_of, name, network_table, supervisor_pid, vassal_file, Launched, TempDir,
 };
-use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal, PYTHON};
+use vassal_tests::router_harness::{wait_event, RouterSpec, TestRouter, TestVassal, PYTHON};
 use vassal_tests::{wait_until, KillOnDrop, Netns, Veth};
 
 /// The python side of every test: crafted ICMP through raw sockets, and a
@@ -598,30 +598,6 @@ fn hostile_router_icmp_ttl_is_decremented_between_vassals() {
         (1.0..=200.0).contains(&exceeded),
         "{out}, {dropped} dropped"
     );
-}
-
-/// Reads events from `sink` until `want` matches one or `timeout` passes.
-fn wait_event(
-    sink: &UnixDatagram,
-    timeout: Duration,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> Option<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        sink.set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(10)),
-        ))
-        .unwrap();
-        let Ok(n) = sink.recv(&mut buf) else { continue };
-        let event: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
-        if want(&event) {
-            return Some(event);
-        }
-    }
-    None
 }
 
 /// Issue 11, item 5: a launched vassal with an IPv6 address that does

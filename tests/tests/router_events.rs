@@ -3,33 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
-use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal};
-
-/// Reads events from `sink` until `want` matches one or `timeout` passes.
-fn wait_event(
-    sink: &UnixDatagram,
-    timeout: Duration,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> Option<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        sink.set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(10)),
-        ))
-        .unwrap();
-        let Ok(n) = sink.recv(&mut buf) else { continue };
-        let event: serde_json::Value =
-            serde_json::from_slice(&buf[..n]).expect("an event is one JSON object");
-        if want(&event) {
-            return Some(event);
-        }
-    }
-    None
-}
+use std::time::Duration;
+use vassal_tests::router_harness::{wait_event, RouterSpec, TestRouter, TestVassal};
 
 #[test]
 fn router_events_spoofing_floods_and_refusals_reach_the_sink() {
