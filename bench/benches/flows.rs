@@ -21,22 +21,6 @@ const PACKETS: usize = 20_000;
 /// Flows each thread's project keeps open.
 const FLOWS: u16 = 1000;
 
-fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> PacketInfo {
-    PacketInfo {
-        src,
-        dst,
-        proto: proto::UDP,
-        src_port: sport,
-        dst_port: dport,
-        tcp_flags: 0,
-        icmp_echo_request: false,
-        icmp_echo_reply: false,
-        quoted: None,
-        transport: 20,
-        fragment: None,
-    }
-}
-
 /// What a reader does with one packet of an established flow: answer it
 /// if it is a reply, else (the rules passed it) open or refresh its flow.
 fn handle(t: &FlowTable, p: &PacketInfo, slot: u32) -> bool {
@@ -56,9 +40,9 @@ fn flows(c: &mut Criterion) {
                 .map(|i| {
                     let port = 10_000 + (i as u16 % FLOWS);
                     if i % 2 == 0 {
-                        udp(vassal, port, server, 53)
+                        PacketInfo::new(vassal, server, proto::UDP, port, 53)
                     } else {
-                        udp(server, 53, vassal, port)
+                        PacketInfo::new(server, vassal, proto::UDP, 53, port)
                     }
                 })
                 .collect()

@@ -238,6 +238,19 @@ struct Field<T> {
     span: Range<usize>,
 }
 
+/// `parse` applied to `value`, with where it was written.
+fn located<T>(
+    report: &mut Report<'_>,
+    value: &Value<'_>,
+    place: &str,
+    parse: fn(&mut Report<'_>, &Value<'_>, &str) -> Option<T>,
+) -> Option<Field<T>> {
+    parse(report, value, place).map(|parsed| Field {
+        value: parsed,
+        span: value.span(),
+    })
+}
+
 fn parse_rule(
     report: &mut Report<'_>,
     place: &str,
@@ -261,49 +274,14 @@ fn parse_rule(
         let here = format!("{place}.{field}");
         match field {
             "action" => action = parse_action(report, value, &here),
-            "src" => {
-                src = parse_net(report, value, &here).map(|v| Field {
-                    value: v,
-                    span: value.span(),
-                })
-            }
-            "dst" => {
-                dst = parse_net(report, value, &here).map(|v| Field {
-                    value: v,
-                    span: value.span(),
-                })
-            }
-            "proto" => {
-                protocol = parse_proto(report, value, &here).map(|v| Field {
-                    value: v,
-                    span: value.span(),
-                })
-            }
-            "src_port" => {
-                src_port = parse_ports(report, value, &here).map(|v| Field {
-                    value: v,
-                    span: value.span(),
-                })
-            }
-            "dst_port" => {
-                dst_port = parse_ports(report, value, &here).map(|v| Field {
-                    value: v,
-                    span: value.span(),
-                })
-            }
+            "src" => src = located(report, value, &here, parse_net),
+            "dst" => dst = located(report, value, &here, parse_net),
+            "proto" => protocol = located(report, value, &here, parse_proto),
+            "src_port" => src_port = located(report, value, &here, parse_ports),
+            "dst_port" => dst_port = located(report, value, &here, parse_ports),
             "project" => projects = parse_projects(report, value, &here),
-            "peer" => {
-                peer = parse_peer(report, value, &here).map(|v| Field {
-                    value: v,
-                    span: value.span(),
-                })
-            }
-            "peer_project" => {
-                peer_projects = parse_projects(report, value, &here).map(|v| Field {
-                    value: v,
-                    span: value.span(),
-                })
-            }
+            "peer" => peer = located(report, value, &here, parse_peer),
+            "peer_project" => peer_projects = located(report, value, &here, parse_projects),
             "log" => match value.get_ref() {
                 DeValue::Boolean(b) => log = *b,
                 _ => report.wrong_type(value, &here, "true or false"),

@@ -488,6 +488,9 @@ mod tests {
     use crate::os::tun::{self, Io};
     use crate::port::Port;
     use crate::wire::offload::VnetHdr;
+    use crate::wire::packet::proto;
+    use crate::wire::testpkt::Ip;
+    use etherparse::TcpHeader;
     use firewall_rules::RuleSet;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::net::Ipv4Addr;
@@ -582,51 +585,23 @@ mod tests {
         }
     }
 
+    /// A 36-byte UDP packet.
     fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-        let mut p = vec![0x45, 0, 0, 36, 0, 0, 0, 0, 64, 17, 0, 0];
-        p.extend_from_slice(&src);
-        p.extend_from_slice(&dst);
-        p.extend_from_slice(&sport.to_be_bytes());
-        p.extend_from_slice(&dport.to_be_bytes());
-        p.extend_from_slice(&[0, 16, 0, 0]);
-        p.extend_from_slice(b"payload!");
-        p
+        Ip::new(src, dst).udp(sport, dport, b"payload!")
     }
 
     const OPEN_OUT: &str = "[default]\nout = \"allow\"\nin = \"deny\"\n";
 
-    /// An IPv4 fragment of UDP datagram `id`: `data` at byte `offset` of
-    /// the datagram (the UDP header included in the first).
-    fn fragment(
-        src: [u8; 4],
-        dst: [u8; 4],
-        id: u16,
-        offset: u16,
-        more: bool,
-        data: &[u8],
-    ) -> Vec<u8> {
-        let total = (20 + data.len()) as u16;
-        let flags = (offset / 8) | if more { 0x2000 } else { 0 };
-        let mut p = vec![0x45, 0];
-        p.extend_from_slice(&total.to_be_bytes());
-        p.extend_from_slice(&id.to_be_bytes());
-        p.extend_from_slice(&flags.to_be_bytes());
-        p.extend_from_slice(&[64, 17, 0, 0]);
-        p.extend_from_slice(&src);
-        p.extend_from_slice(&dst);
-        p.extend_from_slice(data);
-        p
-    }
-
     /// The three fragments of a 40-byte UDP datagram `sport` -> `dport`.
     fn train(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, id: u16) -> [Vec<u8>; 3] {
-        let mut first = sport.to_be_bytes().to_vec();
-        first.extend_from_slice(&dport.to_be_bytes());
-        first.extend_from_slice(&[0, 40, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let ip = Ip::new(src, dst);
+        let data = [&[1, 2, 3, 4, 5, 6, 7, 8][..], &[7; 16], &[8; 8]].concat();
+        let datagram = ip.udp(sport, dport, &data);
+        let udp = &datagram[20..];
         [
-            fragment(src, dst, id, 0, true, &first),
-            fragment(src, dst, id, 16, true, &[7; 16]),
-            fragment(src, dst, id, 32, false, &[8; 8]),
+            ip.fragment(id, 0, true).raw(proto::UDP, &udp[..16]),
+            ip.fragment(id, 16, true).raw(proto::UDP, &udp[16..32]),
+            ip.fragment(id, 32, false).raw(proto::UDP, &udp[32..]),
         ]
     }
 
@@ -665,7 +640,8 @@ mod tests {
         let [first, ..] = train(me, 4000, net, 53, 4);
         b.send(&v, &first);
         assert_eq!(received(&b.host_peer), Some(first));
-        b.send(&v, &fragment(me, net, 4, 8, false, &[0; 16]));
+        let overlap = Ip::new(me, net).fragment(4, 8, false);
+        b.send(&v, &overlap.raw(proto::UDP, &[0; 16]));
         assert_eq!(received(&b.host_peer), None);
         assert_eq!(c.dropped(DropReason::Fragment), 4);
         // An unsolicited train from the host: the first is denied by the
@@ -914,13 +890,7 @@ mod tests {
 
     /// A port unreachable from `src` to `dst` quoting `quoted`.
     fn unreachable(src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
-        let total = 20 + 8 + quoted.len();
-        let mut p = vec![0x45, 0, 0, total as u8, 0, 0, 0, 0, 64, 1, 0, 0];
-        p.extend_from_slice(&src);
-        p.extend_from_slice(&dst);
-        p.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
-        p.extend_from_slice(quoted);
-        p
+        Ip::new(src, dst).icmp(3, 3, [0; 4], quoted)
     }
 
     #[test]
@@ -952,11 +922,13 @@ mod tests {
         let b = bench(OPEN_OUT, "");
         let (v, _) = b.vassal("alice", 2);
         // A router solicitation: fe80::1 -> ff02::2, ICMPv6 133.
-        let mut rs = vec![0x60, 0, 0, 0, 0, 8, 58, 255];
-        rs.extend_from_slice(&"fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        rs.extend_from_slice(&"ff02::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        rs.extend_from_slice(&[133, 0, 0, 0, 0, 0, 0, 0]);
-        b.send(&v, &rs);
+        let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            ("fe80::1".parse().unwrap(), "ff02::2".parse().unwrap());
+        let rs = Ip {
+            ttl: 255,
+            ..Ip::new(src, dst)
+        };
+        b.send(&v, &rs.icmp(133, 0, [0; 4], &[]));
         let c = &v.project.counters;
         assert_eq!(
             (
@@ -1013,31 +985,16 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A TCP super-packet of `segments` full 1000-byte segments (plus a
-    /// short one) from `src` to `dst`, with its vnet header.
+    /// A TCP super-packet of three full 1000-byte segments (plus a short
+    /// one) from `src` to `dst`, with its vnet header.
     fn super_packet(src: [u8; 4], dst: [u8; 4]) -> (VnetHdr, Vec<u8>) {
-        let data = 3 * 1000 + 10;
-        let total = 20 + 20 + data;
-        let mut p = vec![
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            1,
-            0x40,
-            0,
-            64,
-            6,
-            0,
-            0,
-        ];
-        p.extend_from_slice(&src);
-        p.extend_from_slice(&dst);
-        p.extend_from_slice(&[
-            0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 1, 0, 0, 0, 0, 0,
-        ]);
-        p.resize(total, 7);
+        let mut tcp = TcpHeader::new(40000, 5201, 1, 256);
+        (tcp.ack, tcp.acknowledgment_number, tcp.psh) = (true, 1, true);
+        let p = Ip {
+            id: 1,
+            ..Ip::new(src, dst)
+        }
+        .tcp(tcp, &[7; 3 * 1000 + 10]);
         let hdr = VnetHdr {
             flags: 1,
             gso_type: 1,

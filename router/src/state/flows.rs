@@ -602,19 +602,13 @@ mod tests {
     }
 
     fn udp(src: &str, sp: u16, dst: &str, dp: u16) -> PacketInfo {
-        PacketInfo {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            proto: proto::UDP,
-            src_port: sp,
-            dst_port: dp,
-            tcp_flags: 0,
-            icmp_echo_request: false,
-            icmp_echo_reply: false,
-            quoted: None,
-            transport: 20,
-            fragment: None,
-        }
+        PacketInfo::new(
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            proto::UDP,
+            sp,
+            dp,
+        )
     }
 
     #[test]

@@ -283,17 +283,14 @@ mod tests {
             more,
         };
         let p = PacketInfo {
-            src: src.parse().unwrap(),
-            dst: "203.0.113.1".parse().unwrap(),
-            proto: proto::UDP,
-            src_port: 0,
-            dst_port: 0,
-            tcp_flags: 0,
-            icmp_echo_request: false,
-            icmp_echo_reply: false,
-            quoted: None,
-            transport: 0,
             fragment: Some(f),
+            ..PacketInfo::new(
+                src.parse().unwrap(),
+                "203.0.113.1".parse().unwrap(),
+                proto::UDP,
+                0,
+                0,
+            )
         };
         (p, f)
     }

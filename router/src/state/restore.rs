@@ -106,19 +106,8 @@ mod tests {
         let registry = Registry::new(10);
         let alice = registry.project("alice");
         flows.ensure_slot(alice.slot, &alice.name);
-        let mut out = PacketInfo {
-            src: "10.9.0.2".parse().unwrap(),
-            dst: "203.0.113.1".parse().unwrap(),
-            proto: proto::UDP,
-            src_port: 4000,
-            dst_port: 53,
-            tcp_flags: 0,
-            icmp_echo_request: false,
-            icmp_echo_reply: false,
-            quoted: None,
-            transport: 20,
-            fragment: None,
-        };
+        let (vassal, server) = ("10.9.0.2".parse().unwrap(), "203.0.113.1".parse().unwrap());
+        let mut out = PacketInfo::new(vassal, server, proto::UDP, 4000, 53);
         flows.open(&out, alice.slot).unwrap();
         out.src_port = 4001;
         flows.open(&out, alice.slot).unwrap();
@@ -200,19 +189,8 @@ mod tests {
         let alice = registry.project("alice");
         assert_eq!((flows.count(alice.slot), flows.count(bob.slot)), (3, 2));
         // A restored flow lets its reply through.
-        let reply = PacketInfo {
-            src: "203.0.113.1".parse().unwrap(),
-            dst: "10.9.0.3".parse().unwrap(),
-            proto: proto::UDP,
-            src_port: 53,
-            dst_port: 2,
-            tcp_flags: 0,
-            icmp_echo_request: false,
-            icmp_echo_reply: false,
-            quoted: None,
-            transport: 20,
-            fragment: None,
-        };
+        let (server, vassal) = ("203.0.113.1".parse().unwrap(), "10.9.0.3".parse().unwrap());
+        let reply = PacketInfo::new(server, vassal, proto::UDP, 53, 2);
         flows.tick(129);
         assert!(flows.is_reply(&reply));
     }

@@ -202,16 +202,17 @@ fn fold(mut acc: u32) -> u16 {
 mod tests {
     use super::*;
     use crate::wire::packet::{parse, Quoted};
+    use crate::wire::testpkt::Ip;
+    use std::net::Ipv6Addr;
 
+    /// Between two vassals, `ttl` hops left.
     fn udp4(ttl: u8) -> Vec<u8> {
-        let mut p = vec![
-            0x45, 0, 0, 36, 0x12, 0x34, 0x40, 0, ttl, 17, 0, 0, 10, 9, 0, 2, 10, 9, 0, 3, 0x13,
-            0x88, 0, 7, 0, 16, 0, 0,
-        ];
-        p.extend_from_slice(b"payload!");
-        let c = !fold(sum(&p[..20], 0));
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        p
+        let ip = Ip {
+            ttl,
+            id: 0x1234,
+            ..Ip::new([10, 9, 0, 2], [10, 9, 0, 3])
+        };
+        ip.udp(5000, 7, b"payload!")
     }
 
     #[test]
@@ -225,8 +226,11 @@ mod tests {
             assert_eq!(hop_limit(&q), ttl - 1);
             assert_eq!(fold(sum(&q[..20], 0)), 0xffff, "ttl {ttl}");
         }
-        let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 17, 9];
-        v6.resize(48, 0);
+        let v6 = Ip {
+            ttl: 9,
+            ..Ip::new(Ipv6Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED)
+        }
+        .raw(17, &[0; 8]);
         let mut head = [0u8; HOP_HEAD];
         assert_eq!(decrement(&v6, &mut head), 8);
         assert_eq!(head[7], 8);

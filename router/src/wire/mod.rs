@@ -6,3 +6,5 @@ pub mod frame;
 pub mod icmp;
 pub mod offload;
 pub mod packet;
+#[cfg(test)]
+pub mod testpkt;

@@ -412,9 +412,9 @@ fn fold(mut acc: u64) -> u16 {
 mod tests {
     use super::*;
     use crate::wire::packet;
-    use etherparse::{
-        IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, TcpOptionElement,
-    };
+    use crate::wire::testpkt::Ip;
+    use etherparse::{TcpHeader, TcpOptionElement};
+    use std::net::Ipv6Addr;
 
     /// TCP header fields a test varies.
     #[derive(Clone, Copy)]
@@ -439,32 +439,26 @@ mod tests {
         h
     }
 
-    /// An IPv4 TCP packet built by etherparse, checksums complete.
+    /// An IPv4 TCP packet, checksums complete.
     fn v4(id: u16, t: Tcp, payload: &[u8]) -> Vec<u8> {
-        let mut tcp = tcp_header(t);
-        let len = (tcp.header_len() + payload.len()) as u16;
-        let mut ip = Ipv4Header::new(len, 64, IpNumber::TCP, [10, 9, 0, 2], [10, 9, 0, 1]).unwrap();
-        ip.identification = id;
-        ip.dont_fragment = true;
-        ip.header_checksum = ip.calc_header_checksum();
-        tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).unwrap();
-        [&ip.to_bytes()[..], &tcp.to_bytes()[..], payload].concat()
+        let ip = Ip {
+            id,
+            ..Ip::new([10, 9, 0, 2], [10, 9, 0, 1])
+        };
+        ip.tcp(tcp_header(t), payload)
     }
 
     /// The same over IPv6.
     fn v6(t: Tcp, payload: &[u8]) -> Vec<u8> {
-        let mut tcp = tcp_header(t);
-        let ip = Ipv6Header {
-            traffic_class: 0,
-            flow_label: Ipv6FlowLabel::try_new(5).unwrap(),
-            payload_length: (tcp.header_len() + payload.len()) as u16,
-            next_header: IpNumber::TCP,
-            hop_limit: 64,
-            source: [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-            destination: [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "fd00:200::2".parse().unwrap(),
+            "fd00:200::1".parse().unwrap(),
+        );
+        let ip = Ip {
+            flow_label: 5,
+            ..Ip::new(src, dst)
         };
-        tcp.checksum = tcp.calc_checksum_ipv6(&ip, payload).unwrap();
-        [&ip.to_bytes()[..], &tcp.to_bytes()[..], payload].concat()
+        ip.tcp(tcp_header(t), payload)
     }
 
     fn gso(gso_type: u8, gso_size: u16) -> VnetHdr {
@@ -699,10 +693,7 @@ mod tests {
             Err(OffloadError::TcpHeader)
         );
         // UDP with TCP segmentation.
-        let udp = [
-            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 9, 0, 2, 10, 9, 0, 1, 0, 1, 0, 2, 0, 8,
-            0, 0,
-        ];
+        let udp = Ip::new([10, 9, 0, 2], [10, 9, 0, 1]).udp(1, 2, &[]);
         let on_udp = VnetHdr {
             csum_offset: 6,
             ..gso(GSO_TCPV4, 1400)

@@ -72,6 +72,28 @@ pub struct PacketInfo {
     pub fragment: Option<Fragment>,
 }
 
+impl PacketInfo {
+    /// A whole packet of `proto` between two ports (or echo identifiers)
+    /// and nothing more: no flags, quote or fragment. The parser starts
+    /// from it; tests and benchmarks of the flow table build their packets
+    /// with it.
+    pub fn new(src: IpAddr, dst: IpAddr, proto: u8, src_port: u16, dst_port: u16) -> Self {
+        PacketInfo {
+            src,
+            dst,
+            proto,
+            src_port,
+            dst_port,
+            tcp_flags: 0,
+            icmp_echo_request: false,
+            icmp_echo_reply: false,
+            quoted: None,
+            transport: 0,
+            fragment: None,
+        }
+    }
+}
+
 /// The fragment fields of a packet that is part of a fragmented datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fragment {
@@ -155,17 +177,9 @@ fn parse_v4(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
         &[][..]
     };
     let mut info = PacketInfo {
-        src: IpAddr::V4(src),
-        dst: IpAddr::V4(dst),
-        proto,
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        icmp_echo_request: false,
-        icmp_echo_reply: false,
-        quoted: None,
         transport: if frag_offset == 0 { ihl } else { 0 },
         fragment,
+        ..PacketInfo::new(IpAddr::V4(src), IpAddr::V4(dst), proto, 0, 0)
     };
     transport_fields(&mut info, transport, frag_offset == 0)?;
     Ok(info)
@@ -228,18 +242,11 @@ fn parse_v6(pkt: &[u8]) -> Result<PacketInfo, Malformed> {
             return Err(Malformed::Truncated);
         }
     }
+    let (src, dst) = (Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into());
     let mut info = PacketInfo {
-        src: IpAddr::V6(Ipv6Addr::from(src)),
-        dst: IpAddr::V6(Ipv6Addr::from(dst)),
-        proto: next,
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        icmp_echo_request: false,
-        icmp_echo_reply: false,
-        quoted: None,
         transport: if first_fragment { offset } else { 0 },
         fragment,
+        ..PacketInfo::new(src, dst, next, 0, 0)
     };
     let transport = if first_fragment {
         &pkt[offset..]
@@ -352,48 +359,32 @@ fn quoted(q: &[u8]) -> Option<Quoted> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::testpkt::Ip;
+    use etherparse::TcpHeader;
 
-    fn v4(proto: u8, payload: &[u8]) -> Vec<u8> {
-        let total = 20 + payload.len();
-        let mut p = vec![
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            0,
-            0x40,
-            0,
-            64,
-            proto,
-            0,
-            0,
-        ];
-        p.extend_from_slice(&[10, 200, 0, 2, 203, 0, 113, 9]);
-        p.extend_from_slice(payload);
-        p
+    /// From a vassal to the internet.
+    fn v4() -> Ip {
+        Ip::new([10, 200, 0, 2], [203, 0, 113, 9])
     }
 
     #[test]
     fn parses_v4_udp_tcp_icmp() {
-        let udp = v4(17, &[0x30, 0x39, 0, 53, 0, 8, 0, 0]);
-        let i = parse(&udp).unwrap();
+        let i = parse(&v4().udp(12345, 53, &[])).unwrap();
         assert_eq!(i.src, "10.200.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(i.dst, "203.0.113.9".parse::<IpAddr>().unwrap());
         assert_eq!((i.proto, i.src_port, i.dst_port), (17, 12345, 53));
 
-        let mut tcp_hdr = [0u8; 20];
-        tcp_hdr[..4].copy_from_slice(&[0, 80, 0x1f, 0x90]);
-        tcp_hdr[13] = TCP_FIN;
-        let i = parse(&v4(6, &tcp_hdr)).unwrap();
+        let mut fin = TcpHeader::new(80, 8080, 0, 0);
+        fin.fin = true;
+        let i = parse(&v4().tcp(fin, &[])).unwrap();
         assert_eq!((i.src_port, i.dst_port, i.tcp_flags), (80, 8080, TCP_FIN));
 
-        let i = parse(&v4(1, &[8, 0, 0, 0, 0x12, 0x34, 0, 1])).unwrap();
+        let i = parse(&v4().icmp(8, 0, [0x12, 0x34, 0, 1], &[])).unwrap();
         assert_eq!(
             (i.src_port, i.dst_port, i.icmp_echo_request),
             (0x1234, 0x1234, true)
         );
-        let i = parse(&v4(1, &[3, 1, 0, 0, 0, 0, 0, 0])).unwrap();
+        let i = parse(&v4().icmp(3, 1, [0; 4], &[])).unwrap();
         assert_eq!((i.src_port, i.icmp_echo_request), (0, false));
     }
 
@@ -402,11 +393,11 @@ mod tests {
         assert_eq!(parse(&[]), Err(Malformed::Version));
         assert_eq!(parse(&[0x55; 40]), Err(Malformed::Version));
         assert_eq!(parse(&[0x45; 10]), Err(Malformed::Truncated));
-        let mut short_udp = v4(17, &[0, 1, 0, 2]);
+        let mut short_udp = v4().raw(17, &[0, 1, 0, 2]);
         assert_eq!(parse(&short_udp), Err(Malformed::Truncated));
         short_udp.push(0);
         assert_eq!(parse(&short_udp), Err(Malformed::Length));
-        let mut bad_ihl = v4(17, &[0; 8]);
+        let mut bad_ihl = v4().raw(17, &[0; 8]);
         bad_ihl[0] = 0x4f;
         assert_eq!(parse(&bad_ihl), Err(Malformed::Truncated));
     }
@@ -414,24 +405,24 @@ mod tests {
     #[test]
     fn icmp_errors_quote_their_flow() {
         // port unreachable quoting a UDP packet 10.200.0.2:5353 -> 203.0.113.9:53
-        let quoted_pkt = v4(17, &[0x14, 0xe9, 0, 53, 0, 8, 0, 0]);
-        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-        icmp.extend_from_slice(&quoted_pkt);
-        let i = parse(&v4(1, &icmp)).unwrap();
+        let quoted_pkt = v4().udp(5353, 53, &[]);
+        let i = parse(&v4().icmp(3, 3, [0; 4], &quoted_pkt)).unwrap();
         let q = i.quoted.unwrap();
         assert_eq!((q.proto, q.src_port, q.dst_port), (17, 5353, 53));
         assert_eq!(q.src, "10.200.0.2".parse::<IpAddr>().unwrap());
         // a quote too short to hold ports relates to nothing, but parses
-        let i = parse(&v4(1, &[3, 3, 0, 0, 0, 0, 0, 0, 0x45, 0])).unwrap();
+        let i = parse(&v4().icmp(3, 3, [0; 4], &[0x45, 0])).unwrap();
         assert_eq!(i.quoted, None);
     }
 
+    /// From a vassal to the IPv6 internet: `payload` after the fixed
+    /// header, `next` its first header.
     fn v6(next: u8, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x60, 0, 0, 0, 0, payload.len() as u8, next, 64];
-        p.extend_from_slice(&"fd00:200::2".parse::<Ipv6Addr>().unwrap().octets());
-        p.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
-        p.extend_from_slice(payload);
-        p
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "fd00:200::2".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        );
+        Ip::new(src, dst).raw(next, payload)
     }
 
     #[test]
@@ -456,11 +447,10 @@ mod tests {
 
     #[test]
     fn v4_fragments_carry_their_place_in_the_datagram() {
-        let mut first = v4(
+        let first = v4().fragment(0xbeef, 0, true).raw(
             17,
             &[0x30, 0x39, 0, 53, 0x0f, 0xa8, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
         );
-        first[4..8].copy_from_slice(&[0xbe, 0xef, 0x20, 0]); // MF, offset 0
         let i = parse(&first).unwrap();
         assert_eq!((i.src_port, i.dst_port), (12345, 53));
         let f = i.fragment.unwrap();
@@ -469,8 +459,7 @@ mod tests {
             (0xbeef, 17, 0, 16, true)
         );
         assert!(f.is_first());
-        let mut later = v4(17, &[9; 24]);
-        later[4..8].copy_from_slice(&[0xbe, 0xef, 0, 2]); // offset 16, last
+        let later = v4().fragment(0xbeef, 16, false).raw(17, &[9; 24]);
         let i = parse(&later).unwrap();
         assert_eq!((i.src_port, i.dst_port, i.transport), (0, 0, 0));
         let f = i.fragment.unwrap();
@@ -479,14 +468,15 @@ mod tests {
             (16, 24, false, false)
         );
         // DF alone is no fragment
-        assert_eq!(parse(&v4(17, &[0; 8])).unwrap().fragment, None);
+        assert!(v4().df);
+        assert_eq!(parse(&v4().raw(17, &[0; 8])).unwrap().fragment, None);
         // a first fragment too short for its TCP header (RFC 1858 tiny
         // fragment) is refused
-        let mut tiny = v4(6, &[0, 80, 0, 80, 0, 0, 0, 1]);
-        tiny[6] = 0x20;
+        let tiny = v4()
+            .fragment(0, 0, true)
+            .raw(6, &[0, 80, 0, 80, 0, 0, 0, 1]);
         assert_eq!(parse(&tiny), Err(Malformed::Truncated));
     }
-
     #[test]
     fn v6_fragments_stop_the_header_walk_after_the_first() {
         // A non-first fragment whose fragment header names destination
