@@ -87,6 +87,21 @@ pub fn report(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// `vassal-launch run --config FILE --report REPORT` (the report in
+/// `dir`): the output and the report.
+pub fn run_reported(dir: &TempDir, file: &std::path::Path) -> (Output, serde_json::Value) {
+    let rep = dir.0.join("report.json");
+    let out = launch(&[
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    let r = report(&rep);
+    (out, r)
+}
+
 /// Whether any cgroup directory or state file of vassal `name` is left.
 pub fn leftovers(name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();

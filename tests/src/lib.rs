@@ -212,6 +212,8 @@ impl Drop for Netns {
 pub struct Veth {
     /// The host-side interface name.
     pub host: String,
+    /// The name of the end in the namespace.
+    pub peer: String,
 }
 
 impl Veth {
@@ -223,11 +225,11 @@ impl Veth {
         ip(&[
             "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns.name,
         ]);
-        let veth = Veth { host };
+        let veth = Veth { host, peer };
         ip(&["addr", "add", host_cidr, "dev", &veth.host]);
         ip(&["link", "set", &veth.host, "up"]);
-        ns.exec(&["ip", "addr", "add", ns_cidr, "dev", &peer]);
-        ns.exec(&["ip", "link", "set", &peer, "up"]);
+        ns.exec(&["ip", "addr", "add", ns_cidr, "dev", &veth.peer]);
+        ns.exec(&["ip", "link", "set", &veth.peer, "up"]);
         veth
     }
 }

@@ -4,7 +4,7 @@
 //! Each router gets a unique device, /24 subnet (and IPv6 /64), control
 //! socket and metrics port, so tests run in parallel.
 
-use crate::{binary, run, unique, wait_until, KillOnDrop, Netns};
+use crate::{binary, ip, run, unique, wait_until, KillOnDrop, Netns, Veth};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -214,6 +214,22 @@ impl TestRouter {
             "vassal_dropped_packets_total",
             &format!("project=\"{project}\",reason=\"{reason}\""),
         )
+    }
+
+    /// `vassal-router stats --json`: one object a project.
+    pub fn stats(&self) -> Vec<serde_json::Value> {
+        let socket = self.socket.to_str().expect("a UTF-8 socket path");
+        let out = self.cli(&["stats", "--json", "--socket", socket]);
+        assert!(out.status.success(), "stats: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("stats --json prints a list")
+    }
+
+    /// The stats object of `project`.
+    pub fn stats_of(&self, project: &str) -> serde_json::Value {
+        self.stats()
+            .into_iter()
+            .find(|p| p["project"] == project)
+            .unwrap_or_else(|| panic!("{project} not in stats"))
     }
 
     /// Runs `vassal-router ARGS` (a CLI subcommand) and returns its output.
@@ -574,6 +590,14 @@ pub fn as_uid(uid: u32, f: impl FnOnce() -> i32 + Send + 'static) -> i32 {
     })
     .join()
     .expect("the as_uid thread panicked")
+}
+
+/// Makes the "internet" behind `veth` dual-stack: `host6` on the host's
+/// end, `far6` on the end in `ns` (each with its prefix length), usable at
+/// once (no duplicate address detection).
+pub fn add_ipv6(ns: &Netns, veth: &Veth, host6: &str, far6: &str) {
+    ip(&["-6", "addr", "add", host6, "dev", &veth.host, "nodad"]);
+    ns.exec(&["ip", "-6", "addr", "add", far6, "dev", &veth.peer, "nodad"]);
 }
 
 /// Raw `ip` in the host, ignoring failure (cleanup).

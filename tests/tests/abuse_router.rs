@@ -7,7 +7,7 @@
 
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vassal_tests::launcher_harness::{
@@ -117,16 +117,8 @@ fn process_alive(pid: u32) -> bool {
 /// `vassal-router stats --json`: project name to its stats object, each
 /// project listed once.
 fn stats(router: &TestRouter) -> BTreeMap<String, serde_json::Value> {
-    let out = router.cli(&[
-        "stats",
-        "--json",
-        "--socket",
-        router.socket.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "stats: {out:?}");
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let mut map = BTreeMap::new();
-    for p in list {
+    for p in router.stats() {
         let name = p["project"].as_str().unwrap().to_owned();
         assert!(map.insert(name.clone(), p).is_none(), "{name} listed twice");
     }
@@ -710,11 +702,7 @@ fn abuse_rule_reloads_under_load_drop_no_allowed_traffic() {
         Some(format!("{} True", sent[1]).as_str()),
         "the TCP stream was cut or corrupted"
     );
-    let s = {
-        let out = router.cli(&["stats", "--json", "--socket", &socket]);
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        list.into_iter().find(|p| p["project"] == "alice").unwrap()
-    };
+    let s = router.stats_of("alice");
     assert!(
         s["dropped"].as_object().unwrap().values().all(|n| n == 0),
         "the router dropped some of alice's packets: {s}"
@@ -887,46 +875,87 @@ fn icmp_listener(addr: &str) -> String {
     )
 }
 
-/// Runs `server` (a python script taking the trigger path) with `runner`,
-/// then `client` in vassal `v`; once the server has the client's hello,
-/// stops the router with `restart`, starts it again and re-attaches
-/// `vassals` (`v` among them), then lets the server speak. Returns what
-/// the client got (`push`, or `timeout` when the router denied it).
+/// A router for the restart tests: [`RESTART_RULES`], NAT through
+/// `egress` when given.
+fn restart_router(egress: Option<&str>) -> TestRouter {
+    TestRouter::start(&RouterSpec {
+        rules: Some(RESTART_RULES.into()),
+        nat: egress.map(|e| Some(e.to_owned())),
+        ..Default::default()
+    })
+}
+
+/// A connection whose server has had its client's hello and speaks next,
+/// when told to.
+struct Conversation {
+    trigger: PathBuf,
+    client: std::process::Child,
+    _server: KillOnDrop,
+}
+
+impl Conversation {
+    /// Runs `server` (a python script taking the trigger path) with
+    /// `runner`, then `client` in `client_ns`, and waits for the hello.
+    fn start(
+        router: &TestRouter,
+        mut runner: Command,
+        server: &str,
+        client_ns: &Netns,
+        client: &str,
+    ) -> Conversation {
+        let trigger = router.dir.join("push");
+        let _ = std::fs::remove_file(&trigger);
+        let server_log = router.dir.join("server.log");
+        let server = KillOnDrop::spawn(
+            runner
+                .args(["-c", server])
+                .arg(&trigger)
+                .stdout(std::fs::File::create(&server_log).unwrap()),
+        );
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&server_log).is_ok_and(|t| t.starts_with("ready"))
+        }));
+        let client = client_ns
+            .command(PYTHON)
+            .args(["-c", client])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                std::fs::read_to_string(&server_log).is_ok_and(|t| t.contains("hello"))
+            }),
+            "the client's hello never reached the server"
+        );
+        Conversation {
+            trigger,
+            client,
+            _server: server,
+        }
+    }
+
+    /// Lets the server speak; what the client got (`push`, or `timeout`
+    /// when the router denied it).
+    fn push(self) -> String {
+        std::fs::write(&self.trigger, "").unwrap();
+        let out = self.client.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// Starts a [`Conversation`] of `server` (run by `runner`) and `client`
+/// (in the first of `vassals`), stops the router with `restart`, starts it
+/// again and re-attaches `vassals`, then lets the server speak. Returns
+/// what the client got.
 fn remote_speaks_after_restart(
     router: &mut TestRouter,
     runner: Command,
     server: &str,
     client: &str,
     vassals: &mut [&mut TestVassal],
-    client_vassal: usize,
     restart: Signal,
 ) -> String {
-    let trigger = router.dir.join("push");
-    let _ = std::fs::remove_file(&trigger);
-    let server_log = router.dir.join("server.log");
-    let mut runner = runner;
-    let _server = KillOnDrop::spawn(
-        runner
-            .args(["-c", server])
-            .arg(&trigger)
-            .stdout(std::fs::File::create(&server_log).unwrap()),
-    );
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(&server_log).is_ok_and(|t| t.starts_with("ready"))
-    }));
-    let client = vassals[client_vassal]
-        .ns
-        .command(PYTHON)
-        .args(["-c", client])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            std::fs::read_to_string(&server_log).is_ok_and(|t| t.contains("hello"))
-        }),
-        "the client's hello never reached the server"
-    );
+    let talk = Conversation::start(router, runner, server, &vassals[0].ns, client);
     let clean = router.stop(restart);
     assert!(restart != Signal::SIGTERM || clean, "{}", router.log_text());
     router.spawn();
@@ -936,9 +965,19 @@ fn remote_speaks_after_restart(
             other => panic!("re-attach refused: {other:?}"),
         }
     }
-    std::fs::write(&trigger, "").unwrap();
-    let out = client.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    talk.push()
+}
+
+/// Asserts that alice's client got the server's push after the restart.
+fn assert_pushed(got: &str, router: &TestRouter) {
+    assert_eq!(
+        got,
+        "push",
+        "the server's push after the restart never reached the vassal; the router denied \
+         {} of its packets\n{}",
+        router.dropped("alice", "firewall"),
+        router.log_text()
+    );
 }
 
 /// Formerly a BUG (found writing issue #6's tests): a TCP connection a
@@ -951,10 +990,7 @@ fn remote_speaks_after_restart(
 /// starting router restores it, charged to the same project.
 #[test]
 fn abuse_router_restart_keeps_connections_where_the_remote_side_speaks_next() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RESTART_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = restart_router(None);
     let gw = router.gateway().to_string();
     let mut v = TestVassal::attach(&router, "alice", 2);
     let got = remote_speaks_after_restart(
@@ -963,16 +999,9 @@ fn abuse_router_restart_keeps_connections_where_the_remote_side_speaks_next() {
         &tcp_pusher(&gw),
         &tcp_listener(&gw),
         &mut [&mut v],
-        0,
         Signal::SIGKILL,
     );
-    assert_eq!(
-        got,
-        "push",
-        "the server's push after the restart never reached the vassal; the router denied \
-         {} of its segments",
-        router.dropped("alice", "firewall")
-    );
+    assert_pushed(&got, &router);
     assert!(router.log_text().contains("flows restored"));
     // Charged to the same project: the flow counts for alice.
     assert!(wait_until(Duration::from_secs(3), || router
@@ -984,10 +1013,7 @@ fn abuse_router_restart_keeps_connections_where_the_remote_side_speaks_next() {
 /// what an upgrade does.
 #[test]
 fn abuse_router_clean_stop_and_start_keeps_connections_where_the_remote_side_speaks_next() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RESTART_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = restart_router(None);
     let gw = router.gateway().to_string();
     let mut v = TestVassal::attach(&router, "alice", 2);
     let got = remote_speaks_after_restart(
@@ -996,20 +1022,16 @@ fn abuse_router_clean_stop_and_start_keeps_connections_where_the_remote_side_spe
         &tcp_pusher(&gw),
         &tcp_listener(&gw),
         &mut [&mut v],
-        0,
         Signal::SIGTERM,
     );
-    assert_eq!(got, "push", "{}", router.log_text());
+    assert_pushed(&got, &router);
 }
 
 /// A vassal's UDP "connection" to the host survives a SIGKILL: the host's
 /// datagram after the restart is a reply.
 #[test]
 fn abuse_router_restart_keeps_udp_flows_to_the_host() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RESTART_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = restart_router(None);
     let gw = router.gateway().to_string();
     let mut v = TestVassal::attach(&router, "alice", 2);
     let got = remote_speaks_after_restart(
@@ -1018,15 +1040,9 @@ fn abuse_router_restart_keeps_udp_flows_to_the_host() {
         &udp_pusher(&gw),
         &udp_listener(&gw),
         &mut [&mut v],
-        0,
         Signal::SIGKILL,
     );
-    assert_eq!(
-        got,
-        "push",
-        "denied: {}",
-        router.dropped("alice", "firewall")
-    );
+    assert_pushed(&got, &router);
 }
 
 /// Vassal to internet, through NAT: alice's TCP connection to a server
@@ -1034,125 +1050,73 @@ fn abuse_router_restart_keeps_udp_flows_to_the_host() {
 #[test]
 fn abuse_router_restart_keeps_connections_to_the_internet() {
     let internet = Internet::new(&std::env::temp_dir());
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RESTART_RULES.into()),
-        nat: Some(Some(internet.veth.host.clone())),
-        ..Default::default()
-    });
+    let mut router = restart_router(Some(&internet.veth.host));
     let mut v = TestVassal::attach(&router, "alice", 2);
-    let runner = internet._ns.command(PYTHON);
     let got = remote_speaks_after_restart(
         &mut router,
-        runner,
+        internet._ns.command(PYTHON),
         &tcp_pusher("0.0.0.0").replace("7700", "7702"),
         &tcp_listener(&internet.server).replace("7700", "7702"),
         &mut [&mut v],
-        0,
         Signal::SIGKILL,
     );
-    assert_eq!(
-        got,
-        "push",
-        "denied: {}",
-        router.dropped("alice", "firewall")
-    );
+    assert_pushed(&got, &router);
 }
 
 /// Vassal to vassal: alice's TCP connection to bob survives a SIGKILL;
 /// bob speaks next, through alice's in chain (default deny).
 #[test]
 fn abuse_router_restart_keeps_connections_between_vassals() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RESTART_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = restart_router(None);
     let mut alice = TestVassal::attach(&router, "alice", 2);
     let mut bob = TestVassal::attach(&router, "bob", 3);
     let bob_addr = router.addr(3).to_string();
-    let runner = bob.ns.command(PYTHON);
     let got = remote_speaks_after_restart(
         &mut router,
-        runner,
+        bob.ns.command(PYTHON),
         &tcp_pusher(&bob_addr),
         &tcp_listener(&bob_addr),
         &mut [&mut alice, &mut bob],
-        0,
         Signal::SIGKILL,
     );
-    assert_eq!(
-        got,
-        "push",
-        "denied: {}",
-        router.dropped("alice", "firewall")
-    );
+    assert_pushed(&got, &router);
 }
 
 /// Vassal to vassal, ICMP echo: alice's echo request before a SIGKILL,
 /// bob's reply (his kernel's answer turned off, sent by hand) after it.
 #[test]
 fn abuse_router_restart_keeps_icmp_echo_flows_between_vassals() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RESTART_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = restart_router(None);
     let mut alice = TestVassal::attach(&router, "alice", 2);
     let mut bob = TestVassal::attach(&router, "bob", 3);
-    assert!(bob
-        .ns
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.icmp_echo_ignore_all=1"])
-        .status()
-        .unwrap()
-        .success());
+    bob.ns
+        .exec(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
     let bob_addr = router.addr(3).to_string();
-    let runner = bob.ns.command(PYTHON);
     let got = remote_speaks_after_restart(
         &mut router,
-        runner,
+        bob.ns.command(PYTHON),
         &icmp_pusher(),
         &icmp_listener(&bob_addr),
         &mut [&mut alice, &mut bob],
-        0,
         Signal::SIGKILL,
     );
-    assert_eq!(
-        got,
-        "push",
-        "denied: {}",
-        router.dropped("alice", "firewall")
-    );
+    assert_pushed(&got, &router);
 }
 
 /// A state file planted by another user (here: owned by nobody) is not
 /// read: a flow in it is not restored, the server's push is denied.
 #[test]
 fn abuse_router_restart_does_not_trust_a_state_file_of_another_user() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RESTART_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = restart_router(None);
     let gw = router.gateway().to_string();
     let mut v = TestVassal::attach(&router, "alice", 2);
-    let trigger = router.dir.join("push");
-    let server_log = router.dir.join("server.log");
-    let _server = KillOnDrop::spawn(
-        Command::new(PYTHON)
-            .args(["-c", &tcp_pusher(&gw)])
-            .arg(&trigger)
-            .stdout(std::fs::File::create(&server_log).unwrap()),
+    let talk = Conversation::start(
+        &router,
+        Command::new(PYTHON),
+        &tcp_pusher(&gw),
+        &v.ns,
+        &tcp_listener(&gw),
     );
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(&server_log).is_ok_and(|t| t.starts_with("ready"))
-    }));
-    let client =
-        v.ns.command(PYTHON)
-            .args(["-c", &tcp_listener(&gw)])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(&server_log).is_ok_and(|t| t.contains("hello"))
-    }));
     router.stop(Signal::SIGKILL);
     // The file another user could have written: same bytes, their owner.
     std::os::unix::fs::chown(router.state_file(), Some(65534), Some(65534)).unwrap();
@@ -1161,9 +1125,7 @@ fn abuse_router_restart_does_not_trust_a_state_file_of_another_user() {
         v.hello(&router),
         vassal_attach::Response::Accepted { .. }
     ));
-    std::fs::write(&trigger, "").unwrap();
-    let out = client.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "timeout");
+    assert_eq!(talk.push(), "timeout");
     let log = router.log_text();
     assert!(log.contains("not trusted"), "{log}");
     assert_eq!(

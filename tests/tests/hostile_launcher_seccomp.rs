@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use vassal_tests::launcher_harness::{
-    code, launch, name, report, stderr, stdout, supervisor_pid, vassal_file, Launched, TempDir,
-    PROJECT_UID,
+    code, launch, name, run_reported, stderr, stdout, supervisor_pid, vassal_file, Launched,
+    TempDir, PROJECT_UID,
 };
 use vassal_tests::router_harness::PYTHON;
 use vassal_tests::{binary, wait_until};
@@ -371,16 +371,9 @@ fn hostile_profile_check_and_run_agree_on_a_host_only_path() {
     let file = with(profile.to_str().unwrap());
     let out = launch(&["check", file.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let rep = dir.0.join("report.json");
-    let out = launch(&[
-        "run",
-        "--config",
-        file.to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
+    let (out, r) = run_reported(&dir, &file);
     assert_eq!(code(&out), KILLED, "{}{}", stdout(&out), stderr(&out));
-    assert_eq!(report(&rep)["killed_by"], "seccomp");
+    assert_eq!(r["killed_by"], "seccomp");
 
     // A profile `run` could not use: `check` refuses it, naming the vassal
     // file, the line and the field, and the profile; `run` refuses the same

@@ -9,7 +9,9 @@
 
 use std::process::Stdio;
 use std::time::Duration;
-use vassal_tests::router_harness::{echo_server, RouterSpec, TestRouter, TestVassal, PYTHON};
+use vassal_tests::router_harness::{
+    add_ipv6, echo_server, RouterSpec, TestRouter, TestVassal, PYTHON,
+};
 use vassal_tests::{wait_until, KillOnDrop, Netns, Veth};
 
 /// A UDP server (IPv4 and IPv6) on port 5353 that answers every query with
@@ -152,40 +154,13 @@ impl Internet {
             0xf000 + std::process::id() % 0xfff,
             slot
         );
-        vassal_tests::ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{net6}::1/64"),
-            "dev",
-            &veth.host,
-            "nodad",
-        ]);
-        let peer = String::from_utf8(
-            ns.exec(&["ip", "-o", "link", "show", "type", "veth"])
-                .stdout,
-        )
-        .unwrap();
-        let peer = peer
-            .split(':')
-            .nth(1)
-            .unwrap()
-            .trim()
-            .split('@')
-            .next()
-            .unwrap()
-            .to_owned();
         let server6 = format!("{net6}::2");
-        ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
+        add_ipv6(
+            &ns,
+            &veth,
+            &format!("{net6}::1/64"),
             &format!("{server6}/64"),
-            "dev",
-            &peer,
-            "nodad",
-        ]);
+        );
         let ready = dir.join(format!("answers-{}.ready", veth.host));
         let answers = KillOnDrop::spawn(
             ns.command(PYTHON)
@@ -218,21 +193,6 @@ fn behind_nat() -> (Internet, TestRouter, TestVassal) {
     });
     let alice = TestVassal::attach6(&router, "alice", 2);
     (internet, router, alice)
-}
-
-/// `vassal-router stats --json` of `project`.
-fn stats_of(router: &TestRouter, project: &str) -> serde_json::Value {
-    let out = router.cli(&[
-        "stats",
-        "--json",
-        "--socket",
-        router.socket.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "stats: {out:?}");
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    list.into_iter()
-        .find(|p| p["project"] == project)
-        .unwrap_or_else(|| panic!("{project} not in stats"))
 }
 
 /// The kernel's reassembly counters of `ns`, IPv4 and IPv6 together:
@@ -292,7 +252,7 @@ fn hostile_router_fragments_a_3kb_udp_answer_arrives_ipv4_and_ipv6() {
         .unwrap_or_else(|e| panic!("IPv6: {e}"));
     // Counters exact: 6 queries out, 6 answers of 3 fragments each in
     // (one query flow per family), no drop.
-    let s = stats_of(&router, "alice");
+    let s = router.stats_of("alice");
     assert_eq!(s["tx_packets"], 6, "{s}");
     assert_eq!(s["rx_packets"], 18, "{s}");
     assert_eq!(router.dropped("alice", "fragment"), 0.0);
@@ -310,7 +270,7 @@ fn hostile_router_fragments_outgoing_later_fragments_open_no_port_0_flows() {
         internet.server
     );
     python(&alice.ns, &script, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let s = stats_of(&router, "alice");
+    let s = router.stats_of("alice");
     assert_eq!(s["flows"], 1, "{s}");
     assert_eq!(s["tx_packets"], 9, "{s}");
     assert_eq!(s["rx_packets"], 9, "{s}");

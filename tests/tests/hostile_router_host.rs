@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_router::nat::table_name;
 use vassal_tests::router_harness::{
-    echo_server, echo_server_cmd, tcp_echo, udp_echo, RouterSpec, TestRouter, TestVassal, PYTHON,
+    add_ipv6, echo_server, echo_server_cmd, tcp_echo, udp_echo, RouterSpec, TestRouter, TestVassal,
+    PYTHON,
 };
 use vassal_tests::{unique, wait_until, KillOnDrop, Netns, Veth};
 
@@ -269,16 +270,9 @@ fn hostile_host_forged_vassal_source_never_reaches_a_vassal() {
 #[test]
 fn hostile_host_vassals_reach_no_host_address_but_allowed_ports() {
     let (inet, veth, host, far) = internet(1);
-    let host6 = format!("2001:db8:ffff:{:x}::1", std::process::id() % 0xffff);
-    vassal_tests::ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{host6}/64"),
-        "dev",
-        &veth.host,
-        "nodad",
-    ]);
+    let net6 = format!("2001:db8:ffff:{:x}::", std::process::id() % 0xffff);
+    let host6 = format!("{net6}1");
+    add_ipv6(&inet, &veth, &format!("{host6}/64"), &format!("{net6}2/64"));
     const CLOSED: u16 = 7411;
     const OPEN: u16 = 7412;
     let router = TestRouter::start(&RouterSpec {

@@ -14,7 +14,9 @@ use std::time::Duration;
 use vassal_tests::launcher_harness::{
     in_netns_of, name, network_table, supervisor_pid, vassal_file, Launched, TempDir,
 };
-use vassal_tests::router_harness::{wait_event, RouterSpec, TestRouter, TestVassal, PYTHON};
+use vassal_tests::router_harness::{
+    add_ipv6, wait_event, RouterSpec, TestRouter, TestVassal, PYTHON,
+};
 use vassal_tests::{wait_until, KillOnDrop, Netns, Veth};
 
 /// The python side of every test: crafted ICMP through raw sockets, and a
@@ -300,39 +302,7 @@ impl Internet {
         let v6 = v6.then(|| {
             let net = format!("2001:db8:ffff:{:x}{n:x}::", std::process::id() % 0xfff);
             let (host6, server6) = (format!("{net}1"), format!("{net}2"));
-            vassal_tests::ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{host6}/64"),
-                "dev",
-                &veth.host,
-                "nodad",
-            ]);
-            let links = String::from_utf8(
-                ns.exec(&["ip", "-o", "link", "show", "type", "veth"])
-                    .stdout,
-            )
-            .unwrap();
-            let peer = links
-                .split(':')
-                .nth(1)
-                .unwrap()
-                .trim()
-                .split('@')
-                .next()
-                .unwrap()
-                .to_owned();
-            ns.exec(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{server6}/64"),
-                "dev",
-                &peer,
-                "nodad",
-            ]);
+            add_ipv6(&ns, &veth, &format!("{host6}/64"), &format!("{server6}/64"));
             (host6, server6)
         });
         Internet {

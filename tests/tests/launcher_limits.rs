@@ -2,47 +2,39 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use vassal_tests::launcher_harness::{
-    code, launch, leftovers, name, report, spawn_until_line, stderr, stdout, vassal_file, TempDir,
+    code, launch, leftovers, name, report, run_reported, spawn_until_line, stderr, stdout,
+    vassal_file, TempDir,
 };
+use vassal_tests::KillOnDrop;
 
-/// A vassal file running `sh -c command` under `[limits]` `limits`.
-fn vassal(dir: &TempDir, name: &str, command: &str, limits: &str) -> std::path::PathBuf {
-    vassal_file(
-        dir,
-        name,
-        &["/bin/sh", "-c", command],
-        &format!("[limits]\n{limits}\n"),
-    )
-}
-
-/// Runs the vassal file with `--report` and returns the output and report.
-fn run_reported(
-    dir: &TempDir,
-    file: &std::path::Path,
-) -> (std::process::Output, serde_json::Value) {
-    let rep = dir.0.join("report.json");
-    let out = launch(&[
-        "run",
-        "--config",
-        file.to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
-    let r = report(&rep);
-    (out, r)
-}
-
-#[test]
-fn launcher_memory_limit_kills_and_is_reported() {
+/// Runs a vassal named from `prefix` with `--report`: `sh -c command`
+/// under `[limits]` `limits` (and whatever tables follow). Returns its
+/// name, the output and the report.
+fn run_limited(
+    prefix: &str,
+    command: &str,
+    limits: &str,
+) -> (String, std::process::Output, serde_json::Value) {
     let dir = TempDir::new();
-    let n = name("lm");
-    let file = vassal(
+    let n = name(prefix);
+    let file = vassal_file(
         &dir,
         &n,
-        "exec /usr/bin/python3 -c 'x = bytearray(512 << 20); print(len(x))'",
-        "memory = \"64M\"",
+        &["/bin/sh", "-c", command],
+        &format!("[limits]\n{limits}\n"),
     );
     let (out, r) = run_reported(&dir, &file);
+    (n, out, r)
+}
+
+/// Runs a vassal that allocates 512 MiB under `memory = "64M"` and
+/// `rest` (more tables): it is killed for memory and reported exactly so.
+fn check_killed_for_memory(prefix: &str, rest: &str) {
+    let (n, out, r) = run_limited(
+        prefix,
+        "exec /usr/bin/python3 -c 'x = bytearray(512 << 20); print(len(x))'",
+        &format!("memory = \"64M\"\n{rest}"),
+    );
     assert_eq!(code(&out), 128 + 9, "{}", stderr(&out));
     assert_eq!(r["killed_by"], "memory", "{r}");
     assert_eq!(r["oom_kills"], 1, "{r}");
@@ -58,16 +50,17 @@ fn launcher_memory_limit_kills_and_is_reported() {
 }
 
 #[test]
+fn launcher_memory_limit_kills_and_is_reported() {
+    check_killed_for_memory("lm", "");
+}
+
+#[test]
 fn launcher_worker_killed_for_memory_is_an_oom_kill_only() {
-    let dir = TempDir::new();
-    let n = name("lo");
-    let file = vassal(
-        &dir,
-        &n,
+    let (n, out, r) = run_limited(
+        "lo",
         "/usr/bin/python3 -c 'x = bytearray(512 << 20)'; echo $?",
         "memory = \"64M\"",
     );
-    let (out, r) = run_reported(&dir, &file);
     // The worker died; the command went on and ended well.
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "137\n");
@@ -130,7 +123,7 @@ fn check_limits_written(rest: &str) {
         &["/bin/sh", "-c", "echo up; exec sleep 60"],
         &format!("[limits]\nmemory = \"64M\"\npids = 32\ncpu = 0.5\n{rest}"),
     );
-    let (mut vassal, line, _) = spawn_until_line(&["run", "--config", file.to_str().unwrap()]);
+    let (vassal, line, _) = spawn_until_line(&["run", "--config", file.to_str().unwrap()]);
     assert_eq!(line, "up\n");
     let [memory, pids, cpu] = limit_files(&n);
     let read = |p: &std::path::Path| {
@@ -143,13 +136,19 @@ fn check_limits_written(rest: &str) {
     assert_eq!(read(&pids), "32");
     let cpu = read(&cpu);
     assert!(cpu == "50000 100000" || cpu == "50000", "cpu limit {cpu}");
+    stop_and_check_leftovers(vassal, &n);
+}
+
+/// Stops a running vassal as an operator would (SIGTERM), which leaves
+/// nothing behind.
+fn stop_and_check_leftovers(mut vassal: KillOnDrop, name: &str) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(vassal.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     vassal.0.wait().unwrap();
-    assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
+    assert!(leftovers(name).is_empty(), "{:?}", leftovers(name));
 }
 
 #[test]
@@ -162,44 +161,18 @@ fn launcher_user_namespace_vassal_is_limited_too() {
     let userns = "[user_namespace]\nuid_map = \"0:200000:65536\"\ngid_map = \"0:200000:65536\"\n";
     check_limits_written(userns);
     // And its limits hold: killed for memory, reported exactly.
-    let dir = TempDir::new();
-    let n = name("lu");
-    let file = vassal_file(
-        &dir,
-        &n,
-        &[
-            "/usr/bin/python3",
-            "-c",
-            "x = bytearray(512 << 20); print(len(x))",
-        ],
-        &format!("[limits]\nmemory = \"64M\"\n{userns}"),
-    );
-    let (out, r) = run_reported(&dir, &file);
-    assert_eq!(code(&out), 128 + 9, "{}", stderr(&out));
-    assert_eq!(r["killed_by"], "memory", "{r}");
-    assert_eq!(r["oom_kills"], 1, "{r}");
-    assert_eq!(
-        events(&out),
-        [("memory_kill".into(), 1)],
-        "{}",
-        stderr(&out)
-    );
-    assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
+    check_killed_for_memory("lu", userns);
 }
 
 #[test]
 fn launcher_cpu_limit_throttles_to_its_share() {
-    let dir = TempDir::new();
-    let n = name("lq");
     // Two busy loops for 3 s: up to 2 CPU-seconds a second unlimited.
-    let file = vassal(
-        &dir,
-        &n,
+    let (n, out, r) = run_limited(
+        "lq",
         "busy() { while :; do :; done; }; \
          busy & a=$!; busy & b=$!; sleep 3; kill $a $b; wait",
         "cpu = 0.5",
     );
-    let (out, r) = run_reported(&dir, &file);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let cpu_ms = r["cpu_time_ms"].as_u64().unwrap() as f64;
     let wall_ms = r["wall_time_ms"].as_u64().unwrap() as f64;
@@ -212,16 +185,12 @@ fn launcher_cpu_limit_throttles_to_its_share() {
 
 #[test]
 fn launcher_pids_limit_refuses_forks_and_counts_the_hits() {
-    let dir = TempDir::new();
-    let n = name("lp");
     // The shell gives up at the first refused fork ("Cannot fork").
-    let file = vassal(
-        &dir,
-        &n,
+    let (n, out, r) = run_limited(
+        "lp",
         "for i in $(seq 40); do sleep 2 & done; wait",
         "pids = 10",
     );
-    let (out, r) = run_reported(&dir, &file);
     assert_ne!(
         code(&out),
         0,
@@ -241,10 +210,7 @@ fn launcher_pids_limit_refuses_forks_and_counts_the_hits() {
 
 #[test]
 fn launcher_wall_clock_limit_stops_the_vassal() {
-    let dir = TempDir::new();
-    let n = name("lc");
-    let file = vassal(&dir, &n, "sleep 60", "wall_clock = \"1s\"");
-    let (out, r) = run_reported(&dir, &file);
+    let (_, out, r) = run_limited("lc", "sleep 60", "wall_clock = \"1s\"");
     assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
     assert_eq!(r["killed_by"], "wall_clock", "{r}");
     assert!(r["wall_time_ms"].as_u64().unwrap() >= 1000, "{r}");
@@ -252,15 +218,11 @@ fn launcher_wall_clock_limit_stops_the_vassal() {
 
 #[test]
 fn launcher_wall_clock_kills_what_ignores_sigterm() {
-    let dir = TempDir::new();
-    let n = name("lc");
-    let file = vassal(
-        &dir,
-        &n,
+    let (_, out, r) = run_limited(
+        "lc",
         "trap '' TERM; while :; do sleep 1; done",
         "wall_clock = \"1s\"",
     );
-    let (out, r) = run_reported(&dir, &file);
     assert_eq!(code(&out), 128 + 9, "{}", stderr(&out));
     assert_eq!(r["killed_by"], "wall_clock");
 }
@@ -317,15 +279,11 @@ fn launcher_seccomp_kills_a_denied_call() {
 
 #[test]
 fn launcher_tmp_is_limited_to_its_size() {
-    let dir = TempDir::new();
-    let n = name("lt");
-    let file = vassal(
-        &dir,
-        &n,
+    let (_, out, _) = run_limited(
+        "lt",
         "dd if=/dev/zero of=/tmp/fill bs=1M count=8 2>&1; ls -l /tmp/fill",
         "tmp_size = \"2M\"",
     );
-    let out = launch(&["run", "--config", file.to_str().unwrap()]);
     assert!(
         stdout(&out).contains("No space left on device"),
         "{}",
@@ -410,7 +368,7 @@ fn launcher_check_names_line_column_and_field() {
 #[test]
 fn launcher_refuses_a_second_vassal_of_the_same_name() {
     let n = name("ld");
-    let (mut first, line, _) = spawn_until_line(&[
+    let (first, line, _) = spawn_until_line(&[
         "run",
         "--name",
         &n,
@@ -425,12 +383,5 @@ fn launcher_refuses_a_second_vassal_of_the_same_name() {
     let out = launch(&["run", "--name", &n, "--uid", "47001", "--", "/bin/true"]);
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
-    // Stopped as an operator would, the first leaves nothing behind.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    first.0.wait().unwrap();
-    assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
+    stop_and_check_leftovers(first, &n);
 }

@@ -181,19 +181,7 @@ fn accounting_a_vassals_cpu_memory_pids_io_and_limits_reach_the_router() {
     eprintln!("cpu rose in {:?}", start.elapsed());
 
     // `vassal-router stats --json` has the exact totals.
-    let out = router.cli(&[
-        "stats",
-        "--json",
-        "--socket",
-        router.socket.to_str().unwrap(),
-    ]);
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let entry = stats
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["project"] == n.as_str())
-        .unwrap();
+    let entry = router.stats_of(&n);
     assert!(
         entry["cpu_usec"].as_f64().unwrap() >= risen * 1e6,
         "{entry}"

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 use vassal_tests::router_harness::{
-    echo_server, tcp_echo, udp_echo, RouterSpec, TestRouter, TestVassal,
+    add_ipv6, echo_server, tcp_echo, udp_echo, RouterSpec, TestRouter, TestVassal,
 };
 use vassal_tests::{Netns, Veth};
 
@@ -87,40 +87,12 @@ fn router_ipv6_nat_egress_shows_the_host_address() {
     let server_addr = format!("2001:db8:{n:x}::2");
     let internet = Netns::new("in");
     let veth = Veth::new(&internet, "198.51.100.253/32", "198.51.100.254/32");
-    vassal_tests::ip(&[
-        "-6",
-        "addr",
-        "add",
+    add_ipv6(
+        &internet,
+        &veth,
         &format!("{host_addr}/64"),
-        "dev",
-        &veth.host,
-        "nodad",
-    ]);
-    let peer = String::from_utf8(
-        internet
-            .exec(&["ip", "-o", "link", "show", "type", "veth"])
-            .stdout,
-    )
-    .unwrap();
-    let peer = peer
-        .split(':')
-        .nth(1)
-        .unwrap()
-        .trim()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_owned();
-    internet.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
         &format!("{server_addr}/64"),
-        "dev",
-        &peer,
-        "nodad",
-    ]);
+    );
 
     let router = TestRouter::start(&RouterSpec {
         nat: Some(Some(veth.host.clone())),

@@ -68,20 +68,7 @@ fn router_vassal_reaches_host_and_counters_match_the_bytes() {
     assert_eq!(router.dropped("alice", "firewall"), dropped + 1.0);
 
     // stats prints the same numbers.
-    let out = router.cli(&[
-        "stats",
-        "--json",
-        "--socket",
-        router.socket.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let alice = stats
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["project"] == "alice")
-        .unwrap();
+    let alice = router.stats_of("alice");
     assert_eq!(alice["tx_bytes"], 384);
     assert_eq!(alice["rx_packets"], 3);
     assert_eq!(alice["attached"], true);
