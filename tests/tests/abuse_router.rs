@@ -980,6 +980,52 @@ fn assert_pushed(got: &str, router: &TestRouter) {
     );
 }
 
+/// alice's client (`client`, given the gateway) and a server on the host
+/// (`server`, given the gateway) across a `restart`: the router, alice
+/// and what her client got.
+fn host_speaks_after_restart(
+    server: fn(&str) -> String,
+    client: fn(&str) -> String,
+    restart: Signal,
+) -> (TestRouter, TestVassal, String) {
+    let mut router = restart_router(None);
+    let gw = router.gateway().to_string();
+    let mut v = TestVassal::attach(&router, "alice", 2);
+    let got = remote_speaks_after_restart(
+        &mut router,
+        Command::new(PYTHON),
+        &server(&gw),
+        &client(&gw),
+        &mut [&mut v],
+        restart,
+    );
+    (router, v, got)
+}
+
+/// alice's client (`client`, given bob's address) and bob's server
+/// (`server`, the same), bob `prepared` first, across a SIGKILL: alice
+/// opened the flow, bob speaks next through her in chain (default deny).
+fn bob_speaks_after_restart(
+    server: fn(&str) -> String,
+    client: fn(&str) -> String,
+    prepare: fn(&TestVassal),
+) -> (TestRouter, String) {
+    let mut router = restart_router(None);
+    let mut alice = TestVassal::attach(&router, "alice", 2);
+    let mut bob = TestVassal::attach(&router, "bob", 3);
+    prepare(&bob);
+    let bob_addr = router.addr(3).to_string();
+    let got = remote_speaks_after_restart(
+        &mut router,
+        bob.ns.command(PYTHON),
+        &server(&bob_addr),
+        &client(&bob_addr),
+        &mut [&mut alice, &mut bob],
+        Signal::SIGKILL,
+    );
+    (router, got)
+}
+
 /// Formerly a BUG (found writing issue #6's tests): a TCP connection a
 /// vassal opened before the router was SIGKILLed and restarted stalled
 /// when the other side spoke next: the restarted router knew no flow, so
@@ -990,17 +1036,8 @@ fn assert_pushed(got: &str, router: &TestRouter) {
 /// starting router restores it, charged to the same project.
 #[test]
 fn abuse_router_restart_keeps_connections_where_the_remote_side_speaks_next() {
-    let mut router = restart_router(None);
-    let gw = router.gateway().to_string();
-    let mut v = TestVassal::attach(&router, "alice", 2);
-    let got = remote_speaks_after_restart(
-        &mut router,
-        Command::new(PYTHON),
-        &tcp_pusher(&gw),
-        &tcp_listener(&gw),
-        &mut [&mut v],
-        Signal::SIGKILL,
-    );
+    let (router, _alice, got) =
+        host_speaks_after_restart(tcp_pusher, tcp_listener, Signal::SIGKILL);
     assert_pushed(&got, &router);
     assert!(router.log_text().contains("flows restored"));
     // Charged to the same project: the flow counts for alice.
@@ -1013,17 +1050,8 @@ fn abuse_router_restart_keeps_connections_where_the_remote_side_speaks_next() {
 /// what an upgrade does.
 #[test]
 fn abuse_router_clean_stop_and_start_keeps_connections_where_the_remote_side_speaks_next() {
-    let mut router = restart_router(None);
-    let gw = router.gateway().to_string();
-    let mut v = TestVassal::attach(&router, "alice", 2);
-    let got = remote_speaks_after_restart(
-        &mut router,
-        Command::new(PYTHON),
-        &tcp_pusher(&gw),
-        &tcp_listener(&gw),
-        &mut [&mut v],
-        Signal::SIGTERM,
-    );
+    let (router, _alice, got) =
+        host_speaks_after_restart(tcp_pusher, tcp_listener, Signal::SIGTERM);
     assert_pushed(&got, &router);
 }
 
@@ -1031,17 +1059,8 @@ fn abuse_router_clean_stop_and_start_keeps_connections_where_the_remote_side_spe
 /// datagram after the restart is a reply.
 #[test]
 fn abuse_router_restart_keeps_udp_flows_to_the_host() {
-    let mut router = restart_router(None);
-    let gw = router.gateway().to_string();
-    let mut v = TestVassal::attach(&router, "alice", 2);
-    let got = remote_speaks_after_restart(
-        &mut router,
-        Command::new(PYTHON),
-        &udp_pusher(&gw),
-        &udp_listener(&gw),
-        &mut [&mut v],
-        Signal::SIGKILL,
-    );
+    let (router, _alice, got) =
+        host_speaks_after_restart(udp_pusher, udp_listener, Signal::SIGKILL);
     assert_pushed(&got, &router);
 }
 
@@ -1067,18 +1086,7 @@ fn abuse_router_restart_keeps_connections_to_the_internet() {
 /// bob speaks next, through alice's in chain (default deny).
 #[test]
 fn abuse_router_restart_keeps_connections_between_vassals() {
-    let mut router = restart_router(None);
-    let mut alice = TestVassal::attach(&router, "alice", 2);
-    let mut bob = TestVassal::attach(&router, "bob", 3);
-    let bob_addr = router.addr(3).to_string();
-    let got = remote_speaks_after_restart(
-        &mut router,
-        bob.ns.command(PYTHON),
-        &tcp_pusher(&bob_addr),
-        &tcp_listener(&bob_addr),
-        &mut [&mut alice, &mut bob],
-        Signal::SIGKILL,
-    );
+    let (router, got) = bob_speaks_after_restart(tcp_pusher, tcp_listener, |_| {});
     assert_pushed(&got, &router);
 }
 
@@ -1086,19 +1094,13 @@ fn abuse_router_restart_keeps_connections_between_vassals() {
 /// bob's reply (his kernel's answer turned off, sent by hand) after it.
 #[test]
 fn abuse_router_restart_keeps_icmp_echo_flows_between_vassals() {
-    let mut router = restart_router(None);
-    let mut alice = TestVassal::attach(&router, "alice", 2);
-    let mut bob = TestVassal::attach(&router, "bob", 3);
-    bob.ns
-        .exec(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
-    let bob_addr = router.addr(3).to_string();
-    let got = remote_speaks_after_restart(
-        &mut router,
-        bob.ns.command(PYTHON),
-        &icmp_pusher(),
-        &icmp_listener(&bob_addr),
-        &mut [&mut alice, &mut bob],
-        Signal::SIGKILL,
+    let (router, got) = bob_speaks_after_restart(
+        |_| icmp_pusher(),
+        icmp_listener,
+        |bob| {
+            bob.ns
+                .exec(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
+        },
     );
     assert_pushed(&got, &router);
 }

@@ -2,8 +2,8 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use vassal_tests::launcher_harness::{
-    code, launch, leftovers, name, report, run_reported, spawn_until_line, stderr, stdout,
-    vassal_file, TempDir,
+    code, launch, leftovers, name, report, run_reported, sh, spawn_until_line, stderr, stdout,
+    vassal_file, TempDir, PROJECT_UID,
 };
 use vassal_tests::KillOnDrop;
 
@@ -139,6 +139,12 @@ fn check_limits_written(rest: &str) {
     stop_and_check_leftovers(vassal, &n);
 }
 
+/// The launch was refused before the command ran (exit 125), saying `says`.
+fn assert_refused(out: &std::process::Output, says: &str) {
+    assert_eq!(code(out), 125, "{}", stderr(out));
+    assert!(stderr(out).contains(says), "{}", stderr(out));
+}
+
 /// Stops a running vassal as an operator would (SIGTERM), which leaves
 /// nothing behind.
 fn stop_and_check_leftovers(mut vassal: KillOnDrop, name: &str) {
@@ -232,33 +238,20 @@ fn launcher_seccomp_kills_a_denied_call() {
     let dir = TempDir::new();
     let rep = dir.0.join("report.json");
     let n = name("lk");
-    let out = launch(&[
-        "run",
-        "--name",
+    let out = sh(
         &n,
-        "--uid",
-        "47001",
-        "--report",
-        rep.to_str().unwrap(),
-        "--",
-        "/usr/bin/unshare",
-        "-U",
-        "true",
-    ]);
+        &["--report", rep.to_str().unwrap()],
+        "exec /usr/bin/unshare -U true",
+    );
     assert_eq!(code(&out), 128 + libc::SIGSYS, "{}", stderr(&out));
     assert_eq!(report(&rep)["killed_by"], "seccomp");
     // keyctl, through python: killed too.
-    let out = launch(&[
-        "run",
-        "--name",
+    let out = sh(
         &n,
-        "--uid",
-        "47001",
-        "--",
-        "/usr/bin/python3",
-        "-c",
-        "import ctypes; ctypes.CDLL(None).syscall(250, 0, 0, 0, 0, 0); print('survived')",
-    ]);
+        &[],
+        "exec /usr/bin/python3 -c \
+         \"import ctypes; ctypes.CDLL(None).syscall(250, 0, 0, 0, 0, 0); print('survived')\"",
+    );
     assert_eq!(
         code(&out),
         128 + libc::SIGSYS,
@@ -302,33 +295,19 @@ fn launcher_failure_before_exec_names_the_step_and_leaves_nothing() {
         "[limits]\nmemory = \"64M\"\n[[mount]]\nsource = \"/no/such/dir\"\ntarget = \"/mnt\"\n",
     );
     let out = launch(&["run", "--config", file.to_str().unwrap()]);
-    assert_eq!(code(&out), 125);
-    assert!(
-        stderr(&out).contains("binding a [[mount]] source: /no/such/dir does not exist"),
-        "{}",
-        stderr(&out)
+    assert_refused(
+        &out,
+        "binding a [[mount]] source: /no/such/dir does not exist",
     );
     assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
     // A refused network attach (no router there) leaves nothing either.
-    let out = launch(&[
-        "run",
-        "--name",
-        &n,
-        "--uid",
-        "47001",
+    let no_router = [
         "--address",
         "10.200.0.2",
         "--router",
         "/nonexistent/router.sock",
-        "--",
-        "/bin/true",
-    ]);
-    assert_eq!(code(&out), 125);
-    assert!(
-        stderr(&out).contains("/nonexistent/router.sock"),
-        "{}",
-        stderr(&out)
-    );
+    ];
+    assert_refused(&sh(&n, &no_router, "true"), "/nonexistent/router.sock");
     assert!(leftovers(&n).is_empty(), "{:?}", leftovers(&n));
     assert!(!std::process::Command::new("ip")
         .args(["link", "show", "vx0"])
@@ -368,20 +347,19 @@ fn launcher_check_names_line_column_and_field() {
 #[test]
 fn launcher_refuses_a_second_vassal_of_the_same_name() {
     let n = name("ld");
+    let uid = PROJECT_UID.to_string();
     let (first, line, _) = spawn_until_line(&[
         "run",
         "--name",
         &n,
         "--uid",
-        "47001",
+        &uid,
         "--",
         "/bin/sh",
         "-c",
         "echo up; sleep 30",
     ]);
     assert_eq!(line, "up\n");
-    let out = launch(&["run", "--name", &n, "--uid", "47001", "--", "/bin/true"]);
-    assert_eq!(code(&out), 125);
-    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    assert_refused(&sh(&n, &[], "true"), "already running");
     stop_and_check_leftovers(first, &n);
 }

@@ -7,6 +7,7 @@
 //! where they apply and writes what they build (within the budget of
 //! `state::budget`).
 
+use crate::wire::checksum::{fold, sum};
 use crate::wire::packet::{proto, PacketInfo};
 use std::net::IpAddr;
 
@@ -78,7 +79,7 @@ pub fn decrement(ip: &[u8], head: &mut [u8; HOP_HEAD]) -> usize {
     let new = u16::from_be_bytes([head[8], head[9]]);
     let sum = u16::from_be_bytes([head[10], head[11]]);
     // HC' = ~(~HC + ~m + m')
-    let c = !fold(u32::from(!sum) + u32::from(!old) + u32::from(new));
+    let c = !fold(u64::from(!sum) + u64::from(!old) + u64::from(new));
     head[10..12].copy_from_slice(&c.to_be_bytes());
     len
 }
@@ -169,7 +170,7 @@ pub fn time_exceeded(
             out[40..48].copy_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
             out[48..total].copy_from_slice(&pkt[..quote]);
             // Pseudo-header: both addresses, the length, the next header.
-            let pseudo = sum(&out[8..40], payload as u32 + u32::from(proto::ICMPV6));
+            let pseudo = sum(&out[8..40], payload as u64 + u64::from(proto::ICMPV6));
             let c = !fold(sum(&out[40..total], pseudo));
             out[42..44].copy_from_slice(&c.to_be_bytes());
             Some(total)
@@ -178,25 +179,6 @@ pub fn time_exceeded(
     }
 }
 
-/// One's complement sum of `b` (16-bit big-endian words) onto `acc`.
-fn sum(b: &[u8], mut acc: u32) -> u32 {
-    let mut words = b.chunks_exact(2);
-    for w in &mut words {
-        acc += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    if let [last] = words.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! Wire formats, pure: views of IP packets and their offload headers, and
 //! the ICMP messages the router builds, and the flow state file's format. No I/O, no state.
 
+pub mod checksum;
 pub mod flow_file;
 pub mod frame;
 pub mod icmp;

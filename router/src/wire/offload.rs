@@ -18,6 +18,7 @@
 //! the one it read: a checksum is only ever finished in the TCP or UDP
 //! checksum field, never in the addresses the anti-spoofing check read.
 
+use crate::wire::checksum::{fold, sum};
 use crate::wire::packet::{proto, PacketInfo};
 
 /// Length of `struct virtio_net_hdr`, the header size the router sets
@@ -335,7 +336,7 @@ pub fn segments(
             out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
             out[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
             out[10..12].copy_from_slice(&[0, 0]);
-            let c = fold(sum(&out[..transport], 0));
+            let c = !fold(sum(&out[..transport], 0));
             out[10..12].copy_from_slice(&c.to_be_bytes());
         } else {
             out[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
@@ -352,7 +353,7 @@ pub fn segments(
         }
         t[13] = f;
         t[16..18].copy_from_slice(&[0, 0]);
-        let c = fold(sum(&out[transport..], pseudo_header(out, transport)));
+        let c = !fold(sum(&out[transport..], pseudo_header(out, transport)));
         out[transport + 16..transport + 18].copy_from_slice(&c.to_be_bytes());
         if !emit(out) {
             return sent;
@@ -369,7 +370,7 @@ fn finish_partial(out: &mut [u8], start: usize, at: usize) {
     let Some(from) = out.get(start..) else {
         return;
     };
-    let mut c = fold(sum(from, 0));
+    let mut c = !fold(sum(from, 0));
     // A UDP checksum of 0 means "none" (and is invalid over IPv6).
     if c == 0 && at == start + 6 {
         c = 0xffff;
@@ -387,26 +388,6 @@ fn pseudo_header(out: &[u8], t: usize) -> u64 {
     }
 }
 
-/// Ones' complement sum of `data` as big-endian 16-bit words, added to
-/// `acc` (folded by [`fold`]).
-fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    acc
-}
-
-/// Folds a sum to 16 bits and complements it.
-fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
 
 #[cfg(test)]
 mod tests {
@@ -424,6 +405,14 @@ mod tests {
         psh: bool,
         cwr: bool,
     }
+
+    /// Sequence number 1, no flag a segmentation changes.
+    const PLAIN: Tcp = Tcp {
+        seq: 1,
+        fin: false,
+        psh: false,
+        cwr: false,
+    };
 
     fn tcp_header(t: Tcp) -> TcpHeader {
         let mut h = TcpHeader::new(40000, 5201, t.seq, 502);
@@ -542,9 +531,8 @@ mod tests {
         let data = payload(2 * 1428 + 1);
         let all = Tcp {
             seq: 9,
-            fin: false,
             psh: true,
-            cwr: false,
+            ..PLAIN
         };
         let pkt = v6(all, &data);
         let hdr = VnetHdr {
@@ -568,16 +556,7 @@ mod tests {
     fn wire_counts_match_the_segments_for_any_size() {
         for size in [48u16, 500, 1448, 9000] {
             for len in [0usize, 1, 47, 48, 1448, 1449, 20_000, 65_000] {
-                let pkt = v4(
-                    1,
-                    Tcp {
-                        seq: 1,
-                        fin: false,
-                        psh: false,
-                        cwr: false,
-                    },
-                    &payload(len),
-                );
+                let pkt = v4(1, PLAIN, &payload(len));
                 let (plan, segs, wire) = cut_all(&pkt, &gso(GSO_TCPV4, size));
                 assert_eq!(plan.wire, wire, "size {size} len {len}");
                 assert_eq!(wire.packets as usize, segs.len());
@@ -598,9 +577,8 @@ mod tests {
             3,
             Tcp {
                 seq: 5,
-                fin: false,
                 psh: true,
-                cwr: false,
+                ..PLAIN
             },
             &data,
         );
@@ -608,7 +586,7 @@ mod tests {
         // (not complemented) where the checksum goes.
         let mut partial = full.clone();
         let pseudo = fold(pseudo_header(&partial, 20));
-        partial[36..38].copy_from_slice(&(!pseudo).to_be_bytes());
+        partial[36..38].copy_from_slice(&pseudo.to_be_bytes());
         let hdr = VnetHdr {
             gso_type: GSO_NONE,
             ..gso(GSO_NONE, 0)
@@ -620,25 +598,8 @@ mod tests {
 
     #[test]
     fn headers_that_do_not_fit_their_packet_are_refused() {
-        let tcp4 = v4(
-            1,
-            Tcp {
-                seq: 1,
-                fin: false,
-                psh: false,
-                cwr: false,
-            },
-            &payload(3000),
-        );
-        let tcp6 = v6(
-            Tcp {
-                seq: 1,
-                fin: false,
-                psh: false,
-                cwr: false,
-            },
-            &payload(3000),
-        );
+        let tcp4 = v4(1, PLAIN, &payload(3000));
+        let tcp6 = v6(PLAIN, &payload(3000));
         let check = |hdr: VnetHdr, pkt: &[u8]| plan(&hdr, pkt, &packet::parse(pkt).unwrap());
         assert_eq!(
             check(gso(GSO_TCPV6, 1400), &tcp4),
@@ -677,16 +638,7 @@ mod tests {
         };
         assert_eq!(check(no_csum, &tcp4), Err(OffloadError::NoChecksum));
         // A data offset past the end of a header-only packet.
-        let mut short = v4(
-            1,
-            Tcp {
-                seq: 1,
-                fin: false,
-                psh: false,
-                cwr: false,
-            },
-            &[],
-        );
+        let mut short = v4(1, PLAIN, &[]);
         short[32] = 0xf0;
         assert_eq!(
             check(gso(GSO_TCPV4, 1400), &short),
