@@ -65,6 +65,20 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs a command to completion, stdin closed: Ok when it exits 0, else
+/// what it wrote to stderr.
+pub fn try_run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// `ip ARGS...`, panicking on failure.
 pub fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));

@@ -4,7 +4,7 @@
 //! Each router gets a unique device, /24 subnet (and IPv6 /64), control
 //! socket and metrics port, so tests run in parallel.
 
-use crate::{binary, ip, run, unique, wait_until, KillOnDrop, Netns, Veth};
+use crate::{binary, ip, run, try_run, unique, wait_until, KillOnDrop, Netns, Veth};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -532,12 +532,7 @@ while len(got) < len(data):
 sys.exit(0 if got == data else 1)
 "#
     );
-    ns.command(PYTHON)
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    try_run(ns.command(PYTHON).args(["-c", &script])).is_ok()
 }
 
 /// Sends one UDP datagram of `payload_len` bytes to `dst:port` from `ns`
@@ -557,12 +552,7 @@ except socket.timeout:
 sys.exit(0 if got == data else 1)
 "#
     );
-    ns.command(PYTHON)
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    try_run(ns.command(PYTHON).args(["-c", &script])).is_ok()
 }
 
 /// Runs `f` as `uid` (gid `uid`, no supplementary groups) and returns its

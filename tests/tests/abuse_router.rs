@@ -14,7 +14,7 @@ use vassal_tests::launcher_harness::{
     in_netns_of, leftovers, name, network_run_args, supervisor_pid, Launched,
 };
 use vassal_tests::router_harness::{echo_server, RouterSpec, TestRouter, TestVassal, PYTHON};
-use vassal_tests::{wait_until, KillOnDrop, Netns, Veth};
+use vassal_tests::{try_run, wait_until, KillOnDrop, Netns, Veth};
 
 /// The router's NAT table as `nft list table` prints it, line by line
 /// without indentation; `None` when there is no such table.
@@ -114,6 +114,20 @@ fn process_alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
+/// The router's NAT table is its only table in the ruleset and holds
+/// exactly `expected`.
+fn assert_only_table(router: &TestRouter, expected: &[String]) {
+    assert_eq!(
+        tables_of(router),
+        [format!(
+            "table inet {}",
+            vassal_router::nat::table_name(&router.device)
+        )]
+    );
+    assert_eq!(nat_table(router).as_deref(), Some(expected));
+    assert_eq!(ruleset_mentions(router), (7, 3));
+}
+
 /// `vassal-router stats --json`: project name to its stats object, each
 /// project listed once.
 fn stats(router: &TestRouter) -> BTreeMap<String, serde_json::Value> {
@@ -135,15 +149,7 @@ fn echo_from(pid: u32, dst: &str, port: u16, len: usize, timeout: f32) -> Result
          while len(got) < len(data):\n    d = s.recv(65536)\n    if not d: break\n    got += d\n\
          sys.exit(0 if got == data else 'echo differs: %d of %d bytes' % (len(got), len(data)))\n"
     );
-    let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", PYTHON, "-c", &script])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    try_run(Command::new("nsenter").args(["-t", &pid.to_string(), "-n", PYTHON, "-c", &script]))
 }
 
 /// The peers the echo server logged (`tcp ADDR` lines) from line `from` on.
@@ -265,15 +271,7 @@ fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
     assert!(peers.iter().all(|p| p == host_addr), "{peers:?}");
 
     let expected = expected_nat_table(&router, &internet.veth.host);
-    assert_eq!(nat_table(&router).as_ref(), Some(&expected));
-    assert_eq!(
-        tables_of(&router),
-        [format!(
-            "table inet {}",
-            vassal_router::nat::table_name(&router.device)
-        )]
-    );
-    assert_eq!(ruleset_mentions(&router), (7, 3));
+    assert_only_table(&router, &expected);
 
     // SIGKILL: no chance to clean up.
     router.stop(Signal::SIGKILL);
@@ -384,15 +382,7 @@ fn abuse_router_sigkill_restart_reattaches_every_vassal_with_no_stale_nat() {
 
     // Exactly one table for the device, exactly the expected rules: the
     // stale one was replaced, not duplicated or added to.
-    assert_eq!(
-        tables_of(&router),
-        [format!(
-            "table inet {}",
-            vassal_router::nat::table_name(&router.device)
-        )]
-    );
-    assert_eq!(nat_table(&router).as_ref(), Some(&expected));
-    assert_eq!(ruleset_mentions(&router), (7, 3));
+    assert_only_table(&router, &expected);
 
     // A clean stop removes the table and the device.
     assert!(router.stop(Signal::SIGTERM), "{}", router.log_text());
@@ -1404,15 +1394,7 @@ fn abuse_router_crash_loop_leaves_one_table_and_every_vassal_attached() {
     let peers = peers_since(&internet.log, 0);
     assert_eq!(peers.len(), VASSALS as usize, "{peers:?}");
     assert!(peers.iter().all(|p| *p == internet.host_addr), "{peers:?}");
-    assert_eq!(
-        tables_of(&router),
-        [format!(
-            "table inet {}",
-            vassal_router::nat::table_name(&router.device)
-        )]
-    );
-    assert_eq!(nat_table(&router).as_ref(), Some(&expected));
-    assert_eq!(ruleset_mentions(&router), (7, 3));
+    assert_only_table(&router, &expected);
     assert!(router.stop(Signal::SIGTERM), "{}", router.log_text());
     assert_eq!(tables_of(&router), Vec::<String>::new());
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use vassal_tests::router_harness::{
     add_ipv6, echo_server, RouterSpec, TestRouter, TestVassal, PYTHON,
 };
-use vassal_tests::{wait_until, KillOnDrop, Netns, Veth};
+use vassal_tests::{try_run, wait_until, KillOnDrop, Netns, Veth};
 
 /// A UDP server (IPv4 and IPv6) on port 5353 that answers every query with
 /// 3000 bytes, as a DNS server answers over EDNS with a large record set.
@@ -103,20 +103,44 @@ except socket.timeout:
 sys.exit(0 if got == data else "echo differs")
 "#;
 
+/// [`CRAFT`] in `ns`: fragments of datagram `id` from `src` to `dst`,
+/// then the port, the fragments and options (`rest`).
+fn craft(ns: &Netns, src: &str, dst: &str, id: u32, rest: &[&str]) {
+    let id = id.to_string();
+    python(ns, CRAFT, &[&[src, dst, id.as_str()][..], rest].concat()).unwrap();
+}
+
+/// alice's and bob's addresses in IPv4 and in IPv6, each with the first
+/// datagram id a test sends in that family.
+fn both_families(
+    alice: &TestVassal,
+    bob: &TestVassal,
+    ids: [u32; 2],
+) -> [(String, String, u32); 2] {
+    [
+        (alice.addr.to_string(), bob.addr.to_string(), ids[0]),
+        (
+            alice.addr6.clone().unwrap(),
+            bob.addr6.clone().unwrap(),
+            ids[1],
+        ),
+    ]
+}
+
+/// Waits (3 s) for `project`'s `fragment` drops to reach `n`.
+fn assert_fragment_drops(router: &TestRouter, project: &str, n: f64) {
+    assert!(
+        wait_until(Duration::from_secs(3), || router
+            .dropped(project, "fragment")
+            == n),
+        "fragment drops of {project}: {}",
+        router.dropped(project, "fragment")
+    );
+}
+
 /// Runs a python script inside `ns`; Ok when it exits 0, else its stderr.
 fn python(ns: &Netns, script: &str, args: &[&str]) -> Result<(), String> {
-    let out = ns
-        .command(PYTHON)
-        .args(["-c", script])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    try_run(ns.command(PYTHON).args(["-c", script]).args(args))
 }
 
 /// A test-built "internet": a namespace behind a veth holding a /30 of
@@ -328,7 +352,7 @@ fn control_train(
     id: u32,
 ) {
     let (_, oks) = reassembly(&bob.ns);
-    python(&alice.ns, CRAFT, &[src, dst, &id.to_string(), "7", "0,1,2"]).unwrap();
+    craft(&alice.ns, src, dst, id, &["7", "0,1,2"]);
     assert!(
         wait_until(Duration::from_secs(3), || reassembly(&bob.ns).1 == oks + 1),
         "the allowed crafted train {id} to {dst} did not arrive; log:\n{}",
@@ -339,23 +363,11 @@ fn control_train(
 #[test]
 fn hostile_router_fragments_of_a_denied_datagram_never_pass() {
     let (router, alice, bob) = deny_port_9();
-    for (src, dst, id) in [
-        (alice.addr.to_string(), bob.addr.to_string(), 4001),
-        (
-            alice.addr6.clone().unwrap(),
-            bob.addr6.clone().unwrap(),
-            0x6001,
-        ),
-    ] {
+    for (src, dst, id) in both_families(&alice, &bob, [4001, 0x6001]) {
         let (reqds, _) = reassembly(&bob.ns);
         // The first fragment to port 9 is denied by bob's in chain; its two
         // followers carry no port.
-        python(
-            &alice.ns,
-            CRAFT,
-            &[&src, &dst, &id.to_string(), "9", "0,1,2"],
-        )
-        .unwrap();
+        craft(&alice.ns, &src, &dst, id, &["9", "0,1,2"]);
         control_train(&router, &alice, &bob, &src, &dst, id + 1);
         assert_eq!(
             reassembly(&bob.ns).0,
@@ -366,49 +378,25 @@ fn hostile_router_fragments_of_a_denied_datagram_never_pass() {
     // Counted: the first fragments as firewall drops of bob, each follower
     // as a fragment drop of alice.
     assert_eq!(router.dropped("bob", "firewall"), 2.0);
-    assert!(
-        wait_until(Duration::from_secs(2), || router
-            .dropped("alice", "fragment")
-            == 4.0),
-        "fragment drops: {}",
-        router.dropped("alice", "fragment")
-    );
+    assert_fragment_drops(&router, "alice", 4.0);
 }
 
 #[test]
 fn hostile_router_fragments_a_forged_later_fragment_alone_never_passes() {
     let (router, alice, bob) = deny_port_9();
-    for (src, dst, id) in [
-        (alice.addr.to_string(), bob.addr.to_string(), 5001),
-        (
-            alice.addr6.clone().unwrap(),
-            bob.addr6.clone().unwrap(),
-            0x7001,
-        ),
-    ] {
+    for (src, dst, id) in both_families(&alice, &bob, [5001, 0x7001]) {
         let (reqds, _) = reassembly(&bob.ns);
         // The middle and last fragments of a datagram nobody started.
-        python(&alice.ns, CRAFT, &[&src, &dst, &id.to_string(), "9", "1,2"]).unwrap();
+        craft(&alice.ns, &src, &dst, id, &["9", "1,2"]);
         control_train(&router, &alice, &bob, &src, &dst, id + 1);
         assert_eq!(reassembly(&bob.ns).0, reqds + 3, "{dst}");
         // Out of order: a later fragment before its (allowed) first one is
         // dropped, and so the datagram is lost (docs/security.md).
-        python(
-            &alice.ns,
-            CRAFT,
-            &[&src, &dst, &(id + 2).to_string(), "7", "1,0,2"],
-        )
-        .unwrap();
+        craft(&alice.ns, &src, &dst, id + 2, &["7", "1,0,2"]);
         control_train(&router, &alice, &bob, &src, &dst, id + 3);
     }
     assert_eq!(router.dropped("bob", "firewall"), 0.0);
-    assert!(
-        wait_until(Duration::from_secs(2), || router
-            .dropped("alice", "fragment")
-            == 8.0),
-        "fragment drops: {}",
-        router.dropped("alice", "fragment")
-    );
+    assert_fragment_drops(&router, "alice", 8.0);
 }
 
 #[test]
@@ -448,15 +436,9 @@ fn hostile_router_fragments_a_flood_of_first_fragments_fills_only_its_own_share(
     // alice starts 20 datagrams (allowed first fragments) and never ends
     // them: 4 fill her share, 16 are refused.
     for id in 100..120u32 {
-        python(&alice.ns, CRAFT, &[&src, &dst, &id.to_string(), "7", "0"]).unwrap();
+        craft(&alice.ns, &src, &dst, id, &["7", "0"]);
     }
-    assert!(
-        wait_until(Duration::from_secs(3), || router
-            .dropped("alice", "fragment")
-            == 16.0),
-        "fragment drops of alice: {}",
-        router.dropped("alice", "fragment")
-    );
+    assert_fragment_drops(&router, "alice", 16.0);
     assert!(
         wait_until(Duration::from_secs(3), || router
             .metric("vassal_fragment_table_size", "")
@@ -481,32 +463,15 @@ fn hostile_router_fragments_a_flood_of_first_fragments_fills_only_its_own_share(
 #[test]
 fn hostile_router_fragments_tiny_and_overlapping_fragments_stay_refused() {
     let (router, alice, bob) = deny_port_9();
-    for (src, dst, id) in [
-        (alice.addr.to_string(), bob.addr.to_string(), 6001),
-        (
-            alice.addr6.clone().unwrap(),
-            bob.addr6.clone().unwrap(),
-            0x8001,
-        ),
-    ] {
+    for (src, dst, id) in both_families(&alice, &bob, [6001, 0x8001]) {
         let (reqds, _) = reassembly(&bob.ns);
         // Tiny (RFC 1858): a TCP first fragment of 8 bytes, its flags in
         // the second fragment; refused as malformed (as before the fix:
         // this one guards against a regression).
-        python(
-            &alice.ns,
-            CRAFT,
-            &[&src, &dst, &id.to_string(), "7", "0:8:1,8:48:0", "tcp"],
-        )
-        .unwrap();
+        craft(&alice.ns, &src, &dst, id, &["7", "0:8:1,8:48:0", "tcp"]);
         // Overlapping: an allowed UDP first fragment, then a fragment at
         // offset 8 that would rewrite what the first one was judged on.
-        python(
-            &alice.ns,
-            CRAFT,
-            &[&src, &dst, &(id + 1).to_string(), "7", "0,8:16:0"],
-        )
-        .unwrap();
+        craft(&alice.ns, &src, &dst, id + 1, &["7", "0,8:16:0"]);
         control_train(&router, &alice, &bob, &src, &dst, id + 2);
         assert_eq!(
             reassembly(&bob.ns).0,
@@ -517,11 +482,5 @@ fn hostile_router_fragments_tiny_and_overlapping_fragments_stay_refused() {
     // Per family: the tiny first fragment is malformed, its second an
     // orphan; the overlapping fragment is refused.
     assert_eq!(router.dropped("alice", "malformed"), 2.0);
-    assert!(
-        wait_until(Duration::from_secs(2), || router
-            .dropped("alice", "fragment")
-            == 4.0),
-        "fragment drops: {}",
-        router.dropped("alice", "fragment")
-    );
+    assert_fragment_drops(&router, "alice", 4.0);
 }

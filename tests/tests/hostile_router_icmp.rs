@@ -349,32 +349,13 @@ fn forged_errors_on_a_flow_to_the_internet(v6: bool) {
             "576",
         ),
     };
-    let mut server = Tool::start(&internet.ns, &["server", &srv, "8080"]);
-    assert_eq!(server.line(), "ready");
-    let mut client = Tool::start(&a.ns, &["client", &srv, "8080"]);
-    let port = client.line();
-    let port = port.strip_prefix("port ").unwrap().to_owned();
-    assert_eq!(client.ask("send 3"), "echo", "{}", router.log_text());
-    let peer = server.line();
+    let (mut server, mut client, port, peer) = echo_flow(&router, &internet.ns, &a.ns, &srv);
     assert!(peer.starts_with(&format!("peer {host} ")), "{peer}");
-    assert_eq!(client.ask("state"), "state 0 1500");
-
-    for (kind, mtu) in [("unreach", "0"), ("toobig", small)] {
-        tool(&b.ns, &["inject", &va, kind, mtu, &va, &srv, &port, "8080"]);
-    }
     // Both forged errors denied by the rules (the default rules deny
     // vassal to vassal) and counted: then A's socket is untouched.
-    let denied = || router.dropped("mallory", "firewall") + router.dropped("victim", "firewall");
-    assert!(
-        wait_until(Duration::from_secs(3), || denied() >= 2.0),
-        "{}",
-        router.scrape()
-    );
-    assert_eq!(
-        client.ask("state"),
-        "state 0 1500",
-        "a forged error arrived"
-    );
+    let flow = [va.as_str(), &srv, &port];
+    let charged = ["mallory", "victim"];
+    forged_errors_are_denied(&router, &b.ns, flow, small, &mut client, &charged);
     // Nor can B pose as the flow's other end: a forged outer source is
     // spoofing.
     let prefix = if v6 { "128" } else { "32" };
@@ -405,11 +386,69 @@ fn forged_errors_on_a_flow_to_the_internet(v6: bool) {
     // The path really says the same: the internet's errors pass.
     // (A frag needed also leaves EMSGSIZE pending on the connected
     // socket: only the path MTU is compared.)
-    assert_eq!(server.ask(&format!("toobig {small}")), "sent");
+    real_errors_arrive(&mut server, &mut client, small, &format!(" {small}"));
+}
+
+/// A UDP flow from a client in `client_ns` to a server at `srv:8080` in
+/// `server_ns`, one echo done and no error seen: the server, the client,
+/// the client's port and the peer line the server printed.
+fn echo_flow(
+    router: &TestRouter,
+    server_ns: &Netns,
+    client_ns: &Netns,
+    srv: &str,
+) -> (Tool, Tool, String, String) {
+    let mut server = Tool::start(server_ns, &["server", srv, "8080"]);
+    assert_eq!(server.line(), "ready");
+    let mut client = Tool::start(client_ns, &["client", srv, "8080"]);
+    let port = client.line();
+    let port = port.strip_prefix("port ").unwrap().to_owned();
+    assert_eq!(client.ask("send 3"), "echo", "{}", router.log_text());
+    let peer = server.line();
+    assert_eq!(client.ask("state"), "state 0 1500");
+    (server, client, port, peer)
+}
+
+/// From `ns`, a port unreachable and a packet too big (`mtu`) to the
+/// victim quoting its flow `[victim, srv, port]` (to `srv:8080`): once the
+/// firewall drops of the `charged` projects count both, the victim's
+/// socket has seen neither.
+fn forged_errors_are_denied(
+    router: &TestRouter,
+    ns: &Netns,
+    [victim, srv, port]: [&str; 3],
+    mtu: &str,
+    client: &mut Tool,
+    charged: &[&str],
+) {
+    for (kind, mtu) in [("unreach", "0"), ("toobig", mtu)] {
+        tool(
+            ns,
+            &["inject", victim, kind, mtu, victim, srv, port, "8080"],
+        );
+    }
+    let denied = || -> f64 { charged.iter().map(|p| router.dropped(p, "firewall")).sum() };
+    assert!(
+        wait_until(Duration::from_secs(3), || denied() >= 2.0),
+        "{}",
+        router.scrape()
+    );
+    assert_eq!(
+        client.ask("state"),
+        "state 0 1500",
+        "a forged error arrived"
+    );
+}
+
+/// The server's own errors about the flow arrive: a packet too big for
+/// `mtu` (the client's state then ends with `after_toobig`) and a port
+/// unreachable (ECONNREFUSED).
+fn real_errors_arrive(server: &mut Tool, client: &mut Tool, mtu: &str, after_toobig: &str) {
+    assert_eq!(server.ask(&format!("toobig {mtu}")), "sent");
     assert!(
         wait_until(Duration::from_secs(3), || client
             .ask("state")
-            .ends_with(&format!(" {small}"))),
+            .ends_with(after_toobig)),
         "path MTU discovery broken"
     );
     assert_eq!(server.ask("unreach 0"), "sent");
@@ -450,43 +489,11 @@ fn hostile_router_icmp_errors_forged_by_another_vassal_never_reach_a_flow_betwee
     let peer = TestVassal::attach6(&router, "peer", 4);
     let b = TestVassal::attach6(&router, "mallory", 3);
     let (va, vp) = (a.addr6.clone().unwrap(), peer.addr6.clone().unwrap());
-    let mut server = Tool::start(&peer.ns, &["server", &vp, "8080"]);
-    assert_eq!(server.line(), "ready");
-    let mut client = Tool::start(&a.ns, &["client", &vp, "8080"]);
-    let port = client.line().strip_prefix("port ").unwrap().to_owned();
-    assert_eq!(client.ask("send 3"), "echo", "{}", router.log_text());
-    assert_eq!(server.line(), format!("peer {va} {port}"));
-    assert_eq!(client.ask("state"), "state 0 1500");
-
-    for (kind, mtu) in [("unreach", "0"), ("toobig", "1280")] {
-        tool(&b.ns, &["inject", &va, kind, mtu, &va, &vp, &port, "8080"]);
-    }
-    assert!(
-        wait_until(Duration::from_secs(3), || router
-            .dropped("victim", "firewall")
-            >= 2.0),
-        "{}",
-        router.scrape()
-    );
-    assert_eq!(
-        client.ask("state"),
-        "state 0 1500",
-        "a forged error arrived"
-    );
-
-    assert_eq!(server.ask("toobig 1280"), "sent");
-    assert!(
-        wait_until(Duration::from_secs(3), || client.ask("state")
-            == "state 0 1280"),
-        "path MTU discovery broken"
-    );
-    assert_eq!(server.ask("unreach 0"), "sent");
-    assert!(
-        wait_until(Duration::from_secs(3), || client
-            .ask("state")
-            .starts_with("state 111 ")),
-        "a real port unreachable did not arrive"
-    );
+    let (mut server, mut client, port, peer_line) = echo_flow(&router, &peer.ns, &a.ns, &vp);
+    assert_eq!(peer_line, format!("peer {va} {port}"));
+    let flow = [va.as_str(), &vp, &port];
+    forged_errors_are_denied(&router, &b.ns, flow, "1280", &mut client, &["victim"]);
+    real_errors_arrive(&mut server, &mut client, "1280", "state 0 1280");
 }
 
 /// Issue 11, item 6: an echo request with identifier 0 from a raw socket

@@ -179,7 +179,6 @@ pub fn time_exceeded(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

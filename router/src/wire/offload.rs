@@ -388,7 +388,6 @@ fn pseudo_header(out: &[u8], t: usize) -> u64 {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
