@@ -35,6 +35,16 @@ pub struct Delivered {
 }
 
 impl Delivered {
+    /// A packet of `plan` written whole (all its segments) or not at all.
+    pub fn whole(outcome: Delivery, plan: &Plan) -> Delivered {
+        let sent = if outcome == Delivery::Sent {
+            plan.wire
+        } else {
+            Wire::default()
+        };
+        Delivered { outcome, sent }
+    }
+
     /// Segments of `plan` that did not go through.
     pub fn unsent(&self, plan: &Plan) -> u64 {
         plan.wire.packets.saturating_sub(self.sent.packets)

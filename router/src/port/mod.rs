@@ -13,7 +13,7 @@ use crate::port::compat_queue::CompatOut;
 use crate::port::delivery::{Delivered, Delivery};
 use crate::wire::frame::Frame;
 use crate::wire::icmp;
-use crate::wire::offload::{self, Plan, Wire, HDR_LEN};
+use crate::wire::offload::{self, Plan, HDR_LEN};
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -49,13 +49,7 @@ pub fn write_tun(fd: BorrowedFd<'_>, vnet: bool, frame: &Frame<'_>, plan: &Plan)
         } else {
             tun::write(fd, frame.ip)
         };
-        let outcome = Delivery::from(io);
-        let sent = if outcome == Delivery::Sent {
-            plan.wire
-        } else {
-            Wire::default()
-        };
-        return Delivered { outcome, sent };
+        return Delivered::whole(Delivery::from(io), plan);
     }
     cut(frame, plan, |segment| {
         Delivery::from(tun::write(fd, segment))
@@ -89,15 +83,7 @@ impl Port {
     pub fn write(&self, frame: &Frame<'_>, plan: &Plan) -> Delivered {
         match self {
             Port::Tun { fd, vnet } => write_tun(fd.as_fd(), *vnet, frame, plan),
-            Port::Compat(out) if plan.is_plain() => {
-                let outcome = out.push(frame.ip);
-                let sent = if outcome == Delivery::Sent {
-                    plan.wire
-                } else {
-                    Wire::default()
-                };
-                Delivered { outcome, sent }
-            }
+            Port::Compat(out) if plan.is_plain() => Delivered::whole(out.push(frame.ip), plan),
             Port::Compat(out) => cut(frame, plan, |segment| out.push(segment)),
         }
     }
@@ -117,13 +103,7 @@ impl Port {
                 } else {
                     tun::write_parts(fd.as_fd(), &[head, rest])
                 };
-                let outcome = Delivery::from(io);
-                let sent = if outcome == Delivery::Sent {
-                    plan.wire
-                } else {
-                    Wire::default()
-                };
-                return Delivered { outcome, sent };
+                return Delivered::whole(Delivery::from(io), plan);
             }
         }
         HOP.with_borrow_mut(|buf| {

@@ -40,6 +40,13 @@ impl Project {
     pub fn attached(&self) -> i64 {
         self.attached.load(Ordering::Relaxed)
     }
+
+    /// Counts a vassal of this project attached (`delta` 1) or detached
+    /// (-1), in the `vassal_attached` gauge too.
+    fn count_attached(&self, delta: i64) {
+        self.attached.fetch_add(delta, Ordering::Relaxed);
+        self.counters.attached.set(self.attached() as f64);
+    }
 }
 
 /// One attached vassal.
@@ -204,12 +211,7 @@ impl Registry {
             map.insert(IpAddr::V6(a), Arc::clone(&vassal));
         }
         self.by_addr.store(Arc::new(map));
-        vassal.project.attached.fetch_add(1, Ordering::Relaxed);
-        vassal
-            .project
-            .counters
-            .attached
-            .set(vassal.project.attached() as f64);
+        vassal.project.count_attached(1);
         Ok(vassal)
     }
 
@@ -226,12 +228,7 @@ impl Registry {
         }
         if removed {
             self.by_addr.store(Arc::new(map));
-            vassal.project.attached.fetch_sub(1, Ordering::Relaxed);
-            vassal
-                .project
-                .counters
-                .attached
-                .set(vassal.project.attached() as f64);
+            vassal.project.count_attached(-1);
         }
     }
 }

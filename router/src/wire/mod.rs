@@ -1,5 +1,7 @@
-//! Wire formats, pure: views of IP packets and their offload headers, and
-//! the ICMP messages the router builds, and the flow state file's format. No I/O, no state.
+//! Wire formats, pure: views of IP packets and their offload headers, the
+//! ICMP messages the router builds and the checksum they share, and the
+//! flow state file's format. No I/O, no state. For the unit tests,
+//! `testpkt` builds the packets they feed it.
 
 pub mod checksum;
 pub mod flow_file;
