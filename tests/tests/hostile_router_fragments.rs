@@ -303,17 +303,7 @@ fn hostile_router_fragments_outgoing_later_fragments_open_no_port_0_flows() {
 
 #[test]
 fn hostile_router_fragments_a_4000_byte_datagram_between_vassals_arrives() {
-    let rules = "[default]\nout = \"allow\"\nin = \"deny\"\n\
-                 [[in]]\naction = \"allow\"\nproject = \"bob\"\nproto = \"udp\"\ndst_port = 7\n";
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(rules.into()),
-        ipv6: true,
-        ..Default::default()
-    });
-    let alice = TestVassal::attach6(&router, "alice", 2);
-    let bob = TestVassal::attach6(&router, "bob", 3);
-    let log = router.dir.join("bob.log");
-    let _echo = echo_server(&bob.ns, "::", 7, &log);
+    let (router, alice, bob, _echo) = echo_on_bob_7();
     for dst in [bob.addr.to_string(), bob.addr6.clone().unwrap()] {
         assert!(
             vassal_tests::router_harness::udp_echo(&alice.ns, &dst, 7, 4000),
@@ -323,6 +313,26 @@ fn hostile_router_fragments_a_4000_byte_datagram_between_vassals_arrives() {
     }
     assert_eq!(router.dropped("alice", "fragment"), 0.0);
     assert_eq!(router.dropped("bob", "fragment"), 0.0);
+}
+
+/// Rules under which nothing reaches a vassal but UDP to bob's port 7.
+const BOB_UDP_7: &str = "[default]\nout = \"allow\"\nin = \"deny\"\n\
+                         [[in]]\naction = \"allow\"\nproject = \"bob\"\nproto = \"udp\"\n\
+                         dst_port = 7\n";
+
+/// alice and bob, both families, on [`BOB_UDP_7`], with an echo server on
+/// bob's port 7.
+fn echo_on_bob_7() -> (TestRouter, TestVassal, TestVassal, KillOnDrop) {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some(BOB_UDP_7.into()),
+        ipv6: true,
+        ..Default::default()
+    });
+    let alice = TestVassal::attach6(&router, "alice", 2);
+    let bob = TestVassal::attach6(&router, "bob", 3);
+    let log = router.dir.join("bob.log");
+    let echo = echo_server(&bob.ns, "::", 7, &log);
+    (router, alice, bob, echo)
 }
 
 /// Two vassals on permissive rules that deny one thing: UDP to bob's
@@ -401,17 +411,7 @@ fn hostile_router_fragments_a_forged_later_fragment_alone_never_passes() {
 
 #[test]
 fn hostile_router_fragments_ipv6_destination_options_after_the_fragment_header_parse() {
-    let rules = "[default]\nout = \"allow\"\nin = \"deny\"\n\
-                 [[in]]\naction = \"allow\"\nproject = \"bob\"\nproto = \"udp\"\ndst_port = 7\n";
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(rules.into()),
-        ipv6: true,
-        ..Default::default()
-    });
-    let alice = TestVassal::attach6(&router, "alice", 2);
-    let bob = TestVassal::attach6(&router, "bob", 3);
-    let log = router.dir.join("bob.log");
-    let _echo = echo_server(&bob.ns, "::", 7, &log);
+    let (router, alice, bob, _echo) = echo_on_bob_7();
     python(&alice.ns, DSTOPTS_CLIENT, &[bob.addr6.as_deref().unwrap()])
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", router.log_text()));
     assert_eq!(router.dropped("alice", "malformed"), 0.0);
@@ -420,10 +420,8 @@ fn hostile_router_fragments_ipv6_destination_options_after_the_fragment_header_p
 
 #[test]
 fn hostile_router_fragments_a_flood_of_first_fragments_fills_only_its_own_share() {
-    let rules = "[default]\nout = \"allow\"\nin = \"deny\"\n\
-                 [[in]]\naction = \"allow\"\nproject = \"bob\"\nproto = \"udp\"\ndst_port = 7\n";
     let router = TestRouter::start(&RouterSpec {
-        rules: Some(rules.into()),
+        rules: Some(BOB_UDP_7.into()),
         extra: "[fragments]\nmax_total = 8\nmax_per_project = 4\ntimeout = 60\n".into(),
         ..Default::default()
     });

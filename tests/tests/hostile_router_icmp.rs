@@ -626,19 +626,13 @@ fn hostile_router_icmp_idle_ipv6_vassal_is_not_spoofing() {
     assert_eq!(router.dropped(&n, "link_local"), 0.0);
 
     // By hand, from fe80::: link_local, still no spoofing.
-    assert!(in_netns_of(
-        pid,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fe80::1/64",
-            "dev",
-            "vx0",
-            "nodad"
-        ]
-    ));
+    let add6 = |cidr: &str| {
+        assert!(in_netns_of(
+            pid,
+            &["ip", "-6", "addr", "add", cidr, "dev", "vx0", "nodad"]
+        ))
+    };
+    add6("fe80::1/64");
     in_netns_of(
         pid,
         &[
@@ -665,19 +659,7 @@ fn hostile_router_icmp_idle_ipv6_vassal_is_not_spoofing() {
 
     // A forged global source is still spoofing.
     let forged = router.addr6(99);
-    assert!(in_netns_of(
-        pid,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{forged}/128"),
-            "dev",
-            "vx0",
-            "nodad"
-        ]
-    ));
+    add6(&format!("{forged}/128"));
     in_netns_of(
         pid,
         &[
