@@ -37,9 +37,9 @@ fn router(cluster: &Cluster, node: &str, extra: String) -> ClusterRouter {
     ClusterRouter::configure(cluster, 0, &spec)
 }
 
-/// Asserts that `r` exits non-zero and that its log says, for every etcd
-/// endpoint, the endpoint and `want` (the step and the hint).
-fn assert_refused(cluster: &Cluster, r: &mut ClusterRouter, want: &str) {
+/// Asserts that `r` exits non-zero and that its fatal error names every
+/// etcd endpoint, each with all of `want` (the step and the hint).
+fn assert_refused(cluster: &Cluster, r: &mut ClusterRouter, want: &[&str]) {
     r.spawn_nowait();
     let status = exit_of(r);
     let log = r.log_text();
@@ -51,13 +51,17 @@ fn assert_refused(cluster: &Cluster, r: &mut ClusterRouter, want: &str) {
         .lines()
         .find(|l| l.contains("joining the cluster"))
         .unwrap_or_else(|| panic!("no fatal error in the log:\n{log}"));
+    // "... (https://A: step: why; https://B: step: why) and ..."
+    let causes: Vec<&str> = fatal.split("; ").collect();
     for endpoint in cluster.endpoints() {
-        assert!(
-            fatal.contains(&format!("{endpoint}: ")),
-            "{endpoint} is not named: {fatal}"
-        );
+        let cause = causes
+            .iter()
+            .find(|c| c.contains(&format!("{endpoint}: ")))
+            .unwrap_or_else(|| panic!("{endpoint} is not named: {fatal}"));
+        for w in want {
+            assert!(cause.contains(w), "wanted {w:?} for {endpoint} in: {fatal}");
+        }
     }
-    assert!(fatal.contains(want), "wanted {want:?} in: {fatal}");
     // Nothing was written under the router's prefix.
     let out = cluster.etcdctl(&["get", "--prefix", "--keys-only", "/vassal/"]);
     assert!(out.status.success());
@@ -140,7 +144,10 @@ fn a_router_whose_ca_does_not_match_etcd_s_is_refused_naming_the_endpoint_and_th
     assert_refused(
         &cluster,
         &mut r,
-        "TLS handshake: the server's certificate is not signed by cluster.etcd_ca",
+        &[
+            "granting a lease: ",
+            "TLS handshake: the server's certificate is not signed by cluster.etcd_ca",
+        ],
     );
 }
 
@@ -151,7 +158,10 @@ fn a_router_without_a_client_certificate_is_refused_when_etcd_demands_one() {
     assert_refused(
         &cluster,
         &mut r,
-        "TLS handshake: etcd refused this router's client certificate",
+        &[
+            "granting a lease: TLS handshake: etcd ",
+            "this router's client certificate (cluster.etcd_cert/etcd_key missing",
+        ],
     );
 }
 
@@ -169,7 +179,7 @@ fn with_etcd_users_a_wrong_password_is_refused_and_the_right_one_works() {
     assert_refused(
         &cluster,
         &mut r,
-        "connecting and authenticating: authentication: etcd refused cluster.etcd_user",
+        &["connecting and authenticating: authentication: etcd refused cluster.etcd_user"],
     );
     // The right password: the same router gets in.
     password_file(&cluster, "host-0", "the-right-password");
@@ -199,7 +209,7 @@ fn a_user_whose_role_is_limited_to_another_prefix_cannot_write_ours() {
     assert_refused(
         &cluster,
         &mut r,
-        "authorization: cluster.etcd_user's roles do not grant readwrite on cluster.key_prefix",
+        &["authorization: cluster.etcd_user's roles do not grant readwrite on cluster.key_prefix"],
     );
     // The user can write its own prefix: the refusal is the role's.
     let out = cluster.etcdctl(&["--user=other:other-password", "put", "/other/x", "1"]);

@@ -59,6 +59,11 @@ impl Credentials {
         Ok(Credentials { tls, user })
     }
 
+    /// Whether the endpoints are `https://`.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The etcd user's name, if any (for messages).
     pub fn user(&self) -> Option<&str> {
         self.user.as_ref().map(|(name, _)| name.as_str())
@@ -113,32 +118,48 @@ pub fn describe(e: &etcd_client::Error) -> String {
     text
 }
 
+/// The client certificate's keys, for the hints.
+const CLIENT_CERT_KEYS: &str =
+    "cluster.etcd_cert/etcd_key missing, or not signed by etcd's --trusted-ca-file";
+
 /// A hint for the operator when `text` (from [`describe`]) shows why a
-/// secured connection failed, naming the key to look at.
-pub fn hint(text: &str) -> Option<&'static str> {
+/// secured connection failed, naming the key to look at. `opening_tls`:
+/// the error is of the first requests on a new TLS connection, where a
+/// closed connection is how etcd refuses a client certificate (its alert
+/// comes after the client's side of the handshake is done, and is often
+/// lost with the connection).
+pub fn hint(text: &str, opening_tls: bool) -> Option<String> {
     let t = text.to_ascii_lowercase();
-    if t.contains("unknownissuer") || t.contains("unknown issuer") || t.contains("badsignature") {
-        Some("TLS handshake: the server's certificate is not signed by cluster.etcd_ca")
+    let closed = ["connection closed", "broken pipe", "connection reset"]
+        .iter()
+        .any(|c| t.contains(c));
+    let hint = if t.contains("unknownissuer")
+        || t.contains("unknown issuer")
+        || t.contains("badsignature")
+    {
+        "TLS handshake: the server's certificate is not signed by cluster.etcd_ca".to_owned()
     } else if t.contains("notvalidforname") || t.contains("not valid for name") {
-        Some("TLS handshake: the server's certificate does not name this endpoint's host")
+        "TLS handshake: the server's certificate does not name this endpoint's host".to_owned()
     } else if t.contains("certificaterequired")
         || t.contains("bad certificate")
         || t.contains("badcertificate")
         || t.contains("unknownca")
         || t.contains("unknown ca")
     {
-        Some("TLS handshake: etcd refused this router's client certificate (cluster.etcd_cert/etcd_key missing or not signed by etcd's --trusted-ca-file)")
+        format!("TLS handshake: etcd refused this router's client certificate ({CLIENT_CERT_KEYS})")
+    } else if opening_tls && closed {
+        format!("TLS handshake: etcd closed the connection, as it does when it refuses this router's client certificate ({CLIENT_CERT_KEYS})")
     } else if t.contains("invalid user id or password") || t.contains("authentication failed") {
-        Some("authentication: etcd refused cluster.etcd_user with the password of cluster.etcd_password_file")
+        "authentication: etcd refused cluster.etcd_user with the password of cluster.etcd_password_file".to_owned()
     } else if t.contains("permission denied") {
-        Some(
-            "authorization: cluster.etcd_user's roles do not grant readwrite on cluster.key_prefix",
-        )
+        "authorization: cluster.etcd_user's roles do not grant readwrite on cluster.key_prefix"
+            .to_owned()
     } else if t.contains("authentication is not enabled") {
-        Some("authentication: etcd has no authentication enabled; remove cluster.etcd_user or run `etcdctl auth enable`")
+        "authentication: etcd has no authentication enabled; remove cluster.etcd_user or run `etcdctl auth enable`".to_owned()
     } else {
-        None
-    }
+        return None;
+    };
+    Some(hint)
 }
 
 #[cfg(test)]
@@ -419,12 +440,19 @@ mod tests {
             ),
         ] {
             assert!(
-                super::hint(text).is_some_and(|h| h.contains(want)),
+                super::hint(text, false).is_some_and(|h| h.contains(want)),
                 "{text}"
             );
         }
+        let closed = "Cancelled: operation was canceled: transport error: connection closed";
+        assert!(super::hint(closed, true).is_some_and(|h| h.contains("client certificate")));
         assert_eq!(
-            super::hint("Unavailable: tcp connect error: Connection refused"),
+            super::hint(closed, false),
+            None,
+            "not on a plain or established connection"
+        );
+        assert_eq!(
+            super::hint("Unavailable: tcp connect error: Connection refused", true),
             None
         );
     }

@@ -73,10 +73,13 @@ struct NodeValue {
 
 #[derive(Debug, thiserror::Error)]
 enum EtcdError {
-    #[error("{step}: {}", explain(source))]
+    #[error("{step}: {}", explain(source, *opening_tls))]
     Client {
         step: &'static str,
         source: etcd_client::Error,
+        /// The first requests over a new TLS connection, where a closed
+        /// connection means etcd refused the client certificate.
+        opening_tls: bool,
     },
     #[error("{0}: no answer within {REQUEST_TIMEOUT:?}")]
     Timeout(&'static str),
@@ -90,9 +93,9 @@ enum EtcdError {
 
 /// The error with its causes, and a hint naming the key to look at when
 /// TLS or authentication refused the connection.
-fn explain(e: &etcd_client::Error) -> String {
+fn explain(e: &etcd_client::Error, opening_tls: bool) -> String {
     let text = secure::describe(e);
-    match secure::hint(&text) {
+    match secure::hint(&text, opening_tls) {
         Some(hint) => format!("{hint} ({text})"),
         None => text,
     }
@@ -104,7 +107,11 @@ async fn call<T>(
 ) -> Result<T, EtcdError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(EtcdError::Client { step, source }),
+        Ok(Err(source)) => Err(EtcdError::Client {
+            step,
+            source,
+            opening_tls: false,
+        }),
         Err(_) => Err(EtcdError::Timeout(step)),
     }
 }
@@ -154,12 +161,23 @@ async fn open(m: &Membership, endpoint: &str) -> Result<(Client, i64), EtcdError
         "connecting"
     };
     let options = m.credentials.options();
-    let mut client = call(step, Client::connect([endpoint], Some(options))).await?;
+    let opening = |e| match e {
+        EtcdError::Client { step, source, .. } => EtcdError::Client {
+            step,
+            source,
+            opening_tls: m.credentials.tls(),
+        },
+        other => other,
+    };
+    let mut client = call(step, Client::connect([endpoint], Some(options)))
+        .await
+        .map_err(opening)?;
     let lease = call(
         "granting a lease",
         client.lease_grant(m.config.lease_ttl as i64, None),
     )
-    .await?
+    .await
+    .map_err(opening)?
     .id();
     Ok((client, lease))
 }
@@ -654,14 +672,14 @@ async fn session(
                     Ok(Some(r)) if r.ttl() > 0 => {}
                     Ok(Some(_)) => return Err(EtcdError::Lost("the lease expired".into())),
                     Ok(None) => return Err(EtcdError::Lost("the keep-alive stream closed".into())),
-                    Err(source) => return Err(EtcdError::Client { step: "keep-alive", source }),
+                    Err(source) => return Err(EtcdError::Client { step: "keep-alive", source, opening_tls: false }),
                 }
             }
             msg = stream.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => return Err(EtcdError::Lost("the watch closed".into())),
-                    Err(source) => return Err(EtcdError::Client { step: "watch", source }),
+                    Err(source) => return Err(EtcdError::Client { step: "watch", source, opening_tls: false }),
                 };
                 if resp.canceled() || resp.compact_revision() > 0 {
                     return Err(EtcdError::Lost(format!("the watch was cancelled ({}); re-listing", resp.cancel_reason())));

@@ -95,9 +95,11 @@ fn validate_endpoint(e: &str) -> Result<bool, String> {
     let (https, rest) = match (e.strip_prefix("http://"), e.strip_prefix("https://")) {
         (Some(rest), _) => (false, rest),
         (_, Some(rest)) => (true, rest),
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "{e:?} must start with http:// or https:// (see docs/cluster.md, \"Protecting etcd\")"
-        )),
+        ))
+        }
     };
     let (host, port) = rest
         .rsplit_once(':')
