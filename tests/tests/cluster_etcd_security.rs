@@ -32,9 +32,14 @@ fn exit_of(r: &mut ClusterRouter) -> Option<std::process::ExitStatus> {
 
 /// A router on host 0 whose `[cluster]` table has `extra` lines.
 fn router(cluster: &Cluster, node: &str, extra: String) -> ClusterRouter {
+    router_on(cluster, 0, node, extra)
+}
+
+/// A router on host `host` whose `[cluster]` table has `extra` lines.
+fn router_on(cluster: &Cluster, host: usize, node: &str, extra: String) -> ClusterRouter {
     let mut spec = ClusterRouterSpec::node(node);
     spec.cluster_extra = extra;
-    ClusterRouter::configure(cluster, 0, &spec)
+    ClusterRouter::configure(cluster, host, &spec)
 }
 
 /// Asserts that `r` exits non-zero and that its fatal error names every
@@ -62,13 +67,14 @@ fn assert_refused(cluster: &Cluster, r: &mut ClusterRouter, want: &[&str]) {
             assert!(cause.contains(w), "wanted {w:?} for {endpoint} in: {fatal}");
         }
     }
-    // Nothing was written under the router's prefix.
-    let out = cluster.etcdctl(&["get", "--prefix", "--keys-only", "/vassal/"]);
+    // Nothing of this router's was written under the prefix.
+    let out = cluster.etcdctl(&["get", "--prefix", "/vassal/"]);
     assert!(out.status.success());
+    let all = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
-        "keys were written: {}",
-        String::from_utf8_lossy(&out.stdout)
+        !all.contains(&format!("/vassal/nodes/{}", r.node))
+            && !all.contains(&format!("\"node\":\"{}\"", r.node)),
+        "keys were written: {all}"
     );
 }
 
@@ -209,7 +215,7 @@ fn a_user_whose_role_is_limited_to_another_prefix_cannot_write_ours() {
     assert_refused(
         &cluster,
         &mut r,
-        &["authorization: cluster.etcd_user's roles do not grant readwrite on cluster.key_prefix"],
+        &["authorization: the etcd user (cluster.etcd_user, else the client certificate's common name) has no role granting readwrite on cluster.key_prefix"],
     );
     // The user can write its own prefix: the refusal is the role's.
     let out = cluster.etcdctl(&["--user=other:other-password", "put", "/other/x", "1"]);
@@ -217,6 +223,33 @@ fn a_user_whose_role_is_limited_to_another_prefix_cannot_write_ours() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn with_client_certificates_and_users_the_certificate_s_common_name_is_the_etcd_user() {
+    let cluster = Cluster::new_protected(
+        3,
+        EtcdProtection {
+            tls: true,
+            client_cert_auth: true,
+            auth: true,
+        },
+    );
+    // A user named after host 0's certificate; no password in the router.
+    cluster.add_user("vassal-host-0", "never-used-by-the-router", "/vassal");
+    let mut a = router(&cluster, "host-0", cluster.tls_keys(Some("vassal-host-0")));
+    a.spawn();
+    let v = ClusterVassal::launch(&a, "alpha", "web");
+    assert!(v.accepted(), "{:?}", v.answer);
+    assert!(identity_in_etcd(&cluster, &v, "alpha"));
+    // A certificate of the right CA whose name is no etcd user gets in
+    // through TLS and no further.
+    let mut b = router_on(&cluster, 1, "host-1", cluster.tls_keys(Some("intruder")));
+    assert_refused(
+        &cluster,
+        &mut b,
+        &["authorization: the etcd user (cluster.etcd_user, else the client certificate's common name) has no role"],
     );
 }
 

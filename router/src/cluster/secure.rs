@@ -152,8 +152,10 @@ pub fn hint(text: &str, opening_tls: bool) -> Option<String> {
     } else if t.contains("invalid user id or password") || t.contains("authentication failed") {
         "authentication: etcd refused cluster.etcd_user with the password of cluster.etcd_password_file".to_owned()
     } else if t.contains("permission denied") {
-        "authorization: cluster.etcd_user's roles do not grant readwrite on cluster.key_prefix"
+        "authorization: the etcd user (cluster.etcd_user, else the client certificate's common name) has no role granting readwrite on cluster.key_prefix"
             .to_owned()
+    } else if t.contains("user name is empty") {
+        "authentication: etcd demands a user: set cluster.etcd_user and cluster.etcd_password_file, or run etcd with --client-cert-auth and a user named after the client certificate's common name".to_owned()
     } else if t.contains("authentication is not enabled") {
         "authentication: etcd has no authentication enabled; remove cluster.etcd_user or run `etcdctl auth enable`".to_owned()
     } else {
@@ -437,6 +439,10 @@ mod tests {
             (
                 "PermissionDenied: etcdserver: permission denied",
                 "cluster.key_prefix",
+            ),
+            (
+                "InvalidArgument: etcdserver: user name is empty",
+                "set cluster.etcd_user",
             ),
         ] {
             assert!(
