@@ -18,8 +18,9 @@ fi
 # run starts at once and needs no network.
 # etcd-server and etcd-client: the cluster tests start their own members
 # inside test namespaces (the package's own service plays no part);
-# protobuf-compiler: the etcd-client crate's build.
-packages=(iproute2 nftables iperf3 iputils-ping uwsgi-core tmux python3 procps psmisc util-linux prometheus systemd etcd-server etcd-client protobuf-compiler)
+# protobuf-compiler: the etcd-client crate's build; openssl: the certificates
+# of the etcd TLS tests.
+packages=(iproute2 openssl nftables iperf3 iputils-ping uwsgi-core tmux python3 procps psmisc util-linux prometheus systemd etcd-server etcd-client protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -5,12 +5,19 @@
 //! first three hosts, and a `vassal-router` started inside a given host's
 //! namespace with its own host tun, control socket and metrics listener.
 //!
+//! etcd can be protected as docs/cluster.md ("Protecting etcd") says:
+//! client URLs over TLS with certificates of a CA made for the test,
+//! client certificates demanded, and role-based authentication with a root
+//! user ([`Cluster::new_protected`], [`Cluster::add_user`]).
+//!
 //! Everything is removed on drop (processes killed, namespaces deleted,
 //! the working directory with etcd's data removed).
 
+use crate::pki::{Issued, Pki};
 use crate::router_harness::create_tun_in;
 use crate::{binary, run, unique, wait_until, KillOnDrop, Netns};
-use std::net::Ipv4Addr;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -53,6 +60,23 @@ pub struct Member {
     pub log: PathBuf,
 }
 
+/// How the test's etcd is protected (all off: plain http, no users).
+#[derive(Clone, Copy, Default)]
+pub struct EtcdProtection {
+    /// Client URLs over TLS, the members' certificates signed by
+    /// [`Cluster::pki`]'s CA.
+    pub tls: bool,
+    /// etcd demands a client certificate signed by that CA
+    /// (`--client-cert-auth`; needs `tls`).
+    pub client_cert_auth: bool,
+    /// Role-based authentication enabled, with a `root` user (password
+    /// [`ROOT_PASSWORD`]) that the harness's etcdctl uses.
+    pub auth: bool,
+}
+
+/// The password of etcd's `root` user with [`EtcdProtection::auth`].
+pub const ROOT_PASSWORD: &str = "root-test-password";
+
 /// The test's hosts, underlay and etcd cluster.
 pub struct Cluster {
     /// Working directory (etcd data, router dirs).
@@ -61,6 +85,14 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     /// etcd members, on hosts 0, 1, 2.
     pub etcd: Vec<Member>,
+    /// How etcd is protected.
+    pub protection: EtcdProtection,
+    /// With TLS: the CA of the members' (and clients') certificates.
+    pub pki: Option<Pki>,
+    /// With TLS: etcdctl's client certificate (common name `root`).
+    admin: Option<Issued>,
+    /// Authentication has been enabled (etcdctl then logs in as root).
+    auth_on: bool,
     // Dropped last: holds the bridge.
     _underlay: Netns,
 }
@@ -72,6 +104,11 @@ fn underlay_addr(i: usize) -> Ipv4Addr {
 impl Cluster {
     /// `hosts` hosts (at least 3) on one bridge, etcd running and healthy.
     pub fn new(hosts: usize) -> Cluster {
+        Cluster::new_protected(hosts, EtcdProtection::default())
+    }
+
+    /// [`Cluster::new`] with etcd protected as `protection` says.
+    pub fn new_protected(hosts: usize, protection: EtcdProtection) -> Cluster {
         crate::require_root();
         assert!(hosts >= 3, "the etcd cluster needs three hosts");
         let dir = std::env::temp_dir().join(format!("vassal-cluster-{}", unique("c")));
@@ -105,7 +142,25 @@ impl Cluster {
             ns.exec(&["ip", "link", "set", "eth0", "up"]);
             list.push(Host { ns, underlay: addr });
         }
+        let (pki, admin) = if protection.tls {
+            let pki = Pki::new(&dir, "etcd-ca");
+            for i in 0..3 {
+                pki.issue(
+                    &format!("member-{i}"),
+                    &format!("m{i}"),
+                    &[IpAddr::V4(underlay_addr(i))],
+                );
+            }
+            let admin = pki.issue("admin", "root", &[]);
+            (Some(pki), Some(admin))
+        } else {
+            (None, None)
+        };
         let mut cluster = Cluster {
+            protection,
+            pki,
+            admin,
+            auth_on: false,
             etcd: (0..3)
                 .map(|i| Member {
                     name: format!("m{i}"),
@@ -127,13 +182,93 @@ impl Cluster {
             "etcd did not become healthy; log of m0:\n{}",
             std::fs::read_to_string(&cluster.etcd[0].log).unwrap_or_default()
         );
+        if protection.auth {
+            // etcd's documented order: a root user with the root role,
+            // then authentication on.
+            cluster.etcdctl_ok(&["role", "add", "root"], None);
+            cluster.etcdctl_ok(
+                &["user", "add", "root", "--interactive=false"],
+                Some(ROOT_PASSWORD),
+            );
+            cluster.etcdctl_ok(&["user", "grant-role", "root", "root"], None);
+            cluster.etcdctl_ok(&["auth", "enable"], None);
+            cluster.auth_on = true;
+            assert!(
+                cluster.wait_etcd(Duration::from_secs(10)),
+                "etcd did not answer root after auth enable"
+            );
+        }
         cluster
+    }
+
+    /// Adds etcd user `name` with `password` and a role of the same name
+    /// allowed to read and write every key under `prefix/` (nothing else):
+    /// the commands of docs/cluster.md.
+    pub fn add_user(&self, name: &str, password: &str, prefix: &str) {
+        self.etcdctl_ok(&["role", "add", name], None);
+        self.etcdctl_ok(
+            &[
+                "role",
+                "grant-permission",
+                name,
+                "readwrite",
+                &format!("{prefix}/"),
+                "--prefix=true",
+            ],
+            None,
+        );
+        self.etcdctl_ok(
+            &["user", "add", name, "--interactive=false"],
+            Some(password),
+        );
+        self.etcdctl_ok(&["user", "grant-role", name, name], None);
+    }
+
+    /// `etcdctl ARGS` with `input` on its standard input, which must succeed.
+    pub fn etcdctl_ok(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut cmd = self.etcdctl_command(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn etcdctl");
+        let mut stdin = child.stdin.take().expect("etcdctl stdin");
+        if let Some(text) = input {
+            stdin.write_all(text.as_bytes()).expect("write to etcdctl");
+            stdin.write_all(b"\n").expect("write to etcdctl");
+        }
+        drop(stdin);
+        let out = child.wait_with_output().expect("etcdctl output");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The `[cluster]` lines a router needs to reach this etcd with TLS:
+    /// `etcd_ca`, and with `client` a client certificate of the cluster's
+    /// CA named `client`.
+    pub fn tls_keys(&self, client: Option<&str>) -> String {
+        let pki = self.pki.as_ref().expect("a cluster with TLS");
+        let mut keys = format!("etcd_ca = \"{}\"\n", pki.ca.display());
+        if let Some(name) = client {
+            let c = pki.issue(&format!("client-{name}"), name, &[]);
+            keys.push_str(&format!(
+                "etcd_cert = \"{}\"\netcd_key = \"{}\"\n",
+                c.cert.display(),
+                c.key.display()
+            ));
+        }
+        keys
     }
 
     /// The client endpoints of the three members.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.protection.tls { "https" } else { "http" };
         (0..3)
-            .map(|i| format!("http://{}:2379", underlay_addr(i)))
+            .map(|i| format!("{scheme}://{}:2379", underlay_addr(i)))
             .collect()
     }
 
@@ -143,6 +278,25 @@ impl Cluster {
             .map(|k| format!("m{k}=http://{}:2380", underlay_addr(k)))
             .collect();
         let addr = underlay_addr(i);
+        let client_url = match self.protection.tls {
+            true => format!("https://{addr}:2379"),
+            false => format!("http://{addr}:2379"),
+        };
+        let mut tls = Vec::new();
+        if let Some(pki) = &self.pki {
+            tls.push(format!(
+                "--cert-file={}",
+                pki.dir.join(format!("member-{i}.pem")).display()
+            ));
+            tls.push(format!(
+                "--key-file={}",
+                pki.dir.join(format!("member-{i}.key")).display()
+            ));
+            if self.protection.client_cert_auth {
+                tls.push(format!("--trusted-ca-file={}", pki.ca.display()));
+                tls.push("--client-cert-auth".into());
+            }
+        }
         let m = &mut self.etcd[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -156,9 +310,9 @@ impl Cluster {
             "--data-dir",
             &m.data.display().to_string(),
             "--listen-client-urls",
-            &format!("http://{addr}:2379"),
+            &client_url,
             "--advertise-client-urls",
-            &format!("http://{addr}:2379"),
+            &client_url,
             "--listen-peer-urls",
             &format!("http://{addr}:2380"),
             "--initial-advertise-peer-urls",
@@ -174,6 +328,7 @@ impl Cluster {
             "--election-timeout",
             "1000",
         ])
+        .args(&tls)
         .stdout(Stdio::null())
         .stderr(log);
         m.child = Some(KillOnDrop::spawn(&mut cmd));
@@ -198,12 +353,29 @@ impl Cluster {
 
     /// `etcdctl ARGS` against the whole cluster, from host 0.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn etcdctl")
+    }
+
+    /// The etcdctl command line: every endpoint, and as etcd's protection
+    /// requires the CA, the admin certificate and the root user.
+    fn etcdctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.hosts[0].ns.command("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoints().join(",")))
-            .args(["--command-timeout=3s", "--dial-timeout=2s"])
-            .args(args);
-        cmd.output().expect("spawn etcdctl")
+            .args(["--command-timeout=3s", "--dial-timeout=2s"]);
+        if let (Some(pki), Some(admin)) = (&self.pki, &self.admin) {
+            cmd.arg(format!("--cacert={}", pki.ca.display()))
+                .arg(format!("--cert={}", admin.cert.display()))
+                .arg(format!("--key={}", admin.key.display()));
+        }
+        if self.auth_on {
+            cmd.arg(format!("--user=root:{ROOT_PASSWORD}"));
+        }
+        cmd.args(args);
+        cmd
     }
 
     /// Waits until a write through the cluster succeeds.

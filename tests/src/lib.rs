@@ -8,6 +8,7 @@
 
 pub mod cluster_harness;
 pub mod launcher_harness;
+pub mod pki;
 pub mod router_harness;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

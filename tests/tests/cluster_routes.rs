@@ -11,13 +11,13 @@
 //! block's host sent it (VXLAN: another host of the cluster; direct: any
 //! interface but the one the block's route uses).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use vassal_router::daemon::cluster_routes::{follow, ClusterView, Membership, NodeView};
-use vassal_router::os::routes::{Mode, PeerBlock, Routes, GUARD_TABLE};
+use vassal_router::os::routes::{Block6, Mode, PeerBlock, Routes, GUARD_TABLE};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -92,6 +92,16 @@ impl Net {
                 "dev",
                 "blk0",
             ]);
+            ip(&[
+                "-n",
+                h,
+                "addr",
+                "add",
+                &format!("fd00:44:{k}::1/64"),
+                "dev",
+                "blk0",
+                "nodad",
+            ]);
             ip(&["-n", h, "link", "set", "blk0", "up"]);
             // No kernel reverse-path filter: the guard table must do it.
             let fwd = Command::new("ip")
@@ -102,6 +112,7 @@ impl Net {
                     "sysctl",
                     "-qw",
                     "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.default.rp_filter=0",
                 ])
@@ -138,6 +149,10 @@ fn block(k: u8) -> PeerBlock {
         block: format!("10.44.{k}.0/24").parse().expect("block"),
         gateway: Ipv4Addr::new(10, 44, k, 1),
         underlay: Ipv4Addr::new(198, 51, 100, k),
+        v6: Some(Block6 {
+            block: format!("fd00:44:{k}::/64").parse().expect("block6"),
+            gateway: format!("fd00:44:{k}::1").parse().expect("gateway6"),
+        }),
     }
 }
 
@@ -169,9 +184,10 @@ fn routes_on(net: &Net, k: u8, vxlan: bool, peers: &[u8]) -> Routes {
 }
 
 /// A UDP socket bound to `addr` in namespace `ns`.
-fn socket(ns: &str, addr: Ipv4Addr, port: u16) -> UdpSocket {
+fn socket(ns: &str, addr: impl Into<IpAddr>, port: u16) -> UdpSocket {
+    let addr = SocketAddr::new(addr.into(), port);
     inside(ns, move || {
-        let s = UdpSocket::bind(SocketAddrV4::new(addr, port)).expect("bind");
+        let s = UdpSocket::bind(addr).expect("bind");
         s.set_read_timeout(Some(Duration::from_millis(700)))
             .expect("timeout");
         s
@@ -226,7 +242,19 @@ fn crosses_and_is_removed(vxlan: bool) {
             neigh.contains("10.44.2.1 lladdr 02:76:0a:2c:02:00 PERMANENT"),
             "{neigh}"
         );
+        assert!(
+            neigh.contains("fd00:44:2::1 lladdr 02:76:0a:2c:02:00 PERMANENT"),
+            "{neigh}"
+        );
+        let routes6 = ip_out(h1, &["-6", "route", "show", "proto", "118"]);
+        assert!(
+            routes6.contains("fd00:44:2::/64 via fd00:44:2::1 dev vsl-vx"),
+            "{routes6}"
+        );
     } else {
+        // Linux routes no IPv6 block via an IPv4 underlay address.
+        let routes6 = ip_out(h1, &["-6", "route", "show", "proto", "118"]);
+        assert!(routes6.trim().is_empty(), "{routes6}");
         assert!(
             routes.contains("10.44.2.0/24 via 198.51.100.2 dev ul0"),
             "{routes}"
@@ -240,15 +268,25 @@ fn crosses_and_is_removed(vxlan: bool) {
     let b = socket(h2, Ipv4Addr::new(10, 44, 2, 1), 7002);
     assert!(reaches(&a, &b), "block 1 -> block 2");
     assert!(reaches(&b, &a), "block 2 -> block 1");
+    let gw6 = |k: u8| -> IpAddr { format!("fd00:44:{k}::1").parse().expect("gateway6") };
+    let a6 = socket(h1, gw6(1), 7011);
+    let b6 = socket(h2, gw6(2), 7012);
+    assert_eq!(reaches(&a6, &b6), vxlan, "IPv6 block 1 -> block 2");
+    assert_eq!(reaches(&b6, &a6), vxlan, "IPv6 block 2 -> block 1");
 
     // Host 2 leaves: host 1 drops its routes and entries.
     r1.sync(&[block(3)]).expect("sync without 2");
     let routes = ip_out(h1, &["route", "show", "proto", "118"]);
     assert!(!routes.contains("10.44.2.0/24"), "{routes}");
     assert!(routes.contains("10.44.3.0/24"), "{routes}");
+    let routes6 = ip_out(h1, &["-6", "route", "show", "proto", "118"]);
+    assert!(!routes6.contains("fd00:44:2::"), "{routes6}");
+    assert_eq!(routes6.contains("fd00:44:3::/64"), vxlan, "{routes6}");
+    assert!(!reaches(&a6, &b6), "no IPv6 route to a gone host's block");
     if vxlan {
         let neigh = ip_out(h1, &["neigh", "show", "dev", "vsl-vx"]);
         assert!(!neigh.contains("10.44.2.1"), "{neigh}");
+        assert!(!neigh.contains("fd00:44:2::1"), "{neigh}");
     }
     assert!(!reaches(&a, &b), "no route to a gone host's block");
     assert_eq!(
@@ -258,6 +296,9 @@ fn crosses_and_is_removed(vxlan: bool) {
     // Clean exit: nothing of the router's left.
     inside(h1, move || r1.clear());
     assert!(ip_out(h1, &["route", "show", "proto", "118"])
+        .trim()
+        .is_empty());
+    assert!(ip_out(h1, &["-6", "route", "show", "proto", "118"])
         .trim()
         .is_empty());
     assert!(ip_out(h1, &["link", "show", "vsl-vx"]).trim().is_empty());
@@ -295,6 +336,29 @@ fn vxlan_a_remote_blocks_source_from_another_host_is_dropped() {
     assert!(
         !reaches(&forger, &a),
         "block 2's source from host 3 must be dropped"
+    );
+    // The same for block 2's IPv6 block.
+    ip(&[
+        "-n",
+        h3,
+        "addr",
+        "add",
+        "fd00:44:2::99/128",
+        "dev",
+        "blk0",
+        "nodad",
+    ]);
+    let gw6: IpAddr = "fd00:44:1::1".parse().expect("gateway6");
+    let a6 = socket(h1, gw6, 7111);
+    let honest6 = socket(h2, "fd00:44:2::1".parse::<IpAddr>().expect("v6"), 7112);
+    let forger6 = socket(h3, "fd00:44:2::99".parse::<IpAddr>().expect("v6"), 7113);
+    assert!(
+        reaches(&honest6, &a6),
+        "block 2's own host gets through (IPv6)"
+    );
+    assert!(
+        !reaches(&forger6, &a6),
+        "block 2's IPv6 source from host 3 must be dropped"
     );
     // Host 3 takes host 2's MAC for its device (which flushes the
     // device's forwarding and neighbour entries: put host 1's back); its
@@ -380,6 +444,56 @@ fn direct_a_remote_blocks_source_off_its_route_is_dropped() {
         !reaches(&forger, &a),
         "block 2's source off the underlay must be dropped"
     );
+    // IPv6: direct mode routes no IPv6 block, so a source of block 2's
+    // IPv6 block is dropped even where host 1's own (default) route leads
+    // back the way it came, as a host's route to the internet would.
+    for (ns, addr) in [(h1, "2001:db8:200::1/64"), (rogue, "2001:db8:200::2/64")] {
+        let dev = if ns == h1 { "rog0" } else { "rog1" };
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    ip(&[
+        "-n",
+        h1,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:200::2",
+    ]);
+    ip(&[
+        "-n",
+        rogue,
+        "addr",
+        "add",
+        "fd00:44:2::99/128",
+        "dev",
+        "blk0",
+        "nodad",
+    ]);
+    ip(&[
+        "-n",
+        rogue,
+        "-6",
+        "route",
+        "add",
+        "fd00:44:1::/64",
+        "via",
+        "2001:db8:200::1",
+    ]);
+    let a6 = socket(h1, "fd00:44:1::1".parse::<IpAddr>().expect("v6"), 7211);
+    let forger6 = socket(rogue, "fd00:44:2::99".parse::<IpAddr>().expect("v6"), 7213);
+    assert!(
+        !reaches(&forger6, &a6),
+        "block 2's IPv6 source must be dropped in direct mode"
+    );
+    // The path itself works: the rogue's own address gets through.
+    let plain = socket(
+        rogue,
+        "2001:db8:200::2".parse::<IpAddr>().expect("v6"),
+        7214,
+    );
+    assert!(reaches(&plain, &a6), "the rogue link carries IPv6 at all");
 }
 
 /// A membership the test drives: what the cluster core's cache would

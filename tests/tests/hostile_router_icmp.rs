@@ -577,6 +577,49 @@ fn hostile_router_icmp_ttl_is_decremented_between_vassals() {
     );
 }
 
+/// One tenant's TTL-1 loop must not spend another tenant's time exceeded
+/// answers: the budget is per project. While alice loops (far past her
+/// 100 a second), every one of bob's traceroute-style probes is still
+/// answered; with one budget for the whole router nearly none were.
+#[test]
+fn hostile_router_icmp_a_ttl_loop_leaves_other_projects_their_time_exceeded() {
+    let router = TestRouter::start(&RouterSpec {
+        rules: Some("[default]\nout = \"allow\"\nin = \"allow\"\n".into()),
+        ..Default::default()
+    });
+    let a = TestVassal::attach(&router, "alice", 2);
+    let b = TestVassal::attach(&router, "bob", 3);
+    let gateway = router.gateway().to_string();
+    let mut flood = Tool::start(&a.ns, &["flood", &b.addr.to_string(), "9003", "30000"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || router
+            .dropped("alice", "ttl_exceeded")
+            > 300.0),
+        "alice's loop never reached the router"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            tool(&b.ns, &["hop", &a.addr.to_string(), "9004", "1"]),
+            format!("exceeded {gateway}"),
+            "bob's probe {i} went unanswered during alice's loop"
+        );
+    }
+    let before = router.dropped("alice", "ttl_exceeded");
+    assert!(
+        wait_until(Duration::from_secs(5), || router
+            .dropped("alice", "ttl_exceeded")
+            > before),
+        "alice's loop had ended before bob's probes: the test proved nothing"
+    );
+    let out = flood.line();
+    let numbers: Vec<f64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // Alice's own answers stay within her budget: a small share of her loop.
+    assert!(numbers[1] < numbers[0] / 4.0, "{out}");
+}
+
 /// Issue 11, item 5: a launched vassal with an IPv6 address that does
 /// nothing causes no spoofed count and no spoofed event (the kernel's
 /// router solicitations are off, it has no link-local address); traffic

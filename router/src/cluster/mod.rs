@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod persist;
+mod secure;
 mod session;
 
 use crate::config::blocks::Block;
@@ -21,12 +22,11 @@ pub use session::{Identity, Membership, NodeBlock};
 /// The cluster could not be joined at start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// etcd did not answer and no block was persisted.
-    #[error("joining the cluster: etcd ({endpoints}) did not answer ({cause}) and {state} holds no block of this node: a first start needs etcd")]
+    /// No etcd endpoint answered and let this node claim a block, and no
+    /// block was persisted.
+    #[error("joining the cluster: no etcd endpoint gave this node a block ({cause}) and {state} holds no block of this node: a first start needs etcd")]
     NoBlock {
-        /// The endpoints tried.
-        endpoints: String,
-        /// Why etcd failed.
+        /// Each endpoint with the step that failed and why.
         cause: String,
         /// The state file.
         state: String,
@@ -37,6 +37,9 @@ pub enum ClusterError {
         /// The prefix.
         prefix: String,
     },
+    /// The CA, client certificate, key or password could not be loaded.
+    #[error(transparent)]
+    Credentials(#[from] secure::CredentialsError),
     /// The persisted state is unusable.
     #[error(transparent)]
     State(#[from] persist::PersistError),

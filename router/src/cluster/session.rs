@@ -9,13 +9,14 @@
 
 use super::alloc::Reservation;
 use super::persist::{self, State};
+use super::secure::{self, Credentials};
 use super::ClusterError;
 use crate::config::blocks::Block;
 use crate::config::cluster::{validate_node, ClusterConfig};
 use arc_swap::ArcSwap;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -72,10 +73,13 @@ struct NodeValue {
 
 #[derive(Debug, thiserror::Error)]
 enum EtcdError {
-    #[error("{step}: {source}")]
+    #[error("{step}: {}", explain(source, *opening_tls))]
     Client {
         step: &'static str,
         source: etcd_client::Error,
+        /// The first requests over a new TLS connection, where a closed
+        /// connection means etcd refused the client certificate.
+        opening_tls: bool,
     },
     #[error("{0}: no answer within {REQUEST_TIMEOUT:?}")]
     Timeout(&'static str),
@@ -87,13 +91,27 @@ enum EtcdError {
     Exhausted,
 }
 
+/// The error with its causes, and a hint naming the key to look at when
+/// TLS or authentication refused the connection.
+fn explain(e: &etcd_client::Error, opening_tls: bool) -> String {
+    let text = secure::describe(e);
+    match secure::hint(&text, opening_tls) {
+        Some(hint) => format!("{hint} ({text})"),
+        None => text,
+    }
+}
+
 async fn call<T>(
     step: &'static str,
     f: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, EtcdError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(EtcdError::Client { step, source }),
+        Ok(Err(source)) => Err(EtcdError::Client {
+            step,
+            source,
+            opening_tls: false,
+        }),
         Err(_) => Err(EtcdError::Timeout(step)),
     }
 }
@@ -104,6 +122,7 @@ pub struct Membership {
     pub config: ClusterConfig,
     /// The block this router serves (fixed for its lifetime).
     pub block: Block,
+    credentials: Credentials,
     nonce: String,
     identities: ArcSwap<HashMap<IpAddr, Identity>>,
     nodes: ArcSwap<Vec<NodeBlock>>,
@@ -130,26 +149,35 @@ fn nonce() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true)
-        // A member cut off from the majority fails requests instead of
-        // serving stale reads or holding watches open.
-        .with_require_leader(true)
-}
-
 /// Connects to one endpoint and grants a lease. One endpoint per session,
 /// the next one after a failure: the client's own balancing keeps trying a
 /// dead member, which would stall every session on it.
-async fn open(m: &ClusterConfig, endpoint: &str) -> Result<(Client, i64), EtcdError> {
-    let mut client = call("connecting", Client::connect([endpoint], Some(options()))).await?;
+async fn open(m: &Membership, endpoint: &str) -> Result<(Client, i64), EtcdError> {
+    // With a user, connecting authenticates; without, the first request
+    // (the lease) is where TLS fails.
+    let step = if m.credentials.user().is_some() {
+        "connecting and authenticating"
+    } else {
+        "connecting"
+    };
+    let options = m.credentials.options();
+    let opening = |e| match e {
+        EtcdError::Client { step, source, .. } => EtcdError::Client {
+            step,
+            source,
+            opening_tls: m.credentials.tls(),
+        },
+        other => other,
+    };
+    let mut client = call(step, Client::connect([endpoint], Some(options)))
+        .await
+        .map_err(opening)?;
     let lease = call(
         "granting a lease",
-        client.lease_grant(m.lease_ttl as i64, None),
+        client.lease_grant(m.config.lease_ttl as i64, None),
     )
-    .await?
+    .await
+    .map_err(opening)?
     .id();
     Ok((client, lease))
 }
@@ -185,6 +213,7 @@ impl Membership {
             "Entries of the identity cache."
         );
         metrics::describe_gauge!("vassal_cluster_nodes", "Nodes with a block in the cache.");
+        let credentials = Credentials::load(&config.security)?;
         let nonce = nonce();
         let (changes, _) = watch::channel(0);
         let mut probe = Membership {
@@ -192,6 +221,7 @@ impl Membership {
                 prefix: config.blocks.prefix().to_string(),
             })?,
             config,
+            credentials,
             nonce,
             identities: ArcSwap::from_pointee(HashMap::new()),
             nodes: ArcSwap::from_pointee(Vec::new()),
@@ -202,16 +232,21 @@ impl Membership {
         };
         let preferred = persisted.as_ref().map(|(i, _)| *i);
         let mut claimed = Err(EtcdError::Lost("no endpoint".into()));
+        // Why each endpoint failed, for the error of a first start.
+        let mut causes = Vec::new();
         for endpoint in &probe.config.etcd {
             claimed = async {
-                let (mut client, lease) = open(&probe.config, endpoint).await?;
+                let (mut client, lease) = open(&probe, endpoint).await?;
                 let index = probe.claim(&mut client, lease, preferred, false).await?;
                 Ok::<_, EtcdError>((client, lease, index))
             }
             .await;
             match &claimed {
                 Ok(_) | Err(EtcdError::Exhausted) => break,
-                Err(e) => tracing::warn!(endpoint, "claiming a block through this endpoint: {e}"),
+                Err(e) => {
+                    tracing::warn!(endpoint, "claiming a block through this endpoint: {e}");
+                    causes.push(format!("{endpoint}: {e}"));
+                }
             }
         }
         let (index, session) = match claimed {
@@ -231,8 +266,11 @@ impl Membership {
                 }
                 None => {
                     return Err(ClusterError::NoBlock {
-                        endpoints: probe.config.etcd.join(", "),
-                        cause: e.to_string(),
+                        cause: if causes.is_empty() {
+                            e.to_string()
+                        } else {
+                            causes.join("; ")
+                        },
                         state: probe.config.state_file.display().to_string(),
                     })
                 }
@@ -544,7 +582,7 @@ async fn run(m: Arc<Membership>, mut first: Option<(Client, i64)>) {
                     "{e}: this router keeps serving its block locally; see docs/cluster.md"
                 );
             }
-            _ => tracing::warn!("etcd session ended: {e}"),
+            _ => tracing::warn!(endpoint, "etcd session ended: {e}"),
         }
         if reached {
             failed_in_a_row = 0;
@@ -575,7 +613,7 @@ async fn session(
     let (mut client, lease) = match first {
         Some(s) => s,
         None => {
-            let (mut c, lease) = open(&m.config, endpoint).await?;
+            let (mut c, lease) = open(m, endpoint).await?;
             m.claim(&mut c, lease, Some(m.block.index), true).await?;
             (c, lease)
         }
@@ -634,14 +672,14 @@ async fn session(
                     Ok(Some(r)) if r.ttl() > 0 => {}
                     Ok(Some(_)) => return Err(EtcdError::Lost("the lease expired".into())),
                     Ok(None) => return Err(EtcdError::Lost("the keep-alive stream closed".into())),
-                    Err(source) => return Err(EtcdError::Client { step: "keep-alive", source }),
+                    Err(source) => return Err(EtcdError::Client { step: "keep-alive", source, opening_tls: false }),
                 }
             }
             msg = stream.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => return Err(EtcdError::Lost("the watch closed".into())),
-                    Err(source) => return Err(EtcdError::Client { step: "watch", source }),
+                    Err(source) => return Err(EtcdError::Client { step: "watch", source, opening_tls: false }),
                 };
                 if resp.canceled() || resp.compact_revision() > 0 {
                     return Err(EtcdError::Lost(format!("the watch was cancelled ({}); re-listing", resp.cancel_reason())));

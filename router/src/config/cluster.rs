@@ -5,6 +5,7 @@
 //! use it without an import cycle.
 
 use super::blocks::Blocks;
+use super::etcd_security::{self, EtcdSecurity, RawSecurity};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -25,8 +26,11 @@ pub enum Mode {
 /// `[cluster]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// etcd client endpoints (`http://host:port`).
+    /// etcd client endpoints (`http://host:port`, or all `https://`).
     pub etcd: Vec<String>,
+    /// TLS, client certificate and etcd user (docs/cluster.md,
+    /// "Protecting etcd"); empty with `http://` endpoints.
+    pub security: EtcdSecurity,
     /// This host's name in the cluster (default: the hostname).
     pub node: String,
     /// The address other hosts reach this one at.
@@ -49,6 +53,11 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     etcd: Spanned<Vec<Spanned<String>>>,
+    etcd_ca: Option<Spanned<PathBuf>>,
+    etcd_cert: Option<Spanned<PathBuf>>,
+    etcd_key: Option<Spanned<PathBuf>>,
+    etcd_user: Option<Spanned<String>>,
+    etcd_password_file: Option<Spanned<PathBuf>>,
     node: Option<Spanned<String>>,
     underlay: Spanned<IpAddr>,
     prefix: Spanned<Ipv4Net>,
@@ -81,18 +90,25 @@ pub fn validate_node(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn validate_endpoint(e: &str) -> Result<(), String> {
-    let rest = e.strip_prefix("http://").ok_or_else(|| {
-        format!("{e:?} must start with http:// (see docs/cluster.md, \"Protecting etcd\")")
-    })?;
+/// Checks an endpoint; `Ok(true)` for `https://`.
+fn validate_endpoint(e: &str) -> Result<bool, String> {
+    let (https, rest) = match (e.strip_prefix("http://"), e.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            return Err(format!(
+            "{e:?} must start with http:// or https:// (see docs/cluster.md, \"Protecting etcd\")"
+        ))
+        }
+    };
     let (host, port) = rest
         .rsplit_once(':')
-        .ok_or_else(|| format!("{e:?} must be http://HOST:PORT"))?;
+        .ok_or_else(|| format!("{e:?} must be http(s)://HOST:PORT"))?;
     if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
         return Err(format!("{e:?} has no valid host"));
     }
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
+        Ok(p) if p > 0 => Ok(https),
         _ => Err(format!("{e:?}: {port:?} is not a port")),
     }
 }
@@ -123,11 +139,35 @@ impl RawCluster {
             return Err(at(Some(span), "cluster.etcd: at least one endpoint".into()));
         }
         let mut etcd = Vec::new();
+        let mut scheme = None;
         for e in endpoints {
-            validate_endpoint(e.get_ref())
+            let https = validate_endpoint(e.get_ref())
                 .map_err(|why| at(Some(e.span()), format!("cluster.etcd: {why}")))?;
+            // One scheme for all: a plain endpoint beside TLS ones would
+            // take the cluster's traffic and credentials around the TLS.
+            if *scheme.get_or_insert(https) != https {
+                return Err(at(
+                    Some(e.span()),
+                    format!(
+                        "cluster.etcd: {:?} mixes http:// and https:// endpoints: use https:// for all",
+                        e.get_ref()
+                    ),
+                ));
+            }
             etcd.push(e.into_inner());
         }
+        let security = etcd_security::validate(
+            RawSecurity {
+                ca: self.etcd_ca,
+                cert: self.etcd_cert,
+                key: self.etcd_key,
+                user: self.etcd_user,
+                password_file: self.etcd_password_file,
+            },
+            scheme == Some(true),
+            span,
+            &at,
+        )?;
         let node = match self.node {
             Some(n) => {
                 validate_node(n.get_ref()).map_err(|why| {
@@ -227,6 +267,7 @@ impl RawCluster {
         };
         Ok(ClusterConfig {
             etcd,
+            security,
             node,
             underlay,
             blocks,

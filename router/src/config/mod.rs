@@ -7,6 +7,7 @@
 
 pub mod blocks;
 pub mod cluster;
+pub mod etcd_security;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;

@@ -10,11 +10,11 @@
 //! a change the membership reports changes them.
 
 use crate::datapath::router::Router;
-use crate::os::routes::{Mode, PeerBlock, Routes};
+use crate::os::routes::{Block6, Mode, PeerBlock, Routes};
 use crate::state::remote::RemoteView;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -78,6 +78,11 @@ fn gateway(block: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(block.network()).saturating_add(1))
 }
 
+/// The IPv6 block's gateway: its first address, likewise.
+fn gateway6(block: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(block.network()).saturating_add(1))
+}
+
 /// The other nodes' blocks the routes lead to (IPv4 underlays; a node
 /// with an IPv6 underlay is skipped with a warning: the routes module
 /// speaks IPv4 underlays only).
@@ -90,6 +95,10 @@ pub fn peer_blocks(view: &ClusterView) -> Vec<PeerBlock> {
                 block: n.block,
                 gateway: gateway(n.block),
                 underlay,
+                v6: n.block6.map(|block| Block6 {
+                    block,
+                    gateway: gateway6(block),
+                }),
             }),
             IpAddr::V6(a) => {
                 tracing::warn!(node = n.node.as_str(), underlay = %a, "IPv6 underlay not routed");
@@ -102,13 +111,16 @@ pub fn peer_blocks(view: &ClusterView) -> Vec<PeerBlock> {
 /// The datapath's view: other nodes' blocks, and the identities of
 /// vassals attached to other nodes that lie inside those nodes' blocks
 /// (an identity claiming an address outside its node's block is ignored:
-/// the packet from it would be refused as spoofed anyway).
-pub fn remote_view(view: &ClusterView) -> RemoteView {
+/// the packet from it would be refused as spoofed anyway). IPv6 blocks
+/// count only when `routed6` (VXLAN mode): in direct mode no route leads
+/// to them, so their addresses stay `no_route` one way and `spoofed` the
+/// other, never a remote vassal whose project the rules would trust.
+pub fn remote_view(view: &ClusterView, routed6: bool) -> RemoteView {
     let mut blocks: HashMap<&str, Vec<IpNet>> = HashMap::new();
     for n in view.nodes.iter().filter(|n| n.node != view.node) {
         let list = blocks.entry(n.node.as_str()).or_default();
         list.push(IpNet::V4(n.block));
-        if let Some(b6) = n.block6 {
+        if let Some(b6) = n.block6.filter(|_| routed6) {
             list.push(IpNet::V6(b6));
         }
     }
@@ -145,7 +157,7 @@ pub async fn follow(
     loop {
         let view = membership.view();
         if applied.as_ref() != Some(&view) {
-            publish(remote_view(&view));
+            publish(remote_view(&view, routes.routes_ipv6()));
             let peers = peer_blocks(&view);
             let (r, result) = tokio::task::spawn_blocking(move || {
                 let result = routes.sync(&peers);
@@ -225,8 +237,24 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_blocks_are_remote_only_where_they_are_routed() {
+        let mut v = view();
+        v.nodes[1].block6 = Some("fd00:44:2::/64".parse().unwrap());
+        v.identities
+            .push(("fd00:44:2::5".parse().unwrap(), "web".into(), "b".into()));
+        let a: IpAddr = "fd00:44:2::5".parse().unwrap();
+        let routed = remote_view(&v, true);
+        assert!(routed.in_remote_block(a));
+        assert!(routed.identities.contains_key(&a));
+        let direct = remote_view(&v, false);
+        assert!(!direct.in_remote_block(a));
+        assert!(!direct.identities.contains_key(&a));
+        assert!(direct.in_remote_block("10.44.2.5".parse().unwrap()));
+    }
+
+    #[test]
     fn the_view_holds_other_nodes_identities_inside_their_own_blocks() {
-        let v = remote_view(&view());
+        let v = remote_view(&view(), true);
         assert!(v.in_remote_block("10.44.2.200".parse().unwrap()));
         assert!(!v.in_remote_block("10.44.1.200".parse().unwrap()));
         let ids: Vec<&str> = {

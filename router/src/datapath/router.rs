@@ -17,7 +17,6 @@ use crate::datapath::cores;
 use crate::os::host_tun::HostTun;
 use crate::port::delivery::{Delivered, Delivery};
 use crate::port::write_tun;
-use crate::state::budget;
 use crate::state::counters::{DropReason, HostCounters};
 use crate::state::evidence::Logged;
 use crate::state::firewall::{ActiveRules, Firewall};
@@ -223,7 +222,7 @@ impl Router {
                 None => return,
             },
         };
-        if !budget::TIME_EXCEEDED.take() {
+        if !v.project.time_exceeded.take() {
             return;
         }
         let mut out = [0u8; icmp::ERROR_MAX];

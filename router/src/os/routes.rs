@@ -2,12 +2,15 @@
 //! rtnetlink with the `netlink-packet-route` crate (docs/design.md says
 //! why).
 //!
-//! `direct`: one route per peer block, `<block> via <peer underlay>`.
+//! `direct`: one route per peer block, `<block> via <peer underlay>`. IPv6
+//! blocks are not routed in this mode: Linux refuses an IPv6 route with an
+//! IPv4 next hop ("IPv6 routes can not use an IPv4 nexthop", 6.18 too), and
+//! the underlay's IPv6 addresses are not in etcd.
 //! `vxlan`: one VXLAN device created by the router (`nolearning`, its MAC
 //! derived from this host's block), and per peer a forwarding entry (the
 //! peer's MAC -> its underlay address), a permanent neighbour entry (the
 //! peer block's gateway -> the peer's MAC) and a route `<block> via
-//! <gateway> dev <vxlan> onlink`. MACs are derived from the block
+//! <gateway> dev <vxlan> onlink` (likewise for the IPv6 block and gateway). MACs are derived from the block
 //! (`02:76` + the block's network address), so nothing but the blocks and
 //! underlay addresses already in etcd is needed, and a frame reaches a
 //! peer's device only with that peer's MAC as destination.
@@ -20,7 +23,7 @@
 //! ([`PROTOCOL`]), so `ip route show proto 118` lists exactly them, and a
 //! restarted router replaces rather than duplicates them.
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
@@ -39,7 +42,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The nftables table guarding remote sources.
 pub const GUARD_TABLE: &str = "vassal_cluster";
@@ -72,6 +75,17 @@ pub struct PeerBlock {
     pub gateway: Ipv4Addr,
     /// The peer host's underlay address.
     pub underlay: Ipv4Addr,
+    /// Its paired IPv6 block, when the cluster has `prefix6`.
+    pub v6: Option<Block6>,
+}
+
+/// A peer's IPv6 block and its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Block6 {
+    /// The block.
+    pub block: Ipv6Net,
+    /// Its gateway (the neighbour of the route in VXLAN mode).
+    pub gateway: Ipv6Addr,
 }
 
 /// A route operation failed.
@@ -150,6 +164,19 @@ pub fn guard_script(mode: &Mode, peers: &[PeerBlock]) -> String {
             blocks.join(", ")
         );
     }
+    let blocks6: Vec<String> = peers
+        .iter()
+        .filter_map(|p| p.v6.map(|b| b.block.to_string()))
+        .collect();
+    if !blocks6.is_empty() {
+        // Direct mode routes no IPv6 block: a source of one never comes
+        // from its host, whatever the host's own routes would say.
+        let check = match mode {
+            Mode::Direct => "",
+            Mode::Vxlan { .. } => " fib saddr . iif oif missing",
+        };
+        let _ = writeln!(s, "    ip6 saddr {{ {} }}{check} drop", blocks6.join(", "));
+    }
     if let Mode::Vxlan { device, port, .. } = mode {
         let underlays: Vec<String> = peers.iter().map(|p| p.underlay.to_string()).collect();
         if underlays.is_empty() {
@@ -176,6 +203,14 @@ pub fn guard_script(mode: &Mode, peers: &[PeerBlock]) -> String {
                 p.block,
                 colons.join(":")
             );
+            if let Some(b6) = p.v6 {
+                let _ = writeln!(
+                    s,
+                    "    iifname \"{device}\" ip6 saddr {} ether saddr != {} drop",
+                    b6.block,
+                    colons.join(":")
+                );
+            }
         }
     }
     s.push_str("  }\n}\n");
@@ -239,6 +274,12 @@ impl Routes {
         Ok(routes)
     }
 
+    /// Whether peers' IPv6 blocks are routed (VXLAN mode; see the
+    /// module's comment for direct mode).
+    pub fn routes_ipv6(&self) -> bool {
+        matches!(self.mode, Mode::Vxlan { .. })
+    }
+
     /// The peer blocks routed now.
     pub fn installed(&self) -> Vec<PeerBlock> {
         self.installed.values().copied().collect()
@@ -293,19 +334,23 @@ impl Routes {
                 "adding the VXLAN forwarding entry",
                 &what,
             )?;
+            for gateway in gateways(peer) {
+                self.request(
+                    RouteNetlinkMessage::NewNeighbour(neighbour(index, &mac, gateway)),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                    "adding the VXLAN neighbour entry",
+                    &what,
+                )?;
+            }
+        }
+        for message in routes(peer, self.device) {
             self.request(
-                RouteNetlinkMessage::NewNeighbour(neighbour(index, &mac, peer.gateway)),
+                RouteNetlinkMessage::NewRoute(message),
                 NLM_F_CREATE | NLM_F_REPLACE,
-                "adding the VXLAN neighbour entry",
+                "adding the route to a peer block",
                 &what,
             )?;
         }
-        self.request(
-            RouteNetlinkMessage::NewRoute(route(peer, self.device)),
-            NLM_F_CREATE | NLM_F_REPLACE,
-            "adding the route to a peer block",
-            &what,
-        )?;
         self.installed.insert(peer.block, *peer);
         Ok(())
     }
@@ -313,18 +358,22 @@ impl Routes {
     fn remove(&mut self, peer: &PeerBlock) -> Result<(), RouteError> {
         let what = format!("{} via {}", peer.block, peer.underlay);
         // Already gone (someone else removed it) counts as removed.
-        self.request_absent(
-            RouteNetlinkMessage::DelRoute(route(peer, self.device)),
-            "removing the route to a peer block",
-            &what,
-        )?;
-        if let Some(index) = self.device {
-            let mac = mac_of(peer.block).to_vec();
+        for message in routes(peer, self.device) {
             self.request_absent(
-                RouteNetlinkMessage::DelNeighbour(neighbour(index, &mac, peer.gateway)),
-                "removing the VXLAN neighbour entry",
+                RouteNetlinkMessage::DelRoute(message),
+                "removing the route to a peer block",
                 &what,
             )?;
+        }
+        if let Some(index) = self.device {
+            let mac = mac_of(peer.block).to_vec();
+            for gateway in gateways(peer) {
+                self.request_absent(
+                    RouteNetlinkMessage::DelNeighbour(neighbour(index, &mac, gateway)),
+                    "removing the VXLAN neighbour entry",
+                    &what,
+                )?;
+            }
             self.request_absent(
                 RouteNetlinkMessage::DelNeighbour(fdb(index, &mac, peer.underlay)),
                 "removing the VXLAN forwarding entry",
@@ -415,32 +464,65 @@ impl Routes {
     }
 }
 
-fn route(peer: &PeerBlock, device: Option<u32>) -> RouteMessage {
+/// The peer's block gateways: the IPv4 one, and the IPv6 one if any.
+fn gateways(peer: &PeerBlock) -> impl Iterator<Item = IpAddr> {
+    std::iter::once(IpAddr::V4(peer.gateway)).chain(peer.v6.map(|b| IpAddr::V6(b.gateway)))
+}
+
+/// The routes to `peer`'s blocks: through the VXLAN device `device`
+/// (onlink, via each block's gateway, IPv6 included), or via the peer's
+/// underlay address (IPv4 only, see the module's comment).
+fn routes(peer: &PeerBlock, device: Option<u32>) -> Vec<RouteMessage> {
+    let mut out = vec![route(
+        IpNet::V4(peer.block),
+        peer,
+        IpAddr::V4(peer.gateway),
+        device,
+    )];
+    if let (Some(b6), Some(_)) = (peer.v6, device) {
+        out.push(route(
+            IpNet::V6(b6.block),
+            peer,
+            IpAddr::V6(b6.gateway),
+            device,
+        ));
+    }
+    out
+}
+
+fn route(dst: IpNet, peer: &PeerBlock, gateway: IpAddr, device: Option<u32>) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header = RouteHeader {
-        address_family: AddressFamily::Inet,
-        destination_prefix_length: peer.block.prefix_len(),
+        address_family: match dst {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
+        },
+        destination_prefix_length: dst.prefix_len(),
         table: RouteHeader::RT_TABLE_MAIN,
         protocol: RouteProtocol::Other(PROTOCOL),
         scope: RouteScope::Universe,
         kind: RouteType::Unicast,
         ..RouteHeader::default()
     };
-    m.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet(
-        peer.block.network(),
-    ))];
+    m.attributes = vec![RouteAttribute::Destination(address(dst.network()))];
     match device {
         None => m
             .attributes
             .push(RouteAttribute::Gateway(RouteAddress::Inet(peer.underlay))),
         Some(index) => {
             m.header.flags = RouteFlags::Onlink;
-            m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(peer.gateway)));
+            m.attributes.push(RouteAttribute::Gateway(address(gateway)));
             m.attributes.push(RouteAttribute::Oif(index));
         }
     }
     m
+}
+
+fn address(a: IpAddr) -> RouteAddress {
+    match a {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
 }
 
 /// `bridge fdb append <mac> dev <vxlan> dst <underlay> self permanent`.
@@ -458,13 +540,17 @@ fn fdb(index: u32, mac: &[u8], underlay: Ipv4Addr) -> NeighbourMessage {
 }
 
 /// `ip neigh replace <gateway> lladdr <mac> dev <vxlan> nud permanent`.
-fn neighbour(index: u32, mac: &[u8], gateway: Ipv4Addr) -> NeighbourMessage {
+fn neighbour(index: u32, mac: &[u8], gateway: IpAddr) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Inet;
+    let (family, destination) = match gateway {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    };
+    m.header.family = family;
     m.header.ifindex = index;
     m.header.state = NeighbourState::Permanent;
     m.attributes = vec![
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(gateway)),
+        NeighbourAttribute::Destination(destination),
         NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
     ];
     m
@@ -479,6 +565,10 @@ mod tests {
             block: format!("10.44.{k}.0/24").parse().unwrap(),
             gateway: Ipv4Addr::new(10, 44, k, 1),
             underlay: Ipv4Addr::new(198, 51, 100, k),
+            v6: Some(Block6 {
+                block: format!("fd00:44:{k}::/64").parse().unwrap(),
+                gateway: format!("fd00:44:{k}::1").parse().unwrap(),
+            }),
         }
     }
 
@@ -488,6 +578,7 @@ mod tests {
         assert!(direct.starts_with("table inet vassal_cluster\ndelete table inet vassal_cluster\n"));
         assert!(direct
             .contains("ip saddr { 10.44.2.0/24, 10.44.3.0/24 } fib saddr . iif oif missing drop"));
+        assert!(direct.contains("ip6 saddr { fd00:44:2::/64, fd00:44:3::/64 } drop"));
         assert!(!direct.contains("udp dport"));
         let vxlan = Mode::Vxlan {
             device: "vassal-vx".into(),
@@ -501,6 +592,10 @@ mod tests {
         assert!(script.contains(
             "iifname \"vassal-vx\" ip saddr 10.44.2.0/24 ether saddr != 02:76:0a:2c:02:00 drop"
         ));
+        assert!(script.contains(
+            "iifname \"vassal-vx\" ip6 saddr fd00:44:2::/64 ether saddr != 02:76:0a:2c:02:00 drop"
+        ));
+        assert!(script.contains("ip6 saddr { fd00:44:2::/64 } fib saddr . iif oif missing drop"));
         // No peer yet: nobody may send VXLAN to this host.
         assert!(guard_script(&vxlan, &[]).contains("udp dport 4789 drop"));
     }

@@ -33,13 +33,11 @@ impl Budget {
     }
 }
 
-/// Time exceeded messages the router sends per second, all vassals
-/// together: a vassal sending TTL-1 packets in a loop makes the router
-/// build at most this many, then only drop.
+/// Time exceeded messages the router sends per second to one project's
+/// vassals: a vassal sending TTL-1 packets in a loop makes the router build
+/// at most this many, then only drop. Per project, so that loop never
+/// spends another tenant's answers (its traceroute keeps working).
 pub const TIME_EXCEEDED_PER_SECOND: u32 = 100;
-
-/// The router's budget of time exceeded messages.
-pub static TIME_EXCEEDED: Budget = Budget::new(TIME_EXCEEDED_PER_SECOND);
 
 #[cfg(test)]
 mod tests {

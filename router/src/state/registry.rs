@@ -9,6 +9,7 @@
 //! other readers.
 
 use crate::port::Port;
+use crate::state::budget::{Budget, TIME_EXCEEDED_PER_SECOND};
 use crate::state::counters::ProjectCounters;
 use crate::state::evidence::Evidence;
 use crate::state::rate::TokenBucket;
@@ -32,6 +33,8 @@ pub struct Project {
     pub usage: ProjectUsage,
     /// What the datapath notes for the event watch.
     pub evidence: Evidence,
+    /// Time exceeded messages the router may still build for it this second.
+    pub time_exceeded: Budget,
     attached: AtomicI64,
 }
 
@@ -130,6 +133,7 @@ impl Registry {
             counters: ProjectCounters::register(name),
             usage: ProjectUsage::register(name),
             evidence: Evidence::default(),
+            time_exceeded: Budget::new(TIME_EXCEEDED_PER_SECOND),
             attached: AtomicI64::new(0),
         });
         projects.push(Arc::clone(&p));
