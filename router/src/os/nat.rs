@@ -162,13 +162,15 @@ pub struct Table {
 
 impl Table {
     /// Installs the table (replacing a stale one of the same device) and,
-    /// with NAT on, enables forwarding. Safe to replace: the device is this
+    /// with NAT on or `[cluster]`, enables forwarding. Safe to replace: the device is this
     /// router's alone (IFF_TUN_EXCL) and the name is injective in it, so
     /// the table can be no one else's.
     pub fn install(config: &Config) -> Result<Table, NatError> {
         let table = table_name(&config.device);
         nft("install", &table, &script(config))?;
-        if config.nat.masquerade {
+        // Forwarding: NAT sends vassal traffic out of the host, and a
+        // cluster between the host tun and the underlay (or VXLAN device).
+        if config.nat.masquerade || config.cluster.is_some() {
             sysctl("/proc/sys/net/ipv4/ip_forward")?;
             if config.gateway6.is_some() {
                 sysctl("/proc/sys/net/ipv6/conf/all/forwarding")?;
