@@ -7,8 +7,114 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
-use vassal_tests::cluster_harness::{Cluster, ClusterRouter, ClusterRouterSpec, ClusterVassal};
-use vassal_tests::wait_until;
+use vassal_tests::cluster_harness::{
+    Cluster, ClusterRouter, ClusterRouterSpec, ClusterVassal, LaunchedVassal,
+};
+use vassal_tests::launcher_harness::name;
+use vassal_tests::router_harness::PYTHON;
+use vassal_tests::{wait_until, KillOnDrop};
+
+/// Vassals reach any known vassal and the outside; only their own project
+/// gets in (`peer = "same"`, docs/rules.md). Across hosts the receiving
+/// router takes the sender's project from its identity cache.
+const RULES: &str = r#"
+[default]
+out = "deny"
+in = "deny"
+established = true
+
+[[out]]
+action = "allow"
+peer = "vassal"
+
+[[out]]
+action = "allow"
+peer = "outside"
+
+[[in]]
+action = "allow"
+peer = "same"
+"#;
+
+/// A server answering every TCP connection and UDP datagram on `port`
+/// with the address it came from (so the client sees whether its source
+/// was kept or translated).
+fn server_script(port: u16) -> String {
+    [
+        "import socket, threading",
+        "def tcp():",
+        "    s = socket.socket()",
+        "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)",
+        "    s.bind(('0.0.0.0', PORT))",
+        "    s.listen(16)",
+        "    while True:",
+        "        c, a = s.accept()",
+        "        c.sendall(a[0].encode())",
+        "        c.close()",
+        "threading.Thread(target=tcp, daemon=True).start()",
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        "u.bind(('0.0.0.0', PORT))",
+        "while True:",
+        "    d, a = u.recvfrom(2048)",
+        "    u.sendto(a[0].encode(), a)",
+    ]
+    .join("\n")
+    .replace("PORT", &port.to_string())
+}
+
+/// A client asking `dst:port` over `kind` (tcp or udp) until it answers
+/// or `secs` pass (the server may still be starting); prints the answer,
+/// exits 1 without one.
+fn client_script(kind: &str, dst: &str, port: u16, secs: u64) -> String {
+    [
+        "import socket, sys, time",
+        "end = time.time() + SECS",
+        "while True:",
+        "    try:",
+        "        if 'KIND' == 'tcp':",
+        "            c = socket.create_connection(('DST', PORT), timeout=0.5)",
+        "            print(c.recv(100).decode())",
+        "        else:",
+        "            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        "            u.settimeout(0.3)",
+        "            u.sendto(b'x', ('DST', PORT))",
+        "            print(u.recvfrom(100)[0].decode())",
+        "        break",
+        "    except OSError:",
+        "        if time.time() > end:",
+        "            sys.exit(1)",
+        "        time.sleep(0.1)",
+    ]
+    .join("\n")
+    .replace("SECS", &secs.to_string())
+    .replace("KIND", kind)
+    .replace("DST", dst)
+    .replace("PORT", &port.to_string())
+}
+
+/// Runs a client in a harness vassal's namespace: the answer, if any.
+fn ask_from(v: &ClusterVassal, kind: &str, dst: &str, port: u16, secs: u64) -> Option<String> {
+    let out =
+        v.ns.command(PYTHON)
+            .args(["-c", &client_script(kind, dst, port, secs)])
+            .output()
+            .expect("python");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Runs a client inside a launched vassal: the answer, if any.
+fn ask_from_launched(
+    v: &LaunchedVassal,
+    kind: &str,
+    dst: &str,
+    port: u16,
+    secs: u64,
+) -> Option<String> {
+    let (ok, out) = v.python(&client_script(kind, dst, port, secs));
+    ok.then(|| out.trim().to_owned())
+}
 
 /// The lease TTL of every router here: a dead host is gone this fast.
 const TTL: u64 = 2;
@@ -20,6 +126,11 @@ struct Env {
 }
 
 fn env(mode: &'static str) -> Env {
+    env_with(mode, "")
+}
+
+/// [`env`] with extra router configuration tables.
+fn env_with(mode: &'static str, tables: &str) -> Env {
     let cluster = Cluster::new(3);
     let routers: Vec<ClusterRouter> = (0..3)
         .map(|i| {
@@ -27,6 +138,8 @@ fn env(mode: &'static str) -> Env {
             spec.mode = mode;
             spec.lease_ttl = TTL;
             spec.masquerade = true;
+            spec.rules = Some(RULES.into());
+            spec.tables = tables.to_owned();
             ClusterRouter::start(&cluster, i, &spec)
         })
         .collect();
@@ -135,4 +248,76 @@ fn direct_a_dead_host_vanishes_and_routes_follow_restarts() {
 #[test]
 fn vxlan_a_dead_host_vanishes_and_routes_follow_restarts() {
     a_dead_host_vanishes_and_routes_follow_restarts("vxlan");
+}
+
+/// (a) A project's vassals on two hosts reach each other (TCP and UDP,
+/// both ways) under `peer = "same"` rules, with NAT on yet with their own
+/// source addresses (the masquerade leaves the cluster prefix alone);
+/// another project's vassal, whose own rules let it send, is denied by
+/// the receiving router's in chain with the project its identity cache
+/// holds for the sender, and counted there.
+fn same_project_crosses_hosts_and_others_are_denied(mode: &'static str) {
+    let env = env(mode);
+    let shop = name("shop");
+    let port = 7000;
+    // A real vassal of `shop` on host 1, serving.
+    let server = LaunchedVassal::start(
+        &env.routers[1],
+        &shop,
+        &[PYTHON, "-c", &server_script(port)],
+    );
+    // Another of `shop` on host 0 (the harness's attach: the launcher
+    // runs one vassal of a name per machine, and these hosts share one).
+    let client = ClusterVassal::launch(&env.routers[0], &shop, "client");
+    assert!(client.accepted(), "{:?}", client.answer);
+    let dst = server.addr.to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || env.routers[0]
+            .identities()
+            .iter()
+            .any(|(a, p, _)| *a == dst && *p == shop)),
+        "{mode}: host 0 does not know the server"
+    );
+    for kind in ["udp", "tcp"] {
+        assert_eq!(
+            ask_from(&client, kind, &dst, port, 10).as_deref(),
+            Some(client.addr.to_string().as_str()),
+            "{mode} {kind}: host 0 -> host 1 (the server must see the vassal's own source)\n{}",
+            env.routers[1].log_text()
+        );
+    }
+    // The other way: the launched vassal asks a server on host 0.
+    let _back = KillOnDrop::spawn(client.ns.command(PYTHON).args(["-c", &server_script(port)]));
+    for kind in ["udp", "tcp"] {
+        assert_eq!(
+            ask_from_launched(&server, kind, &client.addr.to_string(), port, 10).as_deref(),
+            Some(dst.as_str()),
+            "{mode} {kind}: host 1 -> host 0"
+        );
+    }
+    // Another project on host 2: its out chain lets it send to any known
+    // vassal, host 1's in chain refuses it.
+    let mallory = LaunchedVassal::start(&env.routers[2], &name("mal"), &["/bin/sleep", "600"]);
+    for kind in ["udp", "tcp"] {
+        assert_eq!(
+            ask_from_launched(&mallory, kind, &dst, port, 1),
+            None,
+            "{mode} {kind}: another project got in"
+        );
+    }
+    assert!(
+        env.routers[1].dropped(&shop, "firewall") >= 2.0,
+        "{mode}: host 1 did not count the denial"
+    );
+    assert_eq!(env.routers[2].dropped(&mallory.name, "firewall"), 0.0);
+}
+
+#[test]
+fn direct_same_project_crosses_hosts_and_others_are_denied() {
+    same_project_crosses_hosts_and_others_are_denied("direct");
+}
+
+#[test]
+fn vxlan_same_project_crosses_hosts_and_others_are_denied() {
+    same_project_crosses_hosts_and_others_are_denied("vxlan");
 }
