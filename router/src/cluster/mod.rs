@@ -238,6 +238,11 @@ vxlan_port = 8472
                 "r.toml:5:12: cluster.underlay",
             ),
             (
+                "underlay = \"198.51.100.11\"",
+                "underlay = \"2001:db8::11\"",
+                "r.toml:5:12: cluster.underlay: 2001:db8::11: the routes between hosts need an IPv4 underlay",
+            ),
+            (
                 "\"http://etcd-b:2379\"",
                 "\"https://etcd-b:2379\"",
                 "r.toml:3:37: cluster.etcd",

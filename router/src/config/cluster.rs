@@ -178,6 +178,12 @@ impl RawCluster {
                 format!("cluster.underlay: {underlay} is not an address other hosts can reach"),
             ));
         }
+        if underlay.is_ipv6() {
+            return Err(at(
+                Some(self.underlay.span()),
+                format!("cluster.underlay: {underlay}: the routes between hosts need an IPv4 underlay (docs/cluster.md, \"Open\")"),
+            ));
+        }
         let prefix = *self.prefix.get_ref();
         if prefix.addr() != prefix.network() {
             return Err(at(
