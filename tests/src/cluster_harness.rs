@@ -20,7 +20,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use vassal_attach::{transport, Hello, LeaseRequest, Request, Response, PROTOCOL_VERSION};
 
@@ -34,9 +34,48 @@ impl Drop for Cluster {
         for m in &mut self.etcd {
             m.child = None;
         }
+        // The hosts' launcher cgroups (their vassals are gone by now).
+        for i in 0..self.hosts.len() {
+            let tag = self.launch_tag(i);
+            for h in CGROUP_HIERARCHIES {
+                let base = PathBuf::from("/sys/fs/cgroup").join(h).join(&tag);
+                if let Ok(entries) = std::fs::read_dir(base.join("vassal")) {
+                    for e in entries.flatten() {
+                        if e.path().is_dir() {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(base.join("vassal"));
+                let _ = std::fs::remove_dir(&base);
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The cgroup v1 hierarchies a simulated host's launcher gets a subtree
+/// of (see [`Cluster::launch_command`]).
+const CGROUP_HIERARCHIES: [&str; 7] = [
+    "cpu", "cpuacct", "memory", "pids", "blkio", "freezer", "devices",
+];
+
+/// Runs `vassal-launch` as on a host of its own: in a private mount
+/// namespace where `/run/vassal` is the host's directory and each cgroup
+/// hierarchy is the host's subtree, so two hosts can run vassals of the
+/// same name (the launcher keys its state file and cgroups by name).
+const LAUNCH_WRAPPER: &str = r#"set -e
+run="$1"; tag="$2"; shift 2
+mkdir -p "$run"
+mount --bind "$run" /run/vassal
+for h in cpu cpuacct memory pids blkio freezer devices; do
+  if [ -d /sys/fs/cgroup/$h ] && mountpoint -q /sys/fs/cgroup/$h; then
+    mkdir -p /sys/fs/cgroup/$h/$tag
+    mount --bind /sys/fs/cgroup/$h/$tag /sys/fs/cgroup/$h
+  fi
+done
+exec "$@"
+"#;
 
 /// One simulated host.
 pub struct Host {
@@ -264,6 +303,41 @@ impl Cluster {
         keys
     }
 
+    /// Host `i`'s `/run/vassal` (its launcher's state files).
+    pub fn launch_run(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("launch-{i}"))
+    }
+
+    /// Host `i`'s cgroup subtree name.
+    pub fn launch_tag(&self, i: usize) -> String {
+        let id = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{id}-h{i}")
+    }
+
+    /// The program and arguments that run `vassal-launch ARGS` as on host
+    /// `i` (see `LAUNCH_WRAPPER`).
+    pub fn launch_command(&self, i: usize, args: &[String]) -> Vec<String> {
+        let mut argv: Vec<String> = vec![
+            "unshare".into(),
+            "--mount".into(),
+            "--propagation".into(),
+            "private".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            LAUNCH_WRAPPER.into(),
+            "sh".into(),
+            self.launch_run(i).display().to_string(),
+            self.launch_tag(i),
+            binary("vassal-launch").display().to_string(),
+        ];
+        argv.extend(args.iter().cloned());
+        argv
+    }
+
     /// The client endpoints of the three members.
     pub fn endpoints(&self) -> Vec<String> {
         let scheme = if self.protection.tls { "https" } else { "http" };
@@ -401,6 +475,12 @@ pub struct ClusterRouterSpec {
     pub mode: &'static str,
     /// Extra TOML inside `[cluster]`.
     pub cluster_extra: String,
+    /// Rule file text; `None` = the embedded default rules.
+    pub rules: Option<String>,
+    /// `nat.masquerade`.
+    pub masquerade: bool,
+    /// Extra tables (e.g. `[host]`, `[events]`), placed before `[cluster]`.
+    pub tables: String,
 }
 
 impl ClusterRouterSpec {
@@ -412,6 +492,9 @@ impl ClusterRouterSpec {
             block: 24,
             mode: "direct",
             cluster_extra: String::new(),
+            rules: None,
+            masquerade: false,
+            tables: String::new(),
         }
     }
 }
@@ -459,9 +542,19 @@ impl ClusterRouter {
             .collect();
         let socket = dir.join("run/router.sock");
         let state_file = dir.join("cluster-state.json");
+        // Each router its own flow state file (the device is vr0 on
+        // every host).
+        let mut top = format!("state_dir = \"{}\"\n", dir.join("state").display());
+        if let Some(rules) = &spec.rules {
+            let path = dir.join("rules.toml");
+            std::fs::write(&path, rules).unwrap();
+            top.push_str(&format!("rules = \"{}\"\n", path.display()));
+        }
         let config = format!(
-            "device = \"vr0\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:9810\"\n[nat]\nmasquerade = false\n[cluster]\netcd = [{}]\nnode = \"{}\"\nunderlay = \"{}\"\nprefix = \"{PREFIX}\"\nblock = {}\nmode = \"{}\"\nlease_ttl = {}\nkey_prefix = \"/vassal\"\nstate_file = \"{}\"\n{}\n",
+            "device = \"vr0\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:9810\"\n{top}[nat]\nmasquerade = {}\n{}\n[cluster]\netcd = [{}]\nnode = \"{}\"\nunderlay = \"{}\"\nprefix = \"{PREFIX}\"\nblock = {}\nmode = \"{}\"\nlease_ttl = {}\nkey_prefix = \"/vassal\"\nstate_file = \"{}\"\n{}\n",
             socket.display(),
+            spec.masquerade,
+            spec.tables,
             endpoints.join(", "),
             spec.node,
             cluster.hosts[host].underlay,
@@ -532,6 +625,57 @@ impl ClusterRouter {
             let _ = c.0.kill();
             let _ = c.0.wait();
         }
+    }
+
+    /// Stops the process with SIGTERM (a clean exit) and waits for it;
+    /// whether it exited successfully within 10 s.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let pid = nix::unistd::Pid::from_raw(c.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = c.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status.is_some_and(|s| s.success())
+    }
+
+    /// `ip route show proto 118` in its host's namespace: the routes the
+    /// router installed to the other blocks.
+    pub fn routes(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "route", "show", "proto", "118"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `cmd ARGS` run in its host's namespace; stdout.
+    pub fn host_out(&self, argv: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(argv)
+            .output()
+            .expect("run in the host namespace");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A dropped-packets counter of `project` for `reason` (0 when absent).
+    pub fn dropped(&self, project: &str, reason: &str) -> f64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, crate::router_harness::PYTHON, "-c"])
+            .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9810/metrics',timeout=2).read().decode())")
+            .output()
+            .expect("scrape");
+        crate::metric(
+            &String::from_utf8_lossy(&out.stdout),
+            "vassal_dropped_packets_total",
+            &format!("project=\"{project}\",reason=\"{reason}\""),
+        )
+        .unwrap_or(0.0)
     }
 
     /// Its log so far.
@@ -685,5 +829,144 @@ impl ClusterVassal {
     /// Whether the router accepted it.
     pub fn accepted(&self) -> bool {
         matches!(self.answer, Response::Accepted { .. })
+    }
+}
+
+/// A real vassal: `vassal-launch run --address auto --router <socket>`
+/// (its address leased from the router's block), running `command` as
+/// the project's uid, launched as on the router's host (its own
+/// `/run/vassal` and cgroups: [`Cluster::launch_command`]). Its project
+/// is its name. Stopped on drop.
+pub struct LaunchedVassal {
+    /// Its name (and project).
+    pub name: String,
+    /// The address the router leased it.
+    pub addr: Ipv4Addr,
+    /// Its host's `/run/vassal`.
+    run: PathBuf,
+    /// The launcher.
+    pub launched: Child,
+    /// Where its stderr goes.
+    stderr: PathBuf,
+}
+
+impl Drop for LaunchedVassal {
+    fn drop(&mut self) {
+        // SIGTERM, as an operator stops it (the launcher cleans up), then
+        // SIGKILL after 5 s.
+        let pid = nix::unistd::Pid::from_raw(self.launched.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let ended = wait_until(Duration::from_secs(5), || {
+            self.launched.try_wait().ok().flatten().is_some()
+        });
+        if !ended {
+            let _ = self.launched.kill();
+            let _ = self.launched.wait();
+        }
+    }
+}
+
+impl LaunchedVassal {
+    /// Launches `name` on `router` (host `router.host` of `cluster`)
+    /// running `command`, and waits until it is attached (its supervisor
+    /// runs, its address is configured and the router counts it).
+    pub fn start(
+        cluster: &Cluster,
+        router: &ClusterRouter,
+        name: &str,
+        command: &[&str],
+    ) -> LaunchedVassal {
+        let mut args: Vec<String> = [
+            "run",
+            "--name",
+            name,
+            "--uid",
+            &crate::launcher_harness::PROJECT_UID.to_string(),
+            "--address",
+            "auto",
+            "--router",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(router.socket.display().to_string());
+        args.push("--".into());
+        args.extend(command.iter().map(|s| s.to_string()));
+        let argv = cluster.launch_command(router.host, &args);
+        let stderr = router.dir.join(format!("{name}.stderr"));
+        let launched = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawning vassal-launch");
+        let mut v = LaunchedVassal {
+            name: name.to_owned(),
+            addr: Ipv4Addr::UNSPECIFIED,
+            run: cluster.launch_run(router.host),
+            launched,
+            stderr,
+        };
+        let attached = format!("project=\"{name}\"");
+        let mut addr = None;
+        let up = wait_until(Duration::from_secs(15), || {
+            if v.supervisor().is_none()
+                || router.metric(&format!("vassal_attached{{{attached}}}")) != Some(1.0)
+            {
+                return false;
+            }
+            let (_, out) = v.exec(&["ip", "-4", "-o", "addr", "show", "dev", "vx0"]);
+            addr = out
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok());
+            addr.is_some()
+        });
+        assert!(
+            up,
+            "vassal {name} not attached: {}\n{}",
+            std::fs::read_to_string(&v.stderr).unwrap_or_default(),
+            router.log_text()
+        );
+        v.addr = addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        v
+    }
+
+    fn supervisor(&self) -> Option<u32> {
+        let text =
+            std::fs::read_to_string(self.run.join(format!("launch/{}.json", self.name))).ok()?;
+        let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+        state["pid"].as_u64().filter(|&p| p > 0).map(|p| p as u32)
+    }
+
+    /// Its supervisor's pid (pid 1 inside).
+    pub fn pid(&self) -> u32 {
+        self.supervisor().expect("the vassal's supervisor pid")
+    }
+
+    /// Runs `argv` inside its network namespace (as root: an attacker that
+    /// took the vassal's namespace over); its exit status and stdout.
+    pub fn exec(&self, argv: &[&str]) -> (bool, String) {
+        let Some(pid) = self.supervisor() else {
+            return (false, String::new());
+        };
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Runs python `script` inside its network namespace.
+    pub fn python(&self, script: &str) -> (bool, String) {
+        self.exec(&[crate::router_harness::PYTHON, "-c", script])
     }
 }

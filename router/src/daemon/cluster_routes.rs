@@ -9,6 +9,7 @@
 //! and the view are left as they are when etcd is away (fail static): only
 //! a change the membership reports changes them.
 
+use crate::config::cluster::{ClusterConfig, Mode as ConfigMode};
 use crate::datapath::router::Router;
 use crate::os::routes::{Block6, Mode, PeerBlock, Routes};
 use crate::state::remote::RemoteView;
@@ -43,6 +44,9 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     /// Every registered vassal address: (address, project, node).
     pub identities: Vec<(IpAddr, String, String)>,
+    /// Addresses of the cluster's infrastructure beyond the nodes'
+    /// underlays: the etcd endpoints, and this node's own underlay.
+    pub infra: Vec<IpAddr>,
 }
 
 /// What the datapath half needs of the cluster membership.
@@ -53,20 +57,13 @@ pub trait Membership: Send + Sync + 'static {
     fn changes(&self) -> watch::Receiver<u64>;
 }
 
-/// The VXLAN device the router creates (VXLAN mode).
-pub const VXLAN_DEVICE: &str = "vassal-vx";
-/// Its VXLAN network identifier.
-pub const VXLAN_VNI: u32 = 1;
-/// Its UDP port (IANA's), on every host.
-pub const VXLAN_PORT: u16 = 4789;
-
-/// The routes' mode for `[cluster] mode` (`vxlan` or not).
-pub fn mode(vxlan: bool) -> Mode {
-    if vxlan {
+/// The routes' mode for `[cluster]`.
+pub fn mode(settings: &ClusterConfig) -> Mode {
+    if settings.mode == ConfigMode::Vxlan {
         Mode::Vxlan {
-            device: VXLAN_DEVICE.to_owned(),
-            vni: VXLAN_VNI,
-            port: VXLAN_PORT,
+            device: settings.vxlan_device.clone(),
+            vni: settings.vxlan_vni,
+            port: settings.vxlan_port,
         }
     } else {
         Mode::Direct
@@ -108,12 +105,14 @@ pub fn peer_blocks(view: &ClusterView) -> Vec<PeerBlock> {
         .collect()
 }
 
-/// The datapath's view: other nodes' blocks, and the identities of
-/// vassals attached to other nodes that lie inside those nodes' blocks
-/// (an identity claiming an address outside its node's block is ignored:
-/// the packet from it would be refused as spoofed anyway). IPv6 blocks
-/// count only when `routed6` (VXLAN mode): in direct mode no route leads
-/// to them, so their addresses stay `no_route` one way and `spoofed` the
+/// The datapath's view: other nodes' blocks, the identities of vassals
+/// attached to other nodes that lie inside those nodes' blocks (an
+/// identity claiming an address outside its node's block is ignored: the
+/// packet from it would be refused as spoofed anyway), and the
+/// infrastructure vassals never reach: the etcd endpoints, every node's
+/// underlay address and every other node's gateways. IPv6 blocks count
+/// only when `routed6` (VXLAN mode): in direct mode no route leads to
+/// them, so their addresses stay `no_route` one way and `spoofed` the
 /// other, never a remote vassal whose project the rules would trust.
 pub fn remote_view(view: &ClusterView, routed6: bool) -> RemoteView {
     let mut blocks: HashMap<&str, Vec<IpNet>> = HashMap::new();
@@ -134,46 +133,69 @@ pub fn remote_view(view: &ClusterView, routed6: bool) -> RemoteView {
         })
         .map(|(addr, project, _)| (*addr, Arc::from(project.as_str())))
         .collect();
+    let mut infra: Vec<IpAddr> = view.infra.clone();
+    for n in &view.nodes {
+        infra.push(n.underlay);
+        if n.node != view.node {
+            infra.push(IpAddr::V4(gateway(n.block)));
+            infra.extend(n.block6.map(|b| IpAddr::V6(gateway6(b))));
+        }
+    }
     RemoteView::new(
         view.prefixes.clone(),
         blocks.into_values().flatten(),
         identities,
     )
+    .with_infra(infra)
 }
 
 /// How often the routes are re-applied after a failed sync.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Follows `membership` until it goes away: publishes the datapath's
-/// view with `publish` and syncs `routes` on every change. Returns the
-/// routes so the caller removes them on exit.
+/// Follows `membership` until `stop` completes or the membership goes
+/// away: publishes the datapath's view with `publish` on every change of
+/// blocks or identities, and syncs `routes` when the other nodes' blocks
+/// changed. Returns the routes so the caller removes them on exit.
 pub async fn follow(
     membership: Arc<dyn Membership>,
     publish: impl Fn(RemoteView) + Send + 'static,
     mut routes: Routes,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> Routes {
     let mut changes = membership.changes();
-    let mut applied: Option<ClusterView> = None;
+    let mut published: Option<ClusterView> = None;
+    // The peer set the kernel holds; `None` until a sync succeeded.
+    let mut synced: Option<Vec<PeerBlock>> = None;
+    let routed6 = routes.routes_ipv6();
+    tokio::pin!(stop);
     loop {
         let view = membership.view();
-        if applied.as_ref() != Some(&view) {
-            publish(remote_view(&view, routes.routes_ipv6()));
-            let peers = peer_blocks(&view);
+        let peers = peer_blocks(&view);
+        if published.as_ref() != Some(&view) {
+            publish(remote_view(&view, routed6));
+            published = Some(view);
+        }
+        if synced.as_ref() != Some(&peers) {
+            let wanted = peers.clone();
             let (r, result) = tokio::task::spawn_blocking(move || {
-                let result = routes.sync(&peers);
+                let result = routes.sync(&wanted);
                 (routes, result)
             })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             routes = r;
             match result {
-                Ok(()) => applied = Some(view),
-                Err(e) => tracing::error!("cluster routes: {e}"),
+                Ok(()) => synced = Some(peers),
+                Err(e) => {
+                    synced = None;
+                    tracing::error!("cluster routes: {e}");
+                }
             }
         }
         // A failed sync is tried again soon; otherwise only a change wakes.
-        let wait = if applied.is_some() { IDLE } else { RETRY };
+        let wait = if synced.is_some() { IDLE } else { RETRY };
         tokio::select! {
+            () = &mut stop => break,
             changed = changes.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(wait) => {}
         }
@@ -181,23 +203,52 @@ pub async fn follow(
     routes
 }
 
+/// The running follower: [`Follower::stop`] ends it and removes its
+/// routes, guard table and VXLAN device.
+pub struct Follower {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Routes>,
+}
+
+impl Follower {
+    /// Stops following and removes everything the routes installed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(mut routes) => {
+                let _ = tokio::task::spawn_blocking(move || routes.clear()).await;
+            }
+            Err(e) => tracing::error!("cluster routes: the follower failed ({e}); routes left"),
+        }
+    }
+}
+
 /// Creates the routes (and, in VXLAN mode, the device) for this host's
-/// block `own` reached at `underlay`, and follows `membership` on a task.
-/// The daemon calls this once the block is known, before the control
-/// socket exists; on exit it awaits nothing but calls
-/// [`Routes::clear`] on what the task returns (or aborts it and clears a
-/// fresh [`Routes`]: both remove exactly the router's routes and device).
+/// block `own` reached at `underlay`, publishes the datapath's view of the
+/// membership now (so the first attach already sees it), and follows
+/// `membership` on a task. The daemon calls this once the block is
+/// known, before the control socket exists, and [`Follower::stop`] on
+/// exit. Routes a predecessor left (a SIGKILLed router) are replaced by
+/// the first sync (see [`Routes::new`]).
 pub fn start(
     router: &Arc<Router>,
     membership: Arc<dyn Membership>,
     mode: Mode,
     own: Ipv4Net,
     underlay: Ipv4Addr,
-) -> Result<tokio::task::JoinHandle<Routes>, crate::os::routes::RouteError> {
+) -> Result<Follower, crate::os::routes::RouteError> {
     let routes = Routes::new(mode, own, underlay)?;
+    router
+        .remote
+        .publish(remote_view(&membership.view(), routes.routes_ipv6()));
     let router = Arc::clone(router);
     let publish = move |view| router.remote.publish(view);
-    Ok(tokio::spawn(follow(membership, publish, routes)))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(follow(membership, publish, routes, stopped));
+    Ok(Follower { stop, task })
 }
 
 /// The longest sleep between checks without a change.
@@ -225,6 +276,26 @@ mod tests {
                 ("10.44.3.9".parse().unwrap(), "evil".into(), "b".into()),
                 ("10.44.3.5".parse().unwrap(), "db".into(), "c".into()),
             ],
+            infra: vec!["198.51.100.200".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn infrastructure_is_etcd_every_underlay_and_other_gateways() {
+        let v = remote_view(&view(), true);
+        for infra in [
+            "198.51.100.200",
+            "198.51.100.1",
+            "198.51.100.2",
+            "10.44.2.1",
+            "10.44.3.1",
+        ] {
+            assert!(v.is_infra(infra.parse().unwrap()), "{infra}");
+        }
+        // This host's gateway is the host's own (its rules and [host]
+        // govern it); vassal addresses are vassals.
+        for not in ["10.44.1.1", "10.44.2.5", "198.51.100.9"] {
+            assert!(!v.is_infra(not.parse().unwrap()), "{not}");
         }
     }
 
