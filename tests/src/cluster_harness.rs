@@ -229,6 +229,12 @@ pub struct ClusterRouterSpec {
     pub mode: &'static str,
     /// Extra TOML inside `[cluster]`.
     pub cluster_extra: String,
+    /// Rule file text; `None` = the embedded default rules.
+    pub rules: Option<String>,
+    /// `nat.masquerade`.
+    pub masquerade: bool,
+    /// Extra tables (e.g. `[host]`, `[events]`), placed before `[cluster]`.
+    pub tables: String,
 }
 
 impl ClusterRouterSpec {
@@ -240,6 +246,9 @@ impl ClusterRouterSpec {
             block: 24,
             mode: "direct",
             cluster_extra: String::new(),
+            rules: None,
+            masquerade: false,
+            tables: String::new(),
         }
     }
 }
@@ -287,9 +296,19 @@ impl ClusterRouter {
             .collect();
         let socket = dir.join("run/router.sock");
         let state_file = dir.join("cluster-state.json");
+        // Each router its own flow state file (the device is vr0 on
+        // every host).
+        let mut top = format!("state_dir = \"{}\"\n", dir.join("state").display());
+        if let Some(rules) = &spec.rules {
+            let path = dir.join("rules.toml");
+            std::fs::write(&path, rules).unwrap();
+            top.push_str(&format!("rules = \"{}\"\n", path.display()));
+        }
         let config = format!(
-            "device = \"vr0\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:9810\"\n[nat]\nmasquerade = false\n[cluster]\netcd = [{}]\nnode = \"{}\"\nunderlay = \"{}\"\nprefix = \"{PREFIX}\"\nblock = {}\nmode = \"{}\"\nlease_ttl = {}\nkey_prefix = \"/vassal\"\nstate_file = \"{}\"\n{}\n",
+            "device = \"vr0\"\ncontrol_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:9810\"\n{top}[nat]\nmasquerade = {}\n{}\n[cluster]\netcd = [{}]\nnode = \"{}\"\nunderlay = \"{}\"\nprefix = \"{PREFIX}\"\nblock = {}\nmode = \"{}\"\nlease_ttl = {}\nkey_prefix = \"/vassal\"\nstate_file = \"{}\"\n{}\n",
             socket.display(),
+            spec.masquerade,
+            spec.tables,
             endpoints.join(", "),
             spec.node,
             cluster.hosts[host].underlay,
@@ -360,6 +379,57 @@ impl ClusterRouter {
             let _ = c.0.kill();
             let _ = c.0.wait();
         }
+    }
+
+    /// Stops the process with SIGTERM (a clean exit) and waits for it;
+    /// whether it exited successfully within 10 s.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let pid = nix::unistd::Pid::from_raw(c.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = c.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status.is_some_and(|s| s.success())
+    }
+
+    /// `ip route show proto 118` in its host's namespace: the routes the
+    /// router installed to the other blocks.
+    pub fn routes(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "route", "show", "proto", "118"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `cmd ARGS` run in its host's namespace; stdout.
+    pub fn host_out(&self, argv: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(argv)
+            .output()
+            .expect("run in the host namespace");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A dropped-packets counter of `project` for `reason` (0 when absent).
+    pub fn dropped(&self, project: &str, reason: &str) -> f64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, crate::router_harness::PYTHON, "-c"])
+            .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9810/metrics',timeout=2).read().decode())")
+            .output()
+            .expect("scrape");
+        crate::metric(
+            &String::from_utf8_lossy(&out.stdout),
+            "vassal_dropped_packets_total",
+            &format!("project=\"{project}\",reason=\"{reason}\""),
+        )
+        .unwrap_or(0.0)
     }
 
     /// Its log so far.
@@ -513,5 +583,95 @@ impl ClusterVassal {
     /// Whether the router accepted it.
     pub fn accepted(&self) -> bool {
         matches!(self.answer, Response::Accepted { .. })
+    }
+}
+
+/// A real vassal: `vassal-launch run --address auto --router <socket>`
+/// (its address leased from the router's block), running `command` as
+/// the project's uid. Its project is its name. Stopped on drop.
+pub struct LaunchedVassal {
+    /// Its name (and project).
+    pub name: String,
+    /// The address the router leased it.
+    pub addr: Ipv4Addr,
+    /// The launcher.
+    pub launched: crate::launcher_harness::Launched,
+}
+
+impl LaunchedVassal {
+    /// Launches `name` on `router` running `command`, and waits until the
+    /// router has registered its identity (attached, address known).
+    pub fn start(router: &ClusterRouter, name: &str, command: &[&str]) -> LaunchedVassal {
+        let mut args: Vec<String> = [
+            "run",
+            "--name",
+            name,
+            "--uid",
+            &crate::launcher_harness::PROJECT_UID.to_string(),
+            "--address",
+            "auto",
+            "--router",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(router.socket.display().to_string());
+        args.push("--".into());
+        args.extend(command.iter().map(|s| s.to_string()));
+        let launched = crate::launcher_harness::Launched::spawn(
+            name,
+            &args,
+            router.dir.join(format!("{name}.stderr")),
+        );
+        let mut addr = None;
+        let attached = wait_until(Duration::from_secs(15), || {
+            addr = router
+                .identities()
+                .into_iter()
+                .find(|(a, p, n)| p == name && n == &router.node && !a.contains(':'))
+                .and_then(|(a, _, _)| a.parse().ok());
+            addr.is_some()
+        });
+        assert!(
+            attached,
+            "vassal {name} not registered: {}\n{}",
+            launched.stderr(),
+            router.log_text()
+        );
+        LaunchedVassal {
+            name: name.to_owned(),
+            addr: addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            launched,
+        }
+    }
+
+    /// Its supervisor's pid (pid 1 inside).
+    pub fn pid(&self) -> u32 {
+        let mut pid = None;
+        wait_until(Duration::from_secs(5), || {
+            pid = crate::launcher_harness::supervisor_pid(&self.name);
+            pid.is_some()
+        });
+        pid.expect("the vassal's supervisor pid")
+    }
+
+    /// Runs `argv` inside its network namespace (as root: an attacker that
+    /// took the vassal's namespace over); its exit status and stdout.
+    pub fn exec(&self, argv: &[&str]) -> (bool, String) {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-n", "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Runs python `script` inside its network namespace.
+    pub fn python(&self, script: &str) -> (bool, String) {
+        self.exec(&[crate::router_harness::PYTHON, "-c", script])
     }
 }

@@ -443,7 +443,7 @@ fn the_follower_keeps_routes_and_view_equal_to_the_membership_and_static_without
             p.lock().expect("published").push(view.identities.len());
         };
         let m: Arc<dyn Membership> = m;
-        let mut routes = rt.block_on(follow(m, publish, routes));
+        let mut routes = rt.block_on(follow(m, publish, routes, std::future::pending()));
         let left = routes.installed().len();
         routes.clear();
         let _ = done.send(left);

@@ -284,7 +284,8 @@ impl Membership {
         self.nodes.load_full()
     }
 
-    /// Wakes on every change of [`Membership::nodes`].
+    /// Wakes on every change of [`Membership::nodes`] or
+    /// [`Membership::identities`].
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -739,11 +740,20 @@ fn publish(m: &Membership, nodes: HashMap<u32, NodeBlock>, identities: HashMap<I
         .collect();
     metrics::gauge!("vassal_cluster_identities").set(identities.len() as f64);
     metrics::gauge!("vassal_cluster_nodes").set(nodes.len() as f64);
-    m.identities.store(Arc::new(identities));
+    let mut changed = false;
+    if **m.identities.load() != identities {
+        m.identities.store(Arc::new(identities));
+        changed = true;
+    }
     let mut list: Vec<NodeBlock> = nodes.into_values().collect();
     list.sort_by_key(|n| n.block.index);
     if **m.nodes.load() != list {
         m.nodes.store(Arc::new(list));
+        changed = true;
+    }
+    // The datapath's view follows both: routes the blocks, peer rules the
+    // identities (daemon::cluster_routes).
+    if changed {
         m.changes.send_modify(|g| *g += 1);
     }
 }

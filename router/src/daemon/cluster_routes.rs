@@ -9,6 +9,7 @@
 //! and the view are left as they are when etcd is away (fail static): only
 //! a change the membership reports changes them.
 
+use crate::config::cluster::{ClusterConfig, Mode as ConfigMode};
 use crate::datapath::router::Router;
 use crate::os::routes::{Mode, PeerBlock, Routes};
 use crate::state::remote::RemoteView;
@@ -60,9 +61,9 @@ pub const VXLAN_VNI: u32 = 1;
 /// Its UDP port (IANA's), on every host.
 pub const VXLAN_PORT: u16 = 4789;
 
-/// The routes' mode for `[cluster] mode` (`vxlan` or not).
-pub fn mode(vxlan: bool) -> Mode {
-    if vxlan {
+/// The routes' mode for `[cluster]`.
+pub fn mode(settings: &ClusterConfig) -> Mode {
+    if settings.mode == ConfigMode::Vxlan {
         Mode::Vxlan {
             device: VXLAN_DEVICE.to_owned(),
             vni: VXLAN_VNI,
@@ -132,36 +133,49 @@ pub fn remote_view(view: &ClusterView) -> RemoteView {
 /// How often the routes are re-applied after a failed sync.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Follows `membership` until it goes away: publishes the datapath's
-/// view with `publish` and syncs `routes` on every change. Returns the
-/// routes so the caller removes them on exit.
+/// Follows `membership` until `stop` completes or the membership goes
+/// away: publishes the datapath's view with `publish` on every change of
+/// blocks or identities, and syncs `routes` when the other nodes' blocks
+/// changed. Returns the routes so the caller removes them on exit.
 pub async fn follow(
     membership: Arc<dyn Membership>,
     publish: impl Fn(RemoteView) + Send + 'static,
     mut routes: Routes,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> Routes {
     let mut changes = membership.changes();
-    let mut applied: Option<ClusterView> = None;
+    let mut published: Option<ClusterView> = None;
+    // The peer set the kernel holds; `None` until a sync succeeded.
+    let mut synced: Option<Vec<PeerBlock>> = None;
+    tokio::pin!(stop);
     loop {
         let view = membership.view();
-        if applied.as_ref() != Some(&view) {
+        let peers = peer_blocks(&view);
+        if published.as_ref() != Some(&view) {
             publish(remote_view(&view));
-            let peers = peer_blocks(&view);
+            published = Some(view);
+        }
+        if synced.as_ref() != Some(&peers) {
+            let wanted = peers.clone();
             let (r, result) = tokio::task::spawn_blocking(move || {
-                let result = routes.sync(&peers);
+                let result = routes.sync(&wanted);
                 (routes, result)
             })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             routes = r;
             match result {
-                Ok(()) => applied = Some(view),
-                Err(e) => tracing::error!("cluster routes: {e}"),
+                Ok(()) => synced = Some(peers),
+                Err(e) => {
+                    synced = None;
+                    tracing::error!("cluster routes: {e}");
+                }
             }
         }
         // A failed sync is tried again soon; otherwise only a change wakes.
-        let wait = if applied.is_some() { IDLE } else { RETRY };
+        let wait = if synced.is_some() { IDLE } else { RETRY };
         tokio::select! {
+            () = &mut stop => break,
             changed = changes.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(wait) => {}
         }
@@ -169,23 +183,50 @@ pub async fn follow(
     routes
 }
 
+/// The running follower: [`Follower::stop`] ends it and removes its
+/// routes, guard table and VXLAN device.
+pub struct Follower {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Routes>,
+}
+
+impl Follower {
+    /// Stops following and removes everything the routes installed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(mut routes) => {
+                let _ = tokio::task::spawn_blocking(move || routes.clear()).await;
+            }
+            Err(e) => tracing::error!("cluster routes: the follower failed ({e}); routes left"),
+        }
+    }
+}
+
 /// Creates the routes (and, in VXLAN mode, the device) for this host's
-/// block `own` reached at `underlay`, and follows `membership` on a task.
-/// The daemon calls this once the block is known, before the control
-/// socket exists; on exit it awaits nothing but calls
-/// [`Routes::clear`] on what the task returns (or aborts it and clears a
-/// fresh [`Routes`]: both remove exactly the router's routes and device).
+/// block `own` reached at `underlay`, publishes the datapath's view of the
+/// membership now (so the first attach already sees it), and follows
+/// `membership` on a task. The daemon calls this once the block is
+/// known, before the control socket exists, and [`Follower::stop`] on
+/// exit. Routes a predecessor left (a SIGKILLed router) are replaced by
+/// the first sync (see [`Routes::new`]).
 pub fn start(
     router: &Arc<Router>,
     membership: Arc<dyn Membership>,
     mode: Mode,
     own: Ipv4Net,
     underlay: Ipv4Addr,
-) -> Result<tokio::task::JoinHandle<Routes>, crate::os::routes::RouteError> {
+) -> Result<Follower, crate::os::routes::RouteError> {
     let routes = Routes::new(mode, own, underlay)?;
+    router.remote.publish(remote_view(&membership.view()));
     let router = Arc::clone(router);
     let publish = move |view| router.remote.publish(view);
-    Ok(tokio::spawn(follow(membership, publish, routes)))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(follow(membership, publish, routes, stopped));
+    Ok(Follower { stop, task })
 }
 
 /// The longest sleep between checks without a change.

@@ -3,11 +3,13 @@
 //!
 //! Order: rules (refuse to start on a bad file) -> metrics listener ->
 //! cluster block (docs/cluster.md) -> host tun -> nftables table -> flow
-//! state file (the predecessor's flows restored) -> tasks -> control and
-//! compat sockets last, so that the control socket existing means the
+//! state file (the predecessor's flows restored) -> cluster routes, guard
+//! table and the datapath's view of the other hosts -> tasks -> control
+//! and compat sockets last, so that the control socket existing means the
 //! router is ready.
 
 pub mod cluster_routes;
+pub mod membership;
 pub mod watch;
 
 use crate::compat;
@@ -58,6 +60,12 @@ pub enum DaemonError {
     /// The cluster could not be joined.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The routes to the other hosts could not be set up.
+    #[error("setting up the cluster routes: {0}")]
+    Routes(#[from] crate::os::routes::RouteError),
+    /// The underlay address is not one the routes can use.
+    #[error("cluster.underlay {0}: the routes between hosts need an IPv4 underlay")]
+    Underlay(std::net::IpAddr),
     /// Installing a signal handler failed.
     #[error("installing the {signal} handler: {source}")]
     Signal {
@@ -113,15 +121,45 @@ pub async fn run(mut config: Config) -> Result<(), DaemonError> {
         cluster,
         config,
     });
+    let follower = match start_routes(&router) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = table.remove();
+            return Err(e);
+        }
+    };
     let result = serve(&router, &mut hup, &mut term, &mut int).await;
     // Undo in reverse order, whatever happened.
     let _ = std::fs::remove_file(&router.config.control_socket);
     if let Some(path) = &router.config.compat_socket {
         let _ = std::fs::remove_file(path);
     }
+    if let Some(f) = follower {
+        f.stop().await;
+    }
     table.remove()?;
     tracing::info!("router stopped");
     result
+}
+
+/// With `[cluster]`: the routes to the other hosts' blocks (and the VXLAN
+/// device), the guard table, and the datapath's view of the other hosts,
+/// all following the membership kept from etcd (docs/cluster.md).
+fn start_routes(router: &Arc<Router>) -> Result<Option<cluster_routes::Follower>, DaemonError> {
+    let (Some(settings), Some(m)) = (&router.config.cluster, router.cluster.membership()) else {
+        return Ok(None);
+    };
+    let std::net::IpAddr::V4(underlay) = settings.underlay else {
+        return Err(DaemonError::Underlay(settings.underlay));
+    };
+    let follower = cluster_routes::start(
+        router,
+        Arc::new(membership::Core(Arc::clone(m))),
+        cluster_routes::mode(settings),
+        m.block.net,
+        underlay,
+    )?;
+    Ok(Some(follower))
 }
 
 /// The flow table, written to the state file as it goes, with the flows

@@ -11,7 +11,10 @@
 //! - `input`: vassals open nothing on the host's own addresses but the
 //!   gateway (which the router's rules govern) and the `[host] allow`
 //!   ports; replies to the host's own connections pass (conntrack).
-//! - `postrouting`, with NAT on: masquerade for the vassal subnets.
+//! - `postrouting`, with NAT on: masquerade for the vassal subnets, but
+//!   with `[cluster]` not toward the cluster prefix: traffic between
+//!   blocks keeps its vassal source, which the receiving router judges
+//!   by (docs/cluster.md).
 
 use crate::config::{Config, HostProto};
 
@@ -142,12 +145,26 @@ pub fn script(config: &Config) -> String {
             Some(egress) => format!("oifname \"{egress}\""),
             None => format!("oifname != \"{dev}\""),
         };
+        // Another host's block is reached with the vassal's own source.
+        let (keep4, keep6) = match &config.cluster {
+            Some(c) => (
+                format!("ip daddr != {} ", c.blocks.prefix()),
+                c.blocks
+                    .prefix6()
+                    .map(|p| format!("ip6 daddr != {p} "))
+                    .unwrap_or_default(),
+            ),
+            None => (String::new(), String::new()),
+        };
         s.push_str(
             "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
         );
-        s.push_str(&format!("    ip saddr {v4} {out} masquerade\n"));
+        s.push_str(&format!("    ip saddr {v4} {keep4}{out} masquerade\n"));
         if let Some(g6) = config.gateway6 {
-            s.push_str(&format!("    ip6 saddr {} {out} masquerade\n", g6.trunc()));
+            s.push_str(&format!(
+                "    ip6 saddr {} {keep6}{out} masquerade\n",
+                g6.trunc()
+            ));
         }
         s.push_str("  }\n");
     }
@@ -162,13 +179,15 @@ pub struct Table {
 
 impl Table {
     /// Installs the table (replacing a stale one of the same device) and,
-    /// with NAT on, enables forwarding. Safe to replace: the device is this
+    /// with NAT on or `[cluster]`, enables forwarding. Safe to replace: the device is this
     /// router's alone (IFF_TUN_EXCL) and the name is injective in it, so
     /// the table can be no one else's.
     pub fn install(config: &Config) -> Result<Table, NatError> {
         let table = table_name(&config.device);
         nft("install", &table, &script(config))?;
-        if config.nat.masquerade {
+        // Forwarding: NAT sends vassal traffic out of the host, and a
+        // cluster between the host tun and the underlay (or VXLAN device).
+        if config.nat.masquerade || config.cluster.is_some() {
             sysctl("/proc/sys/net/ipv4/ip_forward")?;
             if config.gateway6.is_some() {
                 sysctl("/proc/sys/net/ipv6/conf/all/forwarding")?;
@@ -280,5 +299,31 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("iifname \"vr-a.1\" drop"), "{s}");
+    }
+
+    #[test]
+    fn with_a_cluster_the_prefix_is_not_masqueraded() {
+        let mut c = Config::parse(
+            "[nat]\nmasquerade = true\n[cluster]\netcd = [\"http://198.51.100.1:2379\"]\nnode = \"a\"\nunderlay = \"198.51.100.11\"\nprefix = \"10.240.0.0/16\"\nprefix6 = \"fd00:240::/48\"\nblock = 24\n",
+            "t",
+        )
+        .unwrap();
+        // The daemon sets the gateways from the block it holds.
+        c.gateway = "10.240.3.1/24".parse().unwrap();
+        c.gateway6 = Some("fd00:240:0:300::1/56".parse().unwrap());
+        let s = script(&c);
+        assert!(
+            s.contains(
+                "ip saddr 10.240.3.0/24 ip daddr != 10.240.0.0/16 oifname != \"vr0\" masquerade"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip6 saddr fd00:240:0:300::/56 ip6 daddr != fd00:240::/48 oifname != \"vr0\" masquerade"),
+            "{s}"
+        );
+        // Without [cluster] nothing is exempt.
+        c.cluster = None;
+        assert!(!script(&c).contains("daddr !="));
     }
 }

@@ -22,7 +22,7 @@
 
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{
@@ -98,6 +98,13 @@ pub enum RouteError {
         step: &'static str,
         /// nft's stderr or the spawn error.
         message: String,
+    },
+    /// An interface of the VXLAN device's name exists and is not a VXLAN
+    /// device: it is someone else's, and is left alone.
+    #[error("creating the VXLAN device {device}: an interface of that name exists and is not a VXLAN device (choose another cluster.vxlan_device)")]
+    NotVxlan {
+        /// Its name.
+        device: String,
     },
     /// The VXLAN device has no index after its creation.
     #[error("looking up the VXLAN device {device}: {source}")]
@@ -187,8 +194,11 @@ fn nft(step: &'static str, script: &str) -> Result<(), RouteError> {
 }
 
 impl Routes {
-    /// Opens the socket; in VXLAN mode (re)creates the device, bound to
-    /// `underlay`, with the MAC of `own` (this host's block), and up.
+    /// Opens the socket, removes the routes of the router's protocol a
+    /// predecessor left (a SIGKILLed router: the first [`Routes::sync`]
+    /// puts back those still wanted), and in VXLAN mode (re)creates the
+    /// device, bound to `underlay`, with the MAC of `own` (this host's
+    /// block), and up.
     pub fn new(mode: Mode, own: Ipv4Net, underlay: Ipv4Addr) -> Result<Routes, RouteError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
         socket.bind_auto().map_err(RouteError::Socket)?;
@@ -202,9 +212,12 @@ impl Routes {
             device: None,
             installed: BTreeMap::new(),
         };
-        if let Mode::Vxlan { device, vni, port } = routes.mode.clone() {
+        if let Mode::Vxlan { device, .. } = routes.mode.clone() {
             // A device left by a router that died keeps stale entries.
-            routes.delete_device(&device);
+            routes.delete_stale_device(&device)?;
+        }
+        routes.flush_stale()?;
+        if let Mode::Vxlan { device, vni, port } = routes.mode.clone() {
             let mut link = LinkMessage::default();
             link.header.flags = LinkFlags::Up;
             link.header.change_mask = LinkFlags::Up;
@@ -335,6 +348,87 @@ impl Routes {
         Ok(())
     }
 
+    /// Deletes a VXLAN device named `device` left by a predecessor; an
+    /// interface of that name of any other kind is not ours: refused.
+    fn delete_stale_device(&mut self, device: &str) -> Result<(), RouteError> {
+        let Ok(index) = nix::net::if_::if_nametoindex(device) else {
+            return Ok(());
+        };
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        let got = self.exchange(
+            RouteNetlinkMessage::GetLink(link),
+            NLM_F_ACK,
+            "reading the interface",
+            device,
+        )?;
+        let vxlan = got.iter().any(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().any(|a| {
+                matches!(a, LinkAttribute::LinkInfo(info)
+                    if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan))))
+            }),
+            _ => false,
+        });
+        if !vxlan {
+            return Err(RouteError::NotVxlan {
+                device: device.to_owned(),
+            });
+        }
+        self.delete_device(device);
+        Ok(())
+    }
+
+    /// Removes every IPv4 route of the main table with the router's
+    /// protocol number: left by a predecessor that could not clean up.
+    fn flush_stale(&mut self) -> Result<(), RouteError> {
+        let mut query = RouteMessage::default();
+        query.header.address_family = AddressFamily::Inet;
+        let all = self.exchange(
+            RouteNetlinkMessage::GetRoute(query),
+            NLM_F_DUMP,
+            "listing routes",
+            "IPv4",
+        )?;
+        for m in all {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if r.header.protocol != RouteProtocol::Other(PROTOCOL)
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            {
+                continue;
+            }
+            let what = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                        Some(format!("{d}/{}", r.header.destination_prefix_length))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            tracing::info!(
+                route = what.as_str(),
+                "removing a route left by a previous router"
+            );
+            self.request_absent(
+                RouteNetlinkMessage::DelRoute(r),
+                "removing a stale route",
+                &what,
+            )?;
+        }
+        Ok(())
+    }
+
     fn delete_device(&mut self, device: &str) {
         let Ok(index) = nix::net::if_::if_nametoindex(device) else {
             return;
@@ -371,6 +465,19 @@ impl Routes {
         step: &'static str,
         what: &str,
     ) -> Result<(), RouteError> {
+        self.exchange(message, NLM_F_ACK | flags, step, what)
+            .map(drop)
+    }
+
+    /// Sends one request with `flags` and collects the kernel's answers
+    /// until its acknowledgement (or the end of a dump).
+    fn exchange(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        step: &'static str,
+        what: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>, RouteError> {
         let fail = |source: std::io::Error| RouteError::Request {
             step,
             what: what.to_owned(),
@@ -378,14 +485,16 @@ impl Routes {
         };
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.flags = NLM_F_REQUEST | flags;
         header.sequence_number = self.sequence;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
         packet.finalize();
         let mut buf = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut buf);
         self.socket.send(&buf, 0).map_err(fail)?;
-        let mut answer = vec![0u8; 8192];
+        // A dump answers in datagrams of up to a page or so each.
+        let mut answer = vec![0u8; 65536];
+        let mut got = Vec::new();
         loop {
             let n = self.socket.recv(&mut &mut answer[..], 0).map_err(fail)?;
             if n == 0 {
@@ -399,11 +508,16 @@ impl Routes {
                     .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
                 let length = reply.header.length as usize;
                 if reply.header.sequence_number == self.sequence {
-                    if let NetlinkPayload::Error(e) = reply.payload {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(_) => Err(fail(e.to_io())),
-                        };
+                    match reply.payload {
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(got),
+                                Some(_) => Err(fail(e.to_io())),
+                            };
+                        }
+                        NetlinkPayload::Done(_) => return Ok(got),
+                        NetlinkPayload::InnerMessage(m) => got.push(m),
+                        _ => {}
                     }
                 }
                 if length == 0 {
