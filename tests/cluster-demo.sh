@@ -20,6 +20,7 @@
 # only to addresses inside the namespaces it creates.
 #
 #   tests/cluster-demo.sh          (as root)
+#   KEEP_WORK=1 tests/cluster-demo.sh    # keep the logs (routers, etcd, vassals)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +48,7 @@ UNDERLAY=vcd-underlay
 HOSTS=(a b c)
 PIDS=()     # every process started, killed in reverse order on exit
 FAILED=()   # what did not hold
+took=-      # seconds until a dead host left the other views
 
 fail() { echo "   FAIL: $*"; FAILED+=("$*"); }
 cleanup() {
@@ -60,7 +62,7 @@ cleanup() {
             [ -d "$mp/vassal-demo-$h" ] && find "$mp/vassal-demo-$h" -depth -type d -exec rmdir {} + 2>/dev/null
         done
     done
-    rm -rf "$WORK"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 # Every cgroup hierarchy's mount point (v1 and v2), from mountinfo.
@@ -94,8 +96,6 @@ for k in 1 2 3; do
     ip -n "$UNDERLAY" link set "port-$h" master br0 up
     ip -n "vcd-$h" addr add "198.51.100.$k/24" dev eth0
     ip -n "vcd-$h" link set eth0 up
-    # The router's host tun forwards between vassals and the underlay.
-    ip netns exec "vcd-$h" sysctl -qw net.ipv4.ip_forward=1
 done
 
 echo "== 2. etcd: one member per host, client port 2379, peer port 2380"
@@ -149,10 +149,11 @@ EOF
 echo "== 4. a router per host: [cluster] with direct routes, lease TTL ${TTL} s"
 for k in 1 2 3; do
     h=${HOSTS[k - 1]}
-    mkdir -p "$WORK/host-$h"
+    mkdir -p "$WORK/host-$h/state"
     cat >"$WORK/host-$h/router.toml" <<EOF
 device = "vr0"
 control_socket = "$WORK/host-$h/router.sock"
+state_dir = "$WORK/host-$h/state"
 rules = "$WORK/rules.toml"
 [nat]
 masquerade = false
@@ -202,19 +203,31 @@ exec "$@"
 EOF
 chmod 755 "$WORK/on-host"
 mkdir -p /run/vassal
-launch_on() {
+launch_on() { # always in a subshell (&, $(...)): becomes vassal-launch
     local h=$1
     shift
-    "$WORK/on-host" "$h" "$BIN/vassal-launch" run --uid 65534 --gid 65534 \
+    exec "$WORK/on-host" "$h" "$BIN/vassal-launch" run --uid 65534 --gid 65534 \
         --router "$WORK/host-$h/router.sock" --address auto "$@"
 }
 
 echo "== 5. vassal shop on host b (address auto): a web server on :8000"
-launch_on b --name shop -- /usr/bin/python3 -m http.server 8000 >"$WORK/shop-b.log" 2>&1 &
+launch_on b --name shop -- /usr/bin/python3 -u -c "
+import http.server, socketserver
+class Shop(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'hello from shop on host b'
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = socketserver.ThreadingTCPServer(('', 8000), Shop)
+print('listening on :8000')
+server.serve_forever()
+" >"$WORK/shop-b.log" 2>&1 &
 PIDS+=($!)
 # Its address, as host a's cache knows it (registered in etcd by host b).
 shop_b_addr() { view a '" ".join(i["address"] for i in v["identities"] if i["node"] == "host-b")'; }
-wait_for 20 '[ -n "$(shop_b_addr)" ]' ||
+wait_for 20 '[ -n "$(shop_b_addr)" ] && grep -q listening "$WORK/shop-b.log"' ||
     { echo "shop on host b did not attach:"; tail -5 "$WORK/shop-b.log"; exit 1; }
 SHOP_B=$(shop_b_addr)
 echo "   shop on host b got $SHOP_B; host a's cache: $(view a 'v["identities"]')"
@@ -233,8 +246,8 @@ while True:
 PIDS+=($!)
 oks() { grep -c ' ok$' "$WORK/shop-a.log" 2>/dev/null || true; }
 if wait_for 20 '[ "$(oks)" -ge 2 ]'; then
-    echo "   shop@a -> shop@b: $(oks) requests answered; shop@b's server saw:"
-    grep -o '^[0-9.]* .*"GET [^"]*"' "$WORK/shop-b.log" | sort -u | head -2 | sed 's/^/     /'
+    echo "   shop@a -> shop@b: $(oks) requests answered, $(grep -c ' fail ' "$WORK/shop-a.log" || true) failed; shop@b's server saw:"
+    grep -o '^[0-9.]* .*"GET [^"]*"' "$WORK/shop-b.log" | head -2 | sed 's/^/     /'
 else
     fail "shop on host a could not reach shop on host b"
     tail -3 "$WORK/shop-a.log"
@@ -255,16 +268,17 @@ try:
     urllib.request.urlopen('http://$SHOP_B:8000/', timeout=3)
     print('reached')
 except Exception as e:
-    print('refused', type(e).__name__)
+    print('refused:', getattr(e, 'reason', e))
 " 2>"$WORK/rival.log" || true)
 after=$(drops)
-echo "   rival@c -> shop@b: $rival; host b's firewall drops for shop: $before -> $after"
+echo "   rival@c -> shop@b: $rival; host b's router dropped $((${after%.*} - ${before%.*})) of its packets to shop (firewall)"
 [[ $rival == refused* ]] || fail "rival on host c reached shop on host b"
 [ "${after%.*}" -gt "${before%.*}" ] || fail "host b's router did not count rival's packets as firewall drops"
 
 echo "== 8. host c dies (its router killed with SIGKILL): gone from a and b within ${TTL} s"
 kill -KILL "$ROUTER_c"
 t0=$(date +%s.%N)
+wait "$ROUTER_c" 2>/dev/null || true
 gone() { [ "$(view a 'len(v["blocks"])')" = 2 ] && [ "$(view b 'len(v["blocks"])')" = 2 ]; }
 if wait_for $((TTL + 5)) gone; then
     took=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
