@@ -17,7 +17,10 @@
 #   vassals-direct   a vassal on host 1 to one on host 2, each attached
 #   vassals-vxlan    (vassal-launch --address auto) to its host's
 #                    vassal-router with [cluster] (a one-member etcd on
-#                    host 1); the routers install the routes themselves
+#                    host 1); the routers install the routes themselves.
+#                    limits.mtu = 1450 in both modes: the underlay's 1500
+#                    less VXLAN's 50 bytes (at the default 1500 the VXLAN
+#                    packets are fragmented on the underlay: ~1 Gbit/s)
 #
 # As root:
 #
@@ -163,6 +166,8 @@ control_socket = "$WORK/$mode/r$k.sock"
 metrics_listen = "127.0.0.1:9810"
 state_dir = "$WORK/$mode/state$k"
 rules = "$WORK/open.toml"
+[limits]
+mtu = 1450
 [nat]
 masquerade = false
 [cluster]
