@@ -158,6 +158,9 @@ mode = "vxlan"
 lease_ttl = 5
 key_prefix = "/vassal-test"
 state_file = "/tmp/x.json"
+vxlan_device = "vx-cl"
+vxlan_vni = 42
+vxlan_port = 8472
 "#;
 
     fn error_of(text: &str) -> String {
@@ -174,6 +177,10 @@ state_file = "/tmp/x.json"
         assert_eq!(k.mode, crate::config::cluster::Mode::Vxlan);
         assert_eq!(k.lease_ttl, 5);
         assert_eq!(k.key_prefix, "/vassal-test");
+        assert_eq!(
+            (k.vxlan_device.as_str(), k.vxlan_vni, k.vxlan_port),
+            ("vx-cl", 42, 8472)
+        );
         assert!(Config::parse("", "r").unwrap().cluster.is_none());
     }
 
@@ -189,6 +196,9 @@ state_file = "/tmp/x.json"
         assert_eq!(c.mode, crate::config::cluster::Mode::Direct);
         assert_eq!(c.lease_ttl, 15);
         assert_eq!(c.key_prefix, "/vassal");
+        assert_eq!(c.vxlan_device, "vassal-vx");
+        assert_eq!(c.vxlan_vni, 1);
+        assert_eq!(c.vxlan_port, 4789);
         assert!(c.blocks.prefix6().is_none());
     }
 
@@ -243,6 +253,38 @@ state_file = "/tmp/x.json"
                 "r.toml:11:14: cluster.key_prefix",
             ),
             ("mode = \"vxlan\"", "mode = \"vxlan\"\nextra = 1", "extra"),
+            (
+                "vxlan_device = \"vx-cl\"",
+                "vxlan_device = \"vx/cl\"",
+                "r.toml:13:16: cluster.vxlan_device",
+            ),
+            (
+                "vxlan_device = \"vx-cl\"",
+                "vxlan_device = \"a-name-far-too-long\"",
+                "r.toml:13:16: cluster.vxlan_device",
+            ),
+            (
+                "vxlan_device = \"vx-cl\"",
+                "vxlan_device = \"vr0\"",
+                "r.toml:13:16: cluster.vxlan_device: \"vr0\" is the router's device",
+            ),
+            (
+                "vxlan_vni = 42",
+                "vxlan_vni = 0",
+                "r.toml:14:13: cluster.vxlan_vni: must be between 1 and 16777215",
+            ),
+            (
+                "vxlan_vni = 42",
+                "vxlan_vni = 16777216",
+                "r.toml:14:13: cluster.vxlan_vni",
+            ),
+            ("vxlan_vni = 42", "vxlan_vni = -1", "r.toml:14:13"),
+            (
+                "vxlan_port = 8472",
+                "vxlan_port = 0",
+                "r.toml:15:14: cluster.vxlan_port",
+            ),
+            ("vxlan_port = 8472", "vxlan_port = 65536", "r.toml:15:14"),
         ];
         for (from, to, want) in cases {
             let text = GOOD.replacen(from, to, 1);

@@ -1,10 +1,12 @@
 //! The `[cluster]` table of the router configuration: parsed here from its
 //! raw TOML form, every error located by the caller's `at` with the field.
 //!
-//! Self-contained (imports nothing of the crate) so that `config.rs` can
-//! use it without an import cycle.
+//! Imports nothing of the crate but the block arithmetic and interface
+//! names (files of their own), so that `config.rs` can use it without an
+//! import cycle.
 
 use super::blocks::Blocks;
+use super::iface::validate_interface_name;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -42,7 +44,22 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// File remembering the last block held, for a start without etcd.
     pub state_file: PathBuf,
+    /// The VXLAN device's name (VXLAN mode).
+    pub vxlan_device: String,
+    /// Its VXLAN network identifier, the same on every host.
+    pub vxlan_vni: u32,
+    /// Its UDP port, the same on every host.
+    pub vxlan_port: u16,
 }
+
+/// The VXLAN device's default name.
+pub const VXLAN_DEVICE: &str = "vassal-vx";
+/// The default VXLAN network identifier.
+pub const VXLAN_VNI: u32 = 1;
+/// The default VXLAN UDP port (IANA's).
+pub const VXLAN_PORT: u16 = 4789;
+/// The largest VXLAN network identifier (24 bits).
+pub const VXLAN_VNI_MAX: u32 = (1 << 24) - 1;
 
 /// `[cluster]` as written.
 #[derive(Deserialize)]
@@ -58,6 +75,9 @@ pub struct RawCluster {
     lease_ttl: Option<Spanned<u64>>,
     key_prefix: Option<Spanned<String>>,
     state_file: Option<PathBuf>,
+    vxlan_device: Option<Spanned<String>>,
+    vxlan_vni: Option<Spanned<u32>>,
+    vxlan_port: Option<Spanned<u16>>,
 }
 
 /// Longest node name: it is part of etcd keys and event lines.
@@ -110,11 +130,13 @@ fn validate_key_prefix(p: &str) -> Result<(), &'static str> {
 impl RawCluster {
     /// Validates the table; `at` turns a span and a message into the
     /// caller's located error; `hostname` is the default node name;
-    /// `table` is the span of the whole table (for a missing node name).
+    /// `table` is the span of the whole table (for a missing node name);
+    /// `device` is the router's host tun (the VXLAN device must differ).
     pub fn validate<E>(
         self,
         hostname: impl FnOnce() -> Option<String>,
         table: Range<usize>,
+        device: &str,
         at: impl Fn(Option<Range<usize>>, String) -> E,
     ) -> Result<ClusterConfig, E> {
         let span = self.etcd.span();
@@ -225,6 +247,45 @@ impl RawCluster {
             }
             None => "/vassal".to_owned(),
         };
+        let vxlan_device = match self.vxlan_device {
+            Some(d) => {
+                let name = d.get_ref();
+                if let Err(why) = validate_interface_name(name) {
+                    return Err(at(
+                        Some(d.span()),
+                        format!("cluster.vxlan_device: {name:?} is not a valid interface name: it {why}"),
+                    ));
+                }
+                if name == device {
+                    return Err(at(
+                        Some(d.span()),
+                        format!("cluster.vxlan_device: {name:?} is the router's device"),
+                    ));
+                }
+                d.into_inner()
+            }
+            None => VXLAN_DEVICE.to_owned(),
+        };
+        let vxlan_vni = match &self.vxlan_vni {
+            Some(v) if !(1..=VXLAN_VNI_MAX).contains(v.get_ref()) => {
+                return Err(at(
+                    Some(v.span()),
+                    format!("cluster.vxlan_vni: must be between 1 and {VXLAN_VNI_MAX}"),
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => VXLAN_VNI,
+        };
+        let vxlan_port = match &self.vxlan_port {
+            Some(p) if *p.get_ref() == 0 => {
+                return Err(at(
+                    Some(p.span()),
+                    "cluster.vxlan_port: must be between 1 and 65535".into(),
+                ))
+            }
+            Some(p) => *p.get_ref(),
+            None => VXLAN_PORT,
+        };
         Ok(ClusterConfig {
             etcd,
             node,
@@ -236,6 +297,9 @@ impl RawCluster {
             state_file: self
                 .state_file
                 .unwrap_or_else(|| PathBuf::from("/var/lib/vassal/cluster-state.json")),
+            vxlan_device,
+            vxlan_vni,
+            vxlan_port,
         })
     }
 }
@@ -257,7 +321,7 @@ mod tests {
         let table = w.cluster.span();
         w.cluster
             .into_inner()
-            .validate(|| host.map(str::to_owned), table, |s, m| (s, m))
+            .validate(|| host.map(str::to_owned), table, "vr0", |s, m| (s, m))
     }
 
     const NO_NODE: &str = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nunderlay = \"198.51.100.2\"\nprefix = \"10.1.0.0/16\"\nblock = 24\n";

@@ -7,6 +7,9 @@
 
 pub mod blocks;
 pub mod cluster;
+mod iface;
+
+pub use iface::validate_interface_name;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
@@ -145,32 +148,6 @@ pub struct HostConfig {
     /// Ports of the host vassals may open connections (or send UDP) to;
     /// empty by default: the host is closed to vassals.
     pub allow: Vec<HostPort>,
-}
-
-/// Checks an interface name as the kernel's `dev_valid_name` does (1 to 15
-/// bytes, not `.` or `..`, no `/`, `:`, whitespace or NUL), and refuses
-/// what nft cannot match literally inside a quoted string: `"`, `\`, `*`
-/// (a trailing `*` is a wildcard there) and anything but printable ASCII.
-pub fn validate_interface_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 15 {
-        return Err("must be 1 to 15 bytes long");
-    }
-    if name == "." || name == ".." {
-        return Err("may not be \".\" or \"..\"");
-    }
-    if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-    {
-        return Err("may not contain '/', ':', whitespace or NUL (the kernel refuses them)");
-    }
-    if name
-        .bytes()
-        .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\' || b == b'*')
-    {
-        return Err("may only contain printable ASCII other than '\"', '\\' and '*' (nft could not match it literally)");
-    }
-    Ok(())
 }
 
 /// `[flows]`: bounds and idle timeouts of the stateful flow table.
@@ -675,6 +652,7 @@ impl Config {
                             .and_then(|h| h.into_string().ok())
                     },
                     table,
+                    &device,
                     at,
                 )?)
             }

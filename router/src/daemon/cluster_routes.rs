@@ -54,20 +54,13 @@ pub trait Membership: Send + Sync + 'static {
     fn changes(&self) -> watch::Receiver<u64>;
 }
 
-/// The VXLAN device the router creates (VXLAN mode).
-pub const VXLAN_DEVICE: &str = "vassal-vx";
-/// Its VXLAN network identifier.
-pub const VXLAN_VNI: u32 = 1;
-/// Its UDP port (IANA's), on every host.
-pub const VXLAN_PORT: u16 = 4789;
-
 /// The routes' mode for `[cluster]`.
 pub fn mode(settings: &ClusterConfig) -> Mode {
     if settings.mode == ConfigMode::Vxlan {
         Mode::Vxlan {
-            device: VXLAN_DEVICE.to_owned(),
-            vni: VXLAN_VNI,
-            port: VXLAN_PORT,
+            device: settings.vxlan_device.clone(),
+            vni: settings.vxlan_vni,
+            port: settings.vxlan_port,
         }
     } else {
         Mode::Direct
