@@ -289,8 +289,9 @@ if wait_for $((TTL + 5)) gone; then
     took=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
     echo "   host c left the views of a and b after $took s; host a's routes now:"
     ip -n vcd-a route show proto 118 | sed 's/^/     /'
-    # etcd checks lease expiry every 500 ms and the views are polled: 1 s of slack.
-    python3 -c "import sys; sys.exit(0 if $took <= $TTL + 1 else 1)" || fail "host c left after $took s, lease TTL $TTL s"
+    # etcd checks lease expiry every 500 ms, the watch delivers, the demo
+    # polls (and CI machines are loaded): 2 s of slack.
+    python3 -c "import sys; sys.exit(0 if $took <= $TTL + 2 else 1)" || fail "host c left after $took s, lease TTL $TTL s"
 else
     fail "host c still in the views $((TTL + 5)) s after its router died"
 fi
