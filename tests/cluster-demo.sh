@@ -280,7 +280,7 @@ echo "   rival@c -> shop@b: $rival; host b's router dropped $((${after%.*} - ${b
 [[ $rival == refused* ]] || fail "rival on host c reached shop on host b"
 [ "${after%.*}" -gt "${before%.*}" ] || fail "host b's router did not count rival's packets as firewall drops"
 
-echo "== 8. host c dies (its router killed with SIGKILL): gone from a and b within the lease TTL (${TTL} s)"
+echo "== 8. host c dies (its router killed with SIGKILL): gone from a and b once its lease expires (TTL ${TTL} s)"
 kill -KILL "$ROUTER_c"
 t0=$(date +%s.%N)
 wait "$ROUTER_c" 2>/dev/null || true
