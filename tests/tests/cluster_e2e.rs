@@ -34,6 +34,14 @@ peer = "outside"
 [[in]]
 action = "allow"
 peer = "same"
+
+# A service open to any address of the cluster prefix, known or not: the
+# forged sources of test (d) would get in by it.
+[[in]]
+action = "allow"
+peer = "unknown"
+proto = "udp"
+dst_port = 7300
 "#;
 
 /// A server answering every TCP connection and UDP datagram on `port`
@@ -62,8 +70,8 @@ fn server_script(port: u16) -> String {
     .replace("PORT", &port.to_string())
 }
 
-/// A client asking `dst:port` over `kind` (tcp or udp) until it answers
-/// or `secs` pass (the server may still be starting); prints the answer,
+/// A client asking `dst:port` over `kind` (tcp or udp; connect: a TCP
+/// connection accepted is enough) until it answers or `secs` pass (the server may still be starting); prints the answer,
 /// exits 1 without one.
 fn client_script(kind: &str, dst: &str, port: u16, secs: u64) -> String {
     [
@@ -71,7 +79,10 @@ fn client_script(kind: &str, dst: &str, port: u16, secs: u64) -> String {
         "end = time.time() + SECS",
         "while True:",
         "    try:",
-        "        if 'KIND' == 'tcp':",
+        "        if 'KIND' == 'connect':",
+        "            socket.create_connection(('DST', PORT), timeout=0.5)",
+        "            print('connected')",
+        "        elif 'KIND' == 'tcp':",
         "            c = socket.create_connection(('DST', PORT), timeout=0.5)",
         "            print(c.recv(100).decode())",
         "        else:",
@@ -90,6 +101,24 @@ fn client_script(kind: &str, dst: &str, port: u16, secs: u64) -> String {
     .replace("KIND", kind)
     .replace("DST", dst)
     .replace("PORT", &port.to_string())
+}
+
+/// Runs a client in host `router`'s own namespace: the answer, if any.
+fn ask_from_host(
+    router: &ClusterRouter,
+    kind: &str,
+    dst: &str,
+    port: u16,
+    secs: u64,
+) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &router.ns, PYTHON, "-c"])
+        .arg(client_script(kind, dst, port, secs))
+        .output()
+        .expect("python");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Runs a client in a harness vassal's namespace: the answer, if any.
@@ -122,7 +151,7 @@ const TTL: u64 = 2;
 /// Three hosts, etcd, and a router on each.
 struct Env {
     routers: Vec<ClusterRouter>,
-    _cluster: Cluster,
+    cluster: Cluster,
 }
 
 fn env(mode: &'static str) -> Env {
@@ -143,10 +172,7 @@ fn env_with(mode: &'static str, tables: &str) -> Env {
             ClusterRouter::start(&cluster, i, &spec)
         })
         .collect();
-    let env = Env {
-        routers,
-        _cluster: cluster,
-    };
+    let env = Env { routers, cluster };
     for r in &env.routers {
         let others: Vec<String> = env
             .routers
@@ -320,4 +346,334 @@ fn direct_same_project_crosses_hosts_and_others_are_denied() {
 #[test]
 fn vxlan_same_project_crosses_hosts_and_others_are_denied() {
     same_project_crosses_hosts_and_others_are_denied("vxlan");
+}
+
+/// (c) etcd lost entirely: routes stay, a TCP connection across hosts
+/// keeps carrying data, new cross-host traffic still passes (identities
+/// cached), a local attach works, the gauge and the event say etcd is
+/// down; once etcd is back, a vassal attached meanwhile on another host
+/// appears everywhere and is reached.
+fn losing_etcd_keeps_the_cluster_static(mode: &'static str) {
+    let mut env = env(mode);
+    let shop = name("shop");
+    let port = 7000;
+    let server = LaunchedVassal::start(
+        &env.routers[1],
+        &shop,
+        &[PYTHON, "-c", &server_script(port)],
+    );
+    let client = ClusterVassal::launch(&env.routers[0], &shop, "client");
+    let dst = server.addr.to_string();
+    assert!(wait_until(Duration::from_secs(10), || env.routers[0]
+        .identities()
+        .iter()
+        .any(|(a, _, _)| *a == dst)));
+    assert!(
+        ask_from(&client, "udp", &dst, port, 10).is_some(),
+        "{mode}: no path before"
+    );
+    // A TCP connection from the launched vassal to an echo server on
+    // host 0, kept open across the outage: it echoes once now, and once
+    // more when the test creates `go`.
+    let echo_log = env.cluster.dir.join(format!("echo-{mode}"));
+    let _echo = vassal_tests::router_harness::echo_server(&client.ns, "0.0.0.0", 7200, &echo_log);
+    let go = env.cluster.dir.join(format!("go-{mode}"));
+    let flow = format!(
+        "import socket, os, time\n\
+c = socket.create_connection(('{}', 7200), timeout=5)\n\
+c.sendall(b'one'); assert c.recv(3) == b'one'\n\
+print('first', flush=True)\n\
+while not os.path.exists('{}'): time.sleep(0.05)\n\
+c.sendall(b'two'); assert c.recv(3) == b'two'\n\
+print('second', flush=True)\n",
+        client.addr,
+        go.display()
+    );
+    let mut kept = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &server.pid().to_string(),
+            "-n",
+            "--",
+            PYTHON,
+            "-c",
+            &flow,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nsenter");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(kept.stdout.take().unwrap()));
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("first"),
+        "{mode}"
+    );
+    let routes_before: Vec<String> = env.routers.iter().map(|r| r.routes()).collect();
+
+    for i in 0..3 {
+        env.cluster.kill_etcd(i);
+    }
+    for r in &env.routers[..2] {
+        assert!(
+            wait_until(Duration::from_secs(15), || r
+                .metric("vassal_cluster_etcd_up")
+                == Some(0.0)),
+            "{mode}: {} still thinks etcd is up",
+            r.node
+        );
+        assert!(r.log_text().contains("\"event\":\"cluster_etcd_down\""));
+    }
+    // Nothing moved: routes, the kept connection, new flows.
+    let routes_now: Vec<String> = env.routers.iter().map(|r| r.routes()).collect();
+    assert_eq!(routes_now, routes_before, "{mode}");
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("second"),
+        "{mode}"
+    );
+    assert!(kept.wait().unwrap().success());
+    assert_eq!(
+        ask_from(&client, "tcp", &dst, port, 5).as_deref(),
+        Some(client.addr.to_string().as_str()),
+        "{mode}: new flow"
+    );
+    // A local attach works without etcd; so does one on host 1, which
+    // host 0 cannot learn of yet.
+    let local = ClusterVassal::launch(&env.routers[0], &shop, "local");
+    assert!(local.accepted(), "{mode}: {:?}", local.answer);
+    let late = ClusterVassal::launch(&env.routers[1], &shop, "late");
+    assert!(late.accepted(), "{mode}: {:?}", late.answer);
+    let _late_server =
+        KillOnDrop::spawn(late.ns.command(PYTHON).args(["-c", &server_script(port)]));
+    let late_addr = late.addr.to_string();
+
+    for i in 0..3 {
+        env.cluster.start_etcd(i);
+    }
+    assert!(env.cluster.wait_etcd(Duration::from_secs(20)));
+    assert!(
+        wait_until(Duration::from_secs(15), || env.routers[0]
+            .identities()
+            .iter()
+            .any(|(a, p, _)| *a == late_addr && *p == shop)),
+        "{mode}: the vassal attached during the outage never appeared on host 0"
+    );
+    assert!(wait_until(Duration::from_secs(10), || env.routers[0]
+        .metric("vassal_cluster_etcd_up")
+        == Some(1.0)));
+    assert!(env.routers[0]
+        .log_text()
+        .contains("\"event\":\"cluster_etcd_up\""));
+    assert_eq!(
+        ask_from(&client, "udp", &late_addr, port, 10).as_deref(),
+        Some(client.addr.to_string().as_str()),
+        "{mode}: the new remote vassal is not reached"
+    );
+}
+
+#[test]
+fn direct_losing_etcd_keeps_the_cluster_static() {
+    losing_etcd_keeps_the_cluster_static("direct");
+}
+
+#[test]
+fn vxlan_losing_etcd_keeps_the_cluster_static() {
+    losing_etcd_keeps_the_cluster_static("vxlan");
+}
+
+/// (d) A vassal on host 1 that took its namespace over sends toward a
+/// vassal of its project on host 0 with the source of a vassal of that
+/// project on host 2 (whose identity the receiver's peer rules would
+/// let in), then with the source of one on host 0 itself: neither
+/// arrives (the sending router counts them as spoofed), while its own
+/// source does.
+fn a_forged_cluster_source_never_arrives(mode: &'static str) {
+    let env = env(mode);
+    let shop = name("shop");
+    let target = ClusterVassal::launch(&env.routers[0], &shop, "target");
+    let log = env.cluster.dir.join(format!("target-{mode}"));
+    let _server = vassal_tests::router_harness::echo_server(&target.ns, "0.0.0.0", 7300, &log);
+    let forger = LaunchedVassal::start(&env.routers[1], &shop, &["/bin/sleep", "600"]);
+    let dst = target.addr.to_string();
+    assert!(wait_until(Duration::from_secs(10), || env.routers[1]
+        .identities()
+        .iter()
+        .any(|(a, _, _)| *a == dst)));
+    let arrived = |from: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == format!("udp {from}"))
+    };
+    let send = |from: &str| {
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{from}', 0))\nfor _ in range(5): s.sendto(b'x', ('{dst}', 7300))\n"
+        );
+        assert!(forger.python(&script).0, "sending from {from}");
+    };
+    let own = forger.addr.to_string();
+    // Its own source arrives (the path works).
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            send(&own);
+            arrived(&own)
+        }),
+        "{mode}: the forger's own datagrams do not arrive"
+    );
+    // The vassals whose addresses it borrows, registered everywhere.
+    let on_host_2 = ClusterVassal::launch(&env.routers[2], &shop, "two");
+    let sibling = ClusterVassal::launch(&env.routers[0], &shop, "sibling");
+    for v in [&on_host_2, &sibling] {
+        let a = v.addr.to_string();
+        assert!(wait_until(Duration::from_secs(10), || env.routers[0]
+            .identities()
+            .iter()
+            .any(|(x, _, _)| *x == a)));
+    }
+    for (what, forged) in [
+        ("host 2's block", on_host_2.addr.to_string()),
+        ("host 0's block", sibling.addr.to_string()),
+    ] {
+        assert!(
+            forger
+                .exec(&["ip", "addr", "add", &format!("{forged}/32"), "dev", "vx0"])
+                .0
+        );
+        let spoofed = env.routers[1].dropped(&shop, "spoofed");
+        send(&forged);
+        // A marker sent after them: once it arrived, so would have they.
+        let marker_before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        assert!(wait_until(Duration::from_secs(10), || {
+            send(&own);
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                > marker_before
+        }));
+        assert!(
+            !arrived(&forged),
+            "{mode}: a source in {what} arrived at host 0"
+        );
+        assert!(
+            env.routers[1].dropped(&shop, "spoofed") >= spoofed + 5.0,
+            "{mode}: host 1 did not count the forgery from {what}"
+        );
+    }
+}
+
+#[test]
+fn direct_a_forged_cluster_source_never_arrives() {
+    a_forged_cluster_source_never_arrives("direct");
+}
+
+#[test]
+fn vxlan_a_forged_cluster_source_never_arrives() {
+    a_forged_cluster_source_never_arrives("vxlan");
+}
+
+/// (e) A vassal whose rules let it reach any outside address still never
+/// reaches etcd (on another host, or on its own host even with the etcd
+/// port open in `[host] allow`) or another host's underlay address: each
+/// counted as `cluster_infra`. The host reaches all of them, and the
+/// vassal reaches a real outside address.
+fn a_vassal_never_reaches_etcd_or_the_underlay(mode: &'static str) {
+    let env = env_with(mode, "[host]\nallow = [\"tcp/2379\"]\n");
+    let h0 = &env.routers[0];
+    // Servers on host 1 and 2 (every address), and "the internet" on
+    // host 1: 203.0.113.1, routed from host 0 through host 1.
+    let servers: Vec<KillOnDrop> = [1usize, 2]
+        .iter()
+        .map(|&i| {
+            KillOnDrop::spawn(
+                env.cluster.hosts[i]
+                    .ns
+                    .command(PYTHON)
+                    .args(["-c", &server_script(7400)]),
+            )
+        })
+        .collect();
+    env.cluster.hosts[1]
+        .ns
+        .exec(&["ip", "addr", "add", "203.0.113.1/32", "dev", "lo"]);
+    env.cluster.hosts[0].ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        &env.cluster.hosts[1].underlay.to_string(),
+    ]);
+    let servers_kinds: &[&str] = &["tcp", "udp"];
+    let etcd_kinds: &[&str] = &["connect"];
+    let targets: Vec<(&str, String, u16, &[&str])> = vec![
+        (
+            "etcd on host 1",
+            env.cluster.hosts[1].underlay.to_string(),
+            2379,
+            etcd_kinds,
+        ),
+        (
+            "etcd on this host",
+            env.cluster.hosts[0].underlay.to_string(),
+            2379,
+            etcd_kinds,
+        ),
+        (
+            "host 2's underlay",
+            env.cluster.hosts[2].underlay.to_string(),
+            7400,
+            servers_kinds,
+        ),
+    ];
+    // Each answers host 0 (so a failure below is the router's doing).
+    for (what, addr, port, kinds) in &targets {
+        for kind in kinds.iter() {
+            assert!(
+                ask_from_host(h0, kind, addr, *port, 10).is_some(),
+                "{mode}: host 0 cannot reach {what} at {addr}:{port} over {kind}"
+            );
+        }
+    }
+    // TCP: a UDP server bound to any address answers from its primary
+    // one, which the NAT would not match.
+    assert!(
+        ask_from_host(h0, "tcp", "203.0.113.1", 7400, 10).is_some(),
+        "{mode}: host 0 cannot reach the outside"
+    );
+    let v = LaunchedVassal::start(h0, &name("nosy"), &["/bin/sleep", "600"]);
+    assert_eq!(
+        ask_from_launched(&v, "tcp", "203.0.113.1", 7400, 10).as_deref(),
+        Some(env.cluster.hosts[0].underlay.to_string().as_str()),
+        "{mode}: the vassal cannot reach the outside (NAT through its host)"
+    );
+    let mut reached = Vec::new();
+    for (what, addr, port, kinds) in &targets {
+        for kind in kinds.iter() {
+            if ask_from_launched(&v, kind, addr, *port, 1).is_some() {
+                reached.push(format!("{what} at {addr}:{port} over {kind}"));
+            }
+        }
+    }
+    assert!(reached.is_empty(), "{mode}: the vassal reached {reached:?}");
+    assert!(
+        h0.dropped(&v.name, "cluster_infra") >= 4.0,
+        "{mode}: {} cluster_infra drops",
+        h0.dropped(&v.name, "cluster_infra")
+    );
+    drop(servers);
+}
+
+#[test]
+fn direct_a_vassal_never_reaches_etcd_or_the_underlay() {
+    a_vassal_never_reaches_etcd_or_the_underlay("direct");
+}
+
+#[test]
+fn vxlan_a_vassal_never_reaches_etcd_or_the_underlay() {
+    a_vassal_never_reaches_etcd_or_the_underlay("vxlan");
 }

@@ -424,6 +424,7 @@ fn the_follower_keeps_routes_and_view_equal_to_the_membership_and_static_without
                 "shop".into(),
                 "host2".into(),
             )],
+            infra: Vec::new(),
         }),
         changes: rx,
     });

@@ -44,6 +44,9 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     /// Every registered vassal address: (address, project, node).
     pub identities: Vec<(IpAddr, String, String)>,
+    /// Addresses of the cluster's infrastructure beyond the nodes'
+    /// underlays: the etcd endpoints, and this node's own underlay.
+    pub infra: Vec<IpAddr>,
 }
 
 /// What the datapath half needs of the cluster membership.
@@ -93,10 +96,17 @@ pub fn peer_blocks(view: &ClusterView) -> Vec<PeerBlock> {
         .collect()
 }
 
-/// The datapath's view: other nodes' blocks, and the identities of
-/// vassals attached to other nodes that lie inside those nodes' blocks
-/// (an identity claiming an address outside its node's block is ignored:
-/// the packet from it would be refused as spoofed anyway).
+/// The IPv6 block's gateway: its first address.
+fn gateway6(block: Ipv6Net) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::from(u128::from(block.network()).saturating_add(1))
+}
+
+/// The datapath's view: other nodes' blocks, the identities of vassals
+/// attached to other nodes that lie inside those nodes' blocks (an
+/// identity claiming an address outside its node's block is ignored: the
+/// packet from it would be refused as spoofed anyway), and the
+/// infrastructure vassals never reach: the etcd endpoints, every node's
+/// underlay address and every other node's gateways.
 pub fn remote_view(view: &ClusterView) -> RemoteView {
     let mut blocks: HashMap<&str, Vec<IpNet>> = HashMap::new();
     for n in view.nodes.iter().filter(|n| n.node != view.node) {
@@ -116,11 +126,20 @@ pub fn remote_view(view: &ClusterView) -> RemoteView {
         })
         .map(|(addr, project, _)| (*addr, Arc::from(project.as_str())))
         .collect();
+    let mut infra: Vec<IpAddr> = view.infra.clone();
+    for n in &view.nodes {
+        infra.push(n.underlay);
+        if n.node != view.node {
+            infra.push(IpAddr::V4(gateway(n.block)));
+            infra.extend(n.block6.map(|b| IpAddr::V6(gateway6(b))));
+        }
+    }
     RemoteView::new(
         view.prefixes.clone(),
         blocks.into_values().flatten(),
         identities,
     )
+    .with_infra(infra)
 }
 
 /// How often the routes are re-applied after a failed sync.
@@ -247,6 +266,26 @@ mod tests {
                 ("10.44.3.9".parse().unwrap(), "evil".into(), "b".into()),
                 ("10.44.3.5".parse().unwrap(), "db".into(), "c".into()),
             ],
+            infra: vec!["198.51.100.200".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn infrastructure_is_etcd_every_underlay_and_other_gateways() {
+        let v = remote_view(&view());
+        for infra in [
+            "198.51.100.200",
+            "198.51.100.1",
+            "198.51.100.2",
+            "10.44.2.1",
+            "10.44.3.1",
+        ] {
+            assert!(v.is_infra(infra.parse().unwrap()), "{infra}");
+        }
+        // This host's gateway is the host's own (its rules and [host]
+        // govern it); vassal addresses are vassals.
+        for not in ["10.44.1.1", "10.44.2.5", "198.51.100.9"] {
+            assert!(!v.is_infra(not.parse().unwrap()), "{not}");
         }
     }
 

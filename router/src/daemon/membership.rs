@@ -5,15 +5,45 @@
 use super::cluster_routes::{self, ClusterView, NodeView};
 use crate::cluster::Membership;
 use ipnet::IpNet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The core's membership behind the datapath's trait.
-pub struct Core(pub Arc<Membership>);
+/// The core's membership behind the datapath's trait, with the etcd
+/// endpoints' addresses (resolved at start) that vassals never reach.
+pub struct Core {
+    /// The membership.
+    pub membership: Arc<Membership>,
+    /// The etcd endpoints' addresses and this node's underlay.
+    pub infra: Vec<IpAddr>,
+}
+
+/// The addresses of `endpoints` (`http://HOST:PORT`): literal addresses
+/// as they are, names resolved now (one that does not resolve is logged
+/// and left out: the router cannot reach it either).
+pub async fn endpoint_addresses(endpoints: &[String]) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for e in endpoints {
+        let Some(rest) = e.strip_prefix("http://") else {
+            continue;
+        };
+        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(a) = host.parse::<IpAddr>() {
+            out.push(a);
+            continue;
+        }
+        match tokio::net::lookup_host(rest).await {
+            Ok(found) => out.extend(found.map(|s| s.ip())),
+            Err(err) => tracing::warn!(endpoint = e.as_str(), "resolving an etcd endpoint: {err}"),
+        }
+    }
+    out
+}
 
 impl cluster_routes::Membership for Core {
     fn view(&self) -> ClusterView {
-        let m = &self.0;
+        let m = &self.membership;
         let blocks = &m.config.blocks;
         let mut prefixes = vec![IpNet::V4(blocks.prefix())];
         prefixes.extend(blocks.prefix6().map(IpNet::V6));
@@ -40,10 +70,11 @@ impl cluster_routes::Membership for Core {
             prefixes,
             nodes,
             identities,
+            infra: self.infra.clone(),
         }
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+        self.membership.subscribe()
     }
 }

@@ -121,7 +121,11 @@ pub async fn run(mut config: Config) -> Result<(), DaemonError> {
         cluster,
         config,
     });
-    let follower = match start_routes(&router) {
+    let etcd = match &router.config.cluster {
+        Some(c) => membership::endpoint_addresses(&c.etcd).await,
+        None => Vec::new(),
+    };
+    let follower = match start_routes(&router, etcd) {
         Ok(f) => f,
         Err(e) => {
             let _ = table.remove();
@@ -145,16 +149,24 @@ pub async fn run(mut config: Config) -> Result<(), DaemonError> {
 /// With `[cluster]`: the routes to the other hosts' blocks (and the VXLAN
 /// device), the guard table, and the datapath's view of the other hosts,
 /// all following the membership kept from etcd (docs/cluster.md).
-fn start_routes(router: &Arc<Router>) -> Result<Option<cluster_routes::Follower>, DaemonError> {
+/// `etcd` holds the etcd endpoints' addresses, closed to vassals.
+fn start_routes(
+    router: &Arc<Router>,
+    mut etcd: Vec<std::net::IpAddr>,
+) -> Result<Option<cluster_routes::Follower>, DaemonError> {
     let (Some(settings), Some(m)) = (&router.config.cluster, router.cluster.membership()) else {
         return Ok(None);
     };
     let std::net::IpAddr::V4(underlay) = settings.underlay else {
         return Err(DaemonError::Underlay(settings.underlay));
     };
+    etcd.push(settings.underlay);
     let follower = cluster_routes::start(
         router,
-        Arc::new(membership::Core(Arc::clone(m))),
+        Arc::new(membership::Core {
+            membership: Arc::clone(m),
+            infra: etcd,
+        }),
         cluster_routes::mode(settings),
         m.block.net,
         underlay,

@@ -251,12 +251,18 @@ impl Router {
         if !v.owns(info.src) {
             return counters.drop(DropReason::Spoofed, n);
         }
+        let dest = vassals.get(&info.dst);
+        let remote = self.remote.load();
+        // etcd, the underlay and the other hosts themselves are closed to
+        // vassals whatever the rules say (docs/cluster.md, "Protecting
+        // etcd"); fragments included.
+        if dest.is_none() && remote.is_infra(info.dst) {
+            return counters.drop(DropReason::ClusterInfra, n);
+        }
         // A later fragment follows its first fragment's verdict.
         let Ok(follows) = self.fragments.follows(&info, false) else {
             return counters.drop(DropReason::Fragment, n);
         };
-        let dest = vassals.get(&info.dst);
-        let remote = self.remote.load();
         // No vassal to deliver to: this host's block (or subnet) without
         // the address attached, or a part of the cluster prefix that no
         // host holds. Another host's block leaves through the host tun.
@@ -789,6 +795,32 @@ mod tests {
         b.host_sends(&udp([10, 44, 9, 1], 5000, [10, 9, 0, 2], 7));
         assert_eq!(received(&a_peer), None);
         assert_eq!(b.router.host.dropped(DropReason::Spoofed), 1);
+    }
+
+    #[test]
+    fn the_clusters_infrastructure_is_closed_to_vassals_whatever_the_rules() {
+        let b = bench(OPEN_OUT, "");
+        b.router.remote.publish(
+            crate::state::remote::RemoteView::new(
+                vec!["10.44.0.0/16".parse().unwrap()],
+                ["10.44.2.0/24".parse().unwrap()],
+                Default::default(),
+            )
+            .with_infra([
+                "198.51.100.11".parse().unwrap(),
+                "10.44.2.1".parse().unwrap(),
+            ]),
+        );
+        let (v, _) = b.vassal("alice", 2);
+        b.send(&v, &udp([10, 9, 0, 2], 4000, [198, 51, 100, 11], 2379));
+        b.send(&v, &udp([10, 9, 0, 2], 4000, [10, 44, 2, 1], 22));
+        assert_eq!(received(&b.host_peer), None);
+        assert_eq!(v.project.counters.dropped(DropReason::ClusterInfra), 2);
+        assert_eq!(v.project.counters.dropped(DropReason::Firewall), 0);
+        // Elsewhere the open rules apply.
+        let out = udp([10, 9, 0, 2], 4000, [198, 51, 100, 12], 2379);
+        b.send(&v, &out);
+        assert_eq!(received(&b.host_peer), Some(out));
     }
 
     #[test]

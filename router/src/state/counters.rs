@@ -36,11 +36,15 @@ pub enum DropReason {
     /// The destination vassal's `net_in` bucket was empty (ingress is
     /// policed; egress is shaped and never dropped for its limit).
     RateLimit,
+    /// With `[cluster]`: sent to the cluster's own infrastructure (an etcd
+    /// endpoint, a host's underlay address, another host's gateway),
+    /// which no rule can open (docs/cluster.md, "Protecting etcd").
+    ClusterInfra,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Firewall,
         DropReason::Spoofed,
         DropReason::Malformed,
@@ -51,6 +55,7 @@ impl DropReason {
         DropReason::LinkLocal,
         DropReason::Fragment,
         DropReason::RateLimit,
+        DropReason::ClusterInfra,
     ];
 
     /// The `reason` label.
@@ -66,6 +71,7 @@ impl DropReason {
             DropReason::LinkLocal => "link_local",
             DropReason::Fragment => "fragment",
             DropReason::RateLimit => "rate_limit",
+            DropReason::ClusterInfra => "cluster_infra",
         }
     }
 

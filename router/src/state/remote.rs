@@ -1,6 +1,7 @@
 //! What the datapath knows of the vassals on other hosts (docs/cluster.md):
-//! the cluster prefix, every other host's block, and the identity cache
-//! (address -> project). The cluster membership publishes a new
+//! the cluster prefix, every other host's block, the identity cache
+//! (address -> project), and the cluster's infrastructure addresses that
+//! vassals never reach. The cluster membership publishes a new
 //! [`RemoteView`] on every change; readers load it without a lock.
 //! Without `[cluster]` the view stays empty and nothing is remote.
 
@@ -23,6 +24,9 @@ pub struct RemoteView {
     lens: Vec<u8>,
     /// Remote vassal address -> project name.
     pub identities: HashMap<IpAddr, Arc<str>>,
+    /// etcd endpoints, every host's underlay address and the other
+    /// hosts' gateways: closed to vassals whatever the rules say.
+    infra: HashSet<IpAddr>,
 }
 
 impl RemoteView {
@@ -42,7 +46,20 @@ impl RemoteView {
             blocks,
             lens,
             identities,
+            infra: HashSet::new(),
         }
+    }
+
+    /// The view with `infra` as the cluster's infrastructure addresses.
+    pub fn with_infra(mut self, infra: impl IntoIterator<Item = IpAddr>) -> RemoteView {
+        self.infra = infra.into_iter().collect();
+        self
+    }
+
+    /// Whether `addr` is part of the cluster's infrastructure (an etcd
+    /// endpoint, an underlay address, another host's gateway).
+    pub fn is_infra(&self, addr: IpAddr) -> bool {
+        !self.infra.is_empty() && self.infra.contains(&addr)
     }
 
     /// Whether `addr` is in the cluster's vassal range.
