@@ -133,7 +133,7 @@ out = "allow"
 in = "deny"
 established = true
 
-[[out]]              # vassals never reach the underlay (the hosts, etcd)
+[[out]]              # no underlay address (the router itself drops etcd's and the nodes')
 action = "deny"
 dst = "198.51.100.0/24"
 
