@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-host paths of a cluster (docs/cluster-datapath.md), on two hosts
+# Cross-host paths of a cluster (docs/cluster.md), on two hosts
 # made of network namespaces joined by a bridge (the underlay,
 # 198.51.100.0/24): TCP throughput (iperf3) between the hosts' block
 # gateways

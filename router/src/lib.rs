@@ -29,7 +29,9 @@
 //! 8. Front-ends: [`control`] (attach protocol server), [`compat`] (uWSGI
 //!    peers), [`metrics`] (Prometheus exporter), [`client`] (the CLI's side
 //!    of the control socket).
-//! 9. [`daemon`]: start order, signals, the sweeper and the event watch.
+//! 9. [`daemon`]: start order, signals, the sweeper and the event watch;
+//!    the cluster routes and the datapath's view of other hosts, fed by
+//!    the cluster core's membership through an adapter.
 //!
 //! The items re-exported below keep the paths other crates of the
 //! workspace (tests, fuzz targets) use.

@@ -2,7 +2,7 @@
 //! docs/rules.md) with real vassals attached to a real router: a project's
 //! vassals reach each other, another project is shut out, a named peer
 //! project is let in on its port only. Across hosts the same rules apply
-//! with the identity cache (docs/cluster-datapath.md).
+//! with the identity cache (docs/cluster.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use vassal_tests::router_harness::{echo_server, tcp_echo, RouterSpec, TestRouter, TestVassal};
