@@ -13,7 +13,7 @@ use crate::{binary, run, unique, wait_until, KillOnDrop, Netns};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use vassal_attach::{transport, Hello, LeaseRequest, Request, Response, PROTOCOL_VERSION};
 
@@ -27,9 +27,48 @@ impl Drop for Cluster {
         for m in &mut self.etcd {
             m.child = None;
         }
+        // The hosts' launcher cgroups (their vassals are gone by now).
+        for i in 0..self.hosts.len() {
+            let tag = self.launch_tag(i);
+            for h in CGROUP_HIERARCHIES {
+                let base = PathBuf::from("/sys/fs/cgroup").join(h).join(&tag);
+                if let Ok(entries) = std::fs::read_dir(base.join("vassal")) {
+                    for e in entries.flatten() {
+                        if e.path().is_dir() {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(base.join("vassal"));
+                let _ = std::fs::remove_dir(&base);
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The cgroup v1 hierarchies a simulated host's launcher gets a subtree
+/// of (see [`Cluster::launch_command`]).
+const CGROUP_HIERARCHIES: [&str; 7] = [
+    "cpu", "cpuacct", "memory", "pids", "blkio", "freezer", "devices",
+];
+
+/// Runs `vassal-launch` as on a host of its own: in a private mount
+/// namespace where `/run/vassal` is the host's directory and each cgroup
+/// hierarchy is the host's subtree, so two hosts can run vassals of the
+/// same name (the launcher keys its state file and cgroups by name).
+const LAUNCH_WRAPPER: &str = r#"set -e
+run="$1"; tag="$2"; shift 2
+mkdir -p "$run"
+mount --bind "$run" /run/vassal
+for h in cpu cpuacct memory pids blkio freezer devices; do
+  if [ -d /sys/fs/cgroup/$h ] && mountpoint -q /sys/fs/cgroup/$h; then
+    mkdir -p /sys/fs/cgroup/$h/$tag
+    mount --bind /sys/fs/cgroup/$h/$tag /sys/fs/cgroup/$h
+  fi
+done
+exec "$@"
+"#;
 
 /// One simulated host.
 pub struct Host {
@@ -128,6 +167,41 @@ impl Cluster {
             std::fs::read_to_string(&cluster.etcd[0].log).unwrap_or_default()
         );
         cluster
+    }
+
+    /// Host `i`'s `/run/vassal` (its launcher's state files).
+    pub fn launch_run(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("launch-{i}"))
+    }
+
+    /// Host `i`'s cgroup subtree name.
+    pub fn launch_tag(&self, i: usize) -> String {
+        let id = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{id}-h{i}")
+    }
+
+    /// The program and arguments that run `vassal-launch ARGS` as on host
+    /// `i` (see `LAUNCH_WRAPPER`).
+    pub fn launch_command(&self, i: usize, args: &[String]) -> Vec<String> {
+        let mut argv: Vec<String> = vec![
+            "unshare".into(),
+            "--mount".into(),
+            "--propagation".into(),
+            "private".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            LAUNCH_WRAPPER.into(),
+            "sh".into(),
+            self.launch_run(i).display().to_string(),
+            self.launch_tag(i),
+            binary("vassal-launch").display().to_string(),
+        ];
+        argv.extend(args.iter().cloned());
+        argv
     }
 
     /// The client endpoints of the three members.
@@ -588,20 +662,48 @@ impl ClusterVassal {
 
 /// A real vassal: `vassal-launch run --address auto --router <socket>`
 /// (its address leased from the router's block), running `command` as
-/// the project's uid. Its project is its name. Stopped on drop.
+/// the project's uid, launched as on the router's host (its own
+/// `/run/vassal` and cgroups: [`Cluster::launch_command`]). Its project
+/// is its name. Stopped on drop.
 pub struct LaunchedVassal {
     /// Its name (and project).
     pub name: String,
     /// The address the router leased it.
     pub addr: Ipv4Addr,
+    /// Its host's `/run/vassal`.
+    run: PathBuf,
     /// The launcher.
-    pub launched: crate::launcher_harness::Launched,
+    pub launched: Child,
+    /// Where its stderr goes.
+    stderr: PathBuf,
+}
+
+impl Drop for LaunchedVassal {
+    fn drop(&mut self) {
+        // SIGTERM, as an operator stops it (the launcher cleans up), then
+        // SIGKILL after 5 s.
+        let pid = nix::unistd::Pid::from_raw(self.launched.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let ended = wait_until(Duration::from_secs(5), || {
+            self.launched.try_wait().ok().flatten().is_some()
+        });
+        if !ended {
+            let _ = self.launched.kill();
+            let _ = self.launched.wait();
+        }
+    }
 }
 
 impl LaunchedVassal {
-    /// Launches `name` on `router` running `command`, and waits until the
-    /// router has registered its identity (attached, address known).
-    pub fn start(router: &ClusterRouter, name: &str, command: &[&str]) -> LaunchedVassal {
+    /// Launches `name` on `router` (host `router.host` of `cluster`)
+    /// running `command`, and waits until it is attached (its supervisor
+    /// runs, its address is configured and the router counts it).
+    pub fn start(
+        cluster: &Cluster,
+        router: &ClusterRouter,
+        name: &str,
+        command: &[&str],
+    ) -> LaunchedVassal {
         let mut args: Vec<String> = [
             "run",
             "--name",
@@ -618,48 +720,69 @@ impl LaunchedVassal {
         args.push(router.socket.display().to_string());
         args.push("--".into());
         args.extend(command.iter().map(|s| s.to_string()));
-        let launched = crate::launcher_harness::Launched::spawn(
-            name,
-            &args,
-            router.dir.join(format!("{name}.stderr")),
-        );
+        let argv = cluster.launch_command(router.host, &args);
+        let stderr = router.dir.join(format!("{name}.stderr"));
+        let launched = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawning vassal-launch");
+        let mut v = LaunchedVassal {
+            name: name.to_owned(),
+            addr: Ipv4Addr::UNSPECIFIED,
+            run: cluster.launch_run(router.host),
+            launched,
+            stderr,
+        };
+        let attached = format!("project=\"{name}\"");
         let mut addr = None;
-        let attached = wait_until(Duration::from_secs(15), || {
-            addr = router
-                .identities()
-                .into_iter()
-                .find(|(a, p, n)| p == name && n == &router.node && !a.contains(':'))
-                .and_then(|(a, _, _)| a.parse().ok());
+        let up = wait_until(Duration::from_secs(15), || {
+            if v.supervisor().is_none()
+                || router.metric(&format!("vassal_attached{{{attached}}}")) != Some(1.0)
+            {
+                return false;
+            }
+            let (_, out) = v.exec(&["ip", "-4", "-o", "addr", "show", "dev", "vx0"]);
+            addr = out
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok());
             addr.is_some()
         });
         assert!(
-            attached,
-            "vassal {name} not registered: {}\n{}",
-            launched.stderr(),
+            up,
+            "vassal {name} not attached: {}\n{}",
+            std::fs::read_to_string(&v.stderr).unwrap_or_default(),
             router.log_text()
         );
-        LaunchedVassal {
-            name: name.to_owned(),
-            addr: addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            launched,
-        }
+        v.addr = addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        v
+    }
+
+    fn supervisor(&self) -> Option<u32> {
+        let text =
+            std::fs::read_to_string(self.run.join(format!("launch/{}.json", self.name))).ok()?;
+        let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+        state["pid"].as_u64().filter(|&p| p > 0).map(|p| p as u32)
     }
 
     /// Its supervisor's pid (pid 1 inside).
     pub fn pid(&self) -> u32 {
-        let mut pid = None;
-        wait_until(Duration::from_secs(5), || {
-            pid = crate::launcher_harness::supervisor_pid(&self.name);
-            pid.is_some()
-        });
-        pid.expect("the vassal's supervisor pid")
+        self.supervisor().expect("the vassal's supervisor pid")
     }
 
     /// Runs `argv` inside its network namespace (as root: an attacker that
     /// took the vassal's namespace over); its exit status and stdout.
     pub fn exec(&self, argv: &[&str]) -> (bool, String) {
+        let Some(pid) = self.supervisor() else {
+            return (false, String::new());
+        };
         let out = Command::new("nsenter")
-            .args(["-t", &self.pid().to_string(), "-n", "--"])
+            .args(["-t", &pid.to_string(), "-n", "--"])
             .args(argv)
             .stdin(Stdio::null())
             .output()
