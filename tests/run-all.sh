@@ -62,3 +62,9 @@ fi
 if [ $# -eq 0 ]; then
     tests/fuzz.sh
 fi
+# The cluster demo (docs/cluster.md, "The demo"): three namespace hosts,
+# etcd, a router each, vassals of two projects across hosts; about 25 s on
+# the debug binaries built above. Ends with its PASS or FAIL line.
+if [ $# -eq 0 ]; then
+    BIN=$PWD/target/debug tests/cluster-demo.sh
+fi
