@@ -161,6 +161,21 @@ struct Env {
     cluster: Cluster,
 }
 
+/// Two vassals of `project`, each serving on `port`: the server on host 1,
+/// the client on host 0.
+fn serving_pair(env: &Env, project: &str, port: u16) -> (LaunchedVassal, LaunchedVassal) {
+    let serve = server_script(port);
+    let start = |host: usize| {
+        LaunchedVassal::start(
+            &env.cluster,
+            &env.routers[host],
+            project,
+            &[PYTHON, "-c", &serve],
+        )
+    };
+    (start(1), start(0))
+}
+
 fn env(mode: &'static str) -> Env {
     env_with(mode, "")
 }
@@ -309,20 +324,8 @@ fn same_project_crosses_hosts_and_others_are_denied(mode: &'static str) {
     let env = env(mode);
     let shop = name("shop");
     let port = 7000;
-    let serve = server_script(port);
     // The same project on hosts 1 and 0, each serving.
-    let server = LaunchedVassal::start(
-        &env.cluster,
-        &env.routers[1],
-        &shop,
-        &[PYTHON, "-c", &serve],
-    );
-    let client = LaunchedVassal::start(
-        &env.cluster,
-        &env.routers[0],
-        &shop,
-        &[PYTHON, "-c", &serve],
-    );
+    let (server, client) = serving_pair(&env, &shop, port);
     assert!(
         knows(&env.routers[0], &server),
         "{mode}: host 0 does not know the server"
@@ -386,19 +389,7 @@ fn losing_etcd_keeps_the_cluster_static(mode: &'static str) {
     let mut env = env(mode);
     let shop = name("shop");
     let port = 7000;
-    let serve = server_script(port);
-    let server = LaunchedVassal::start(
-        &env.cluster,
-        &env.routers[1],
-        &shop,
-        &[PYTHON, "-c", &serve],
-    );
-    let client = LaunchedVassal::start(
-        &env.cluster,
-        &env.routers[0],
-        &shop,
-        &[PYTHON, "-c", &serve],
-    );
+    let (server, client) = serving_pair(&env, &shop, port);
     assert!(knows(&env.routers[0], &server) && knows(&env.routers[1], &client));
     let dst = server.addr.to_string();
     let me = client.addr.to_string();
@@ -482,7 +473,7 @@ print('second', flush=True)\n",
         &env.cluster,
         &env.routers[2],
         &shop,
-        &[PYTHON, "-c", &serve],
+        &[PYTHON, "-c", &server_script(port)],
     );
     let late_addr = late.addr.to_string();
     assert!(!env.routers[0]
