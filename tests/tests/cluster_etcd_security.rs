@@ -171,16 +171,22 @@ fn a_router_without_a_client_certificate_is_refused_when_etcd_demands_one() {
     );
 }
 
+/// The `[cluster]` keys for etcd user `user` with its password in `file`,
+/// over TLS.
+fn user_keys(cluster: &Cluster, user: &str, file: &std::path::Path) -> String {
+    format!(
+        "{}etcd_user = \"{user}\"\netcd_password_file = \"{}\"\n",
+        cluster.tls_keys(None),
+        file.display()
+    )
+}
+
 #[test]
 fn with_etcd_users_a_wrong_password_is_refused_and_the_right_one_works() {
     let cluster = Cluster::new_protected(3, tls_and_users());
     cluster.add_user("vassal-host-0", "the-right-password", "/vassal");
     let file = password_file(&cluster, "host-0", "a-wrong-password");
-    let keys = format!(
-        "{}etcd_user = \"vassal-host-0\"\netcd_password_file = \"{}\"\n",
-        cluster.tls_keys(None),
-        file.display()
-    );
+    let keys = user_keys(&cluster, "vassal-host-0", &file);
     let mut r = router(&cluster, "host-0", keys);
     assert_refused(
         &cluster,
@@ -206,11 +212,7 @@ fn a_user_whose_role_is_limited_to_another_prefix_cannot_write_ours() {
     // Another tenant of the same etcd, allowed only under /other/.
     cluster.add_user("other", "other-password", "/other");
     let file = password_file(&cluster, "other", "other-password");
-    let keys = format!(
-        "{}etcd_user = \"other\"\netcd_password_file = \"{}\"\n",
-        cluster.tls_keys(None),
-        file.display()
-    );
+    let keys = user_keys(&cluster, "other", &file);
     let mut r = router(&cluster, "host-0", keys);
     assert_refused(
         &cluster,
