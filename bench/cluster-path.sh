@@ -18,9 +18,9 @@
 #   vassals-vxlan    (vassal-launch --address auto) to its host's
 #                    vassal-router with [cluster] (a one-member etcd on
 #                    host 1); the routers install the routes themselves.
-#                    limits.mtu = 1450 in both modes: the underlay's 1500
-#                    less VXLAN's 50 bytes (at the default 1500 the VXLAN
-#                    packets are fragmented on the underlay: ~1 Gbit/s)
+#                    Every MTU at its default (1500): in VXLAN mode the
+#                    router makes its device the underlay's less 50 and
+#                    the vassals' TCP finds that path MTU.
 #
 # As root:
 #
@@ -166,8 +166,6 @@ control_socket = "$WORK/$mode/r$k.sock"
 metrics_listen = "127.0.0.1:9810"
 state_dir = "$WORK/$mode/state$k"
 rules = "$WORK/open.toml"
-[limits]
-mtu = 1450
 [nat]
 masquerade = false
 [cluster]

@@ -394,6 +394,107 @@ fn losing_every_etcd_member_fails_static() {
     drop((a, b));
 }
 
+/// etcd's revision now (each committed write transaction adds one).
+fn revision(cluster: &Cluster) -> i64 {
+    let out = cluster.etcdctl(&["get", "/vassal/", "--prefix", "--keys-only", "-w", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl JSON");
+    v["header"]["revision"].as_i64().expect("revision")
+}
+
+/// Identities that queued while etcd was away, and a new session's rewrite
+/// of all of them, are written a batch per transaction: etcd's revision
+/// grows by a handful, not by one per vassal (one raft commit, one disk
+/// flush, each). An address another node holds in etcd is left to it
+/// with an event and does not hold the rest of its batch back.
+#[test]
+fn queued_identities_are_written_in_batches_and_a_held_address_is_left_alone() {
+    const N: usize = 130;
+    let mut cluster = Cluster::new(3);
+    let rs = routers(&cluster, 2);
+    let held = rs[0].block().replace(".0/24", ".40");
+    let foreign = r#"{"project":"other","node":"host-1"}"#;
+    let out = cluster.etcdctl(&["put", &format!("/vassal/identities/{held}"), foreign]);
+    assert!(out.status.success(), "{out:?}");
+    let start = revision(&cluster);
+    for i in 0..3 {
+        cluster.kill_etcd(i);
+    }
+    assert!(wait_until(Duration::from_secs(15), || rs[0]
+        .metric("vassal_cluster_etcd_up")
+        == Some(0.0)));
+    let vassals: Vec<ClusterVassal> = (0..N)
+        .map(|i| ClusterVassal::launch(&rs[0], "alpha", &format!("v{i}")))
+        .collect();
+    assert!(vassals.iter().any(|v| v.addr.to_string() == held));
+    let all_known = |rs: &[ClusterRouter]| {
+        wait_until(Duration::from_secs(40), || {
+            rs[1]
+                .identities()
+                .iter()
+                .filter(|i| i.1 == "alpha" && i.2 == "host-0")
+                .count()
+                == N - 1
+        })
+    };
+    let restart = |cluster: &mut Cluster| {
+        for i in 0..3 {
+            cluster.start_etcd(i);
+        }
+        assert!(cluster.wait_etcd(Duration::from_secs(30)));
+    };
+    restart(&mut cluster);
+    assert!(
+        all_known(&rs),
+        "{:?}\n{}",
+        rs[1].identities().len(),
+        rs[0].log_text()
+    );
+    let queued = revision(&cluster) - start;
+    // Without batches: N - 1 identity writes, plus the block's.
+    assert!(queued < 30, "{queued} writes for {N} queued identities");
+    let value = cluster.etcdctl(&[
+        "get",
+        "--print-value-only",
+        &format!("/vassal/identities/{held}"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&value.stdout).trim(), foreign);
+    let conflict = |line: &&str| {
+        line.contains("\"event\":\"cluster_identity_conflict\"")
+            && line.contains(&format!("\"address\":\"{held}\""))
+            && line.contains("\"holder\":\"host-1\"")
+    };
+    let log = rs[0].log_text();
+    // Once a session, however many syncs follow.
+    assert_eq!(log.lines().filter(conflict).count(), 1, "{log}");
+
+    // A new session rewrites every identity, each key present (this
+    // node's, under the last session's lease): batches again.
+    let again = revision(&cluster);
+    for i in 0..3 {
+        cluster.kill_etcd(i);
+    }
+    assert!(wait_until(Duration::from_secs(15), || rs[0]
+        .metric("vassal_cluster_etcd_up")
+        == Some(0.0)));
+    restart(&mut cluster);
+    assert!(wait_until(Duration::from_secs(40), || rs[0]
+        .metric("vassal_cluster_etcd_up")
+        == Some(1.0)));
+    assert!(all_known(&rs));
+    // Every identity under the new lease once the old one is revoked.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(all_known(&rs));
+    let rewritten = revision(&cluster) - again;
+    assert!(
+        rewritten < 30,
+        "{rewritten} writes to rewrite {N} identities"
+    );
+    let log = rs[0].log_text();
+    assert_eq!(log.lines().filter(conflict).count(), 2, "{log}");
+    drop(vassals);
+}
+
 #[test]
 fn a_killed_router_vanishes_from_every_cache_within_its_lease_ttl() {
     let cluster = Cluster::new(3);

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use vassal_router::daemon::cluster_routes::{follow, ClusterView, Membership, NodeView};
-use vassal_router::os::routes::{Block6, Mode, PeerBlock, Routes, GUARD_TABLE};
+use vassal_router::os::routes::{Block6, Mode, PeerBlock, RouteError, Routes, GUARD_TABLE};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -228,6 +228,8 @@ fn crosses_and_is_removed(vxlan: bool) {
         assert!(link.contains("vxlan id 42"), "{link}");
         assert!(link.contains("nolearning"), "{link}");
         assert!(link.contains("02:76:0a:2c:01:00"), "{link}");
+        // The underlay's 1500 less VXLAN's 50, not the kernel's default.
+        assert!(link.contains(" mtu 1450 "), "{link}");
         let fdb = Command::new("bridge")
             .args(["-n", h1, "fdb", "show", "dev", "vsl-vx"])
             .output()
@@ -317,6 +319,54 @@ fn direct_routes_carry_traffic_between_blocks_and_follow_the_peer_set() {
 #[test]
 fn vxlan_routes_carry_traffic_between_blocks_and_follow_the_peer_set() {
     crosses_and_is_removed(true);
+}
+
+/// The VXLAN device takes the underlay interface's MTU less 50 (else every
+/// full-size vassal packet is fragmented on the underlay); an underlay
+/// address no interface holds, or an interface too small for VXLAN's
+/// headers, is refused by name before anything is created.
+#[test]
+fn vxlan_device_is_sized_by_the_underlay_and_an_unusable_underlay_is_refused() {
+    let net = Net::new("m");
+    let h1 = net.host(1).to_owned();
+    let own = block(1);
+    let vxlan_link = |ns: &str| ip_out(ns, &["link", "show", "vsl-vx"]);
+    ip(&["-n", &h1, "link", "set", "ul0", "mtu", "9000"]);
+    let r = inside(&h1, move || {
+        Routes::new(mode(true), own.block, own.underlay)
+    });
+    let r = r.expect("routes on a 9000-byte underlay");
+    let link = vxlan_link(&h1);
+    assert!(link.contains(" mtu 8950 "), "{link}");
+    inside(&h1, move || {
+        let mut r = r;
+        r.clear()
+    });
+
+    ip(&["-n", &h1, "link", "set", "ul0", "mtu", "1320"]);
+    let r = inside(&h1, move || {
+        Routes::new(mode(true), own.block, own.underlay).map(drop)
+    });
+    match r {
+        Err(e @ RouteError::UnderlayMtu { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("ul0") && text.contains("1320"), "{text}");
+        }
+        other => panic!("a 1320-byte underlay was accepted: {other:?}"),
+    }
+    assert!(vxlan_link(&h1).trim().is_empty(), "a device was left");
+
+    let elsewhere = Ipv4Addr::new(198, 51, 100, 99);
+    let r = inside(&h1, move || {
+        Routes::new(mode(true), own.block, elsewhere).map(drop)
+    });
+    match r {
+        Err(e @ RouteError::NoUnderlay { .. }) => {
+            assert!(e.to_string().contains("198.51.100.99"), "{e}");
+        }
+        other => panic!("an underlay address of no interface was accepted: {other:?}"),
+    }
+    assert!(vxlan_link(&h1).trim().is_empty(), "a device was left");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use etcd_client::{
     TxnOpResponse, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -349,6 +349,24 @@ impl Membership {
         self.wake.notify_one();
     }
 
+    fn identity_key(&self, addr: IpAddr) -> String {
+        self.key(&format!("identities/{addr}"))
+    }
+
+    /// The put of `addr`'s identity under `lease`.
+    fn identity_put(&self, addr: IpAddr, project: &str, lease: i64) -> TxnOp {
+        let value = serde_json::to_vec(&Identity {
+            project: project.to_owned(),
+            node: self.config.node.clone(),
+        })
+        .unwrap_or_default();
+        TxnOp::put(
+            self.identity_key(addr),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+    }
+
     fn block_value(&self) -> BlockValue {
         BlockValue {
             node: self.config.node.clone(),
@@ -652,7 +670,7 @@ async fn session(
     .await?;
     set_up(m, true);
     *reached = true;
-    let mut written: HashMap<IpAddr, String> = HashMap::new();
+    let mut written = Written::default();
     sync(m, &mut client, lease, &mut written).await?;
     // The block and the identities are under this lease now: revoking the
     // last session's lease removes only keys of vassals that left while
@@ -796,59 +814,139 @@ fn publish(m: &Membership, nodes: HashMap<u32, NodeBlock>, identities: HashMap<I
     }
 }
 
+/// How many identities one transaction writes or removes: etcd 3.4 takes
+/// at most 128 compares and 128 operations per branch (`--max-txn-ops`).
+/// Each transaction waits for a raft commit (a disk flush on a majority),
+/// so identities that queued while a commit was under way (a burst of
+/// attaches, or every vassal when a new session starts) cost one commit
+/// per batch, not one per vassal (docs/benchmarks.md, "Cluster churn").
+const BATCH: usize = 64;
+
+/// What one session has written of the local identities.
+#[derive(Default)]
+struct Written {
+    /// Registered under this session's lease.
+    identities: HashMap<IpAddr, String>,
+    /// Held by another node: reported once a session, not at every sync.
+    conflicts: HashSet<IpAddr>,
+}
+
 /// Makes etcd hold exactly the local identities under this session's
 /// lease. An address registered by another node is left alone (event).
 async fn sync(
     m: &Membership,
     client: &mut Client,
     lease: i64,
-    written: &mut HashMap<IpAddr, String>,
+    written: &mut Written,
 ) -> Result<(), EtcdError> {
     let desired = m.local.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for (addr, project) in &desired {
-        if written.get(addr) == Some(project) {
-            continue;
+    let new: Vec<(IpAddr, &String)> = desired
+        .iter()
+        .filter(|(addr, project)| written.identities.get(*addr) != Some(*project))
+        .map(|(addr, project)| (*addr, project))
+        .collect();
+    for batch in new.chunks(BATCH) {
+        for addr in register(m, client, lease, batch, &mut written.conflicts).await? {
+            if let Some(project) = desired.get(&addr) {
+                written.identities.insert(addr, project.clone());
+            }
         }
-        let key = m.key(&format!("identities/{addr}"));
-        let value = serde_json::to_vec(&Identity {
-            project: project.clone(),
-            node: m.config.node.clone(),
-        })
-        .unwrap_or_default();
-        let put = TxnOp::put(
-            key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
+    }
+    let gone: Vec<IpAddr> = written
+        .identities
+        .keys()
+        .filter(|a| !desired.contains_key(a))
+        .copied()
+        .collect();
+    for batch in gone.chunks(BATCH) {
+        // Only keys still under this lease: one another node took over
+        // meanwhile is its own, and stays.
+        let mut compares = Vec::new();
+        let mut deletes = Vec::new();
+        for addr in batch {
+            let key = m.identity_key(*addr);
+            compares.push(Compare::lease(key.as_str(), CompareOp::Equal, lease));
+            deletes.push(TxnOp::delete(key, None));
+        }
+        let whole = Txn::new().when(compares).and_then(deletes);
+        if !call("removing identities", client.txn(whole))
+            .await?
+            .succeeded()
+        {
+            for addr in batch {
+                let key = m.identity_key(*addr);
+                let txn = Txn::new()
+                    .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                call("removing an identity", client.txn(txn)).await?;
+            }
+        }
+        for addr in batch {
+            written.identities.remove(addr);
+        }
+    }
+    Ok(())
+}
+
+/// Registers `batch` (at most [`BATCH`] identities): the addresses etcd
+/// now holds for this node under `lease`.
+///
+/// First as if no key existed (the usual case: one transaction). If one
+/// does (an earlier session's, a write that timed out and was applied
+/// after all, another node's), every key is read in one transaction and
+/// written in a second one guarded by what was read: absent ones and this
+/// node's own are taken; an address another node holds is left alone,
+/// with a `cluster_identity_conflict` event the first time this session
+/// (noted in `conflicts`). If anything changed between
+/// the two, nothing is written and the next wake retries.
+async fn register(
+    m: &Membership,
+    client: &mut Client,
+    lease: i64,
+    batch: &[(IpAddr, &String)],
+    conflicts: &mut HashSet<IpAddr>,
+) -> Result<Vec<IpAddr>, EtcdError> {
+    let absent = |addr: IpAddr| Compare::create_revision(m.identity_key(addr), CompareOp::Equal, 0);
+    let all: Vec<IpAddr> = batch.iter().map(|(addr, _)| *addr).collect();
+    let txn = Txn::new()
+        .when(all.iter().map(|a| absent(*a)).collect::<Vec<_>>())
+        .and_then(
+            batch
+                .iter()
+                .map(|(addr, project)| m.identity_put(*addr, project, lease))
+                .collect::<Vec<_>>(),
         );
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([put.clone()])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let r = call("registering an identity", client.txn(txn)).await?;
-        if !r.succeeded() {
-            let holder = r.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
-                _ => None,
-            });
-            let (rev, value) = holder.unwrap_or((0, Vec::new()));
-            match serde_json::from_slice::<Identity>(&value) {
-                Ok(id) if id.node == m.config.node => {
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
-                        .and_then([put]);
-                    if !call("re-registering an identity", client.txn(txn))
-                        .await?
-                        .succeeded()
-                    {
-                        // Changed meanwhile: the next wake retries.
-                        m.wake.notify_one();
+    if call("registering identities", client.txn(txn))
+        .await?
+        .succeeded()
+    {
+        return Ok(all);
+    }
+    let read = Txn::new().and_then(
+        all.iter()
+            .map(|a| TxnOp::get(m.identity_key(*a), None))
+            .collect::<Vec<_>>(),
+    );
+    let held = call("reading identities", client.txn(read)).await?;
+    let mut compares = Vec::new();
+    let mut puts = Vec::new();
+    let mut taken = Vec::new();
+    for ((addr, project), got) in batch.iter().zip(held.op_responses()) {
+        let TxnOpResponse::Get(got) = got else {
+            continue;
+        };
+        match got.kvs().first() {
+            None => compares.push(absent(*addr)),
+            Some(kv) => match serde_json::from_slice::<Identity>(kv.value()) {
+                Ok(id) if id.node == m.config.node => compares.push(Compare::mod_revision(
+                    m.identity_key(*addr),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )),
+                other => {
+                    if !conflicts.insert(*addr) {
                         continue;
                     }
-                }
-                other => {
                     let holder = other.map(|id| id.node).unwrap_or_default();
                     crate::os::events::emit(
                         "cluster_identity_conflict",
@@ -857,22 +955,23 @@ async fn sync(
                     tracing::error!(%addr, holder, "address registered by another node; not overwritten");
                     continue;
                 }
-            }
+            },
         }
-        written.insert(*addr, project.clone());
+        puts.push(m.identity_put(*addr, project, lease));
+        taken.push(*addr);
     }
-    let gone: Vec<IpAddr> = written
-        .keys()
-        .filter(|a| !desired.contains_key(a))
-        .copied()
-        .collect();
-    for addr in gone {
-        let key = m.key(&format!("identities/{addr}"));
-        let txn = Txn::new()
-            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        call("removing an identity", client.txn(txn)).await?;
-        written.remove(&addr);
+    if taken.is_empty() {
+        return Ok(taken);
     }
-    Ok(())
+    let txn = Txn::new().when(compares).and_then(puts);
+    if call("re-registering identities", client.txn(txn))
+        .await?
+        .succeeded()
+    {
+        Ok(taken)
+    } else {
+        // Changed meanwhile: the next wake retries.
+        m.wake.notify_one();
+        Ok(Vec::new())
+    }
 }

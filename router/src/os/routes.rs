@@ -7,7 +7,8 @@
 //! IPv4 next hop ("IPv6 routes can not use an IPv4 nexthop", 6.18 too), and
 //! the underlay's IPv6 addresses are not in etcd.
 //! `vxlan`: one VXLAN device created by the router (`nolearning`, its MAC
-//! derived from this host's block), and per peer a forwarding entry (the
+//! derived from this host's block, its MTU the underlay interface's less
+//! [`VXLAN_OVERHEAD`]), and per peer a forwarding entry (the
 //! peer's MAC -> its underlay address), a permanent neighbour entry (the
 //! peer block's gateway -> the peer's MAC) and a route `<block> via
 //! <gateway> dev <vxlan> onlink` (likewise for the IPv6 block and gateway). MACs are derived from the block
@@ -28,6 +29,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -49,6 +51,14 @@ pub const GUARD_TABLE: &str = "vassal_cluster";
 
 /// The routes' protocol number (`ip route ... proto 118`): 'v'.
 pub const PROTOCOL: u8 = 118;
+
+/// What VXLAN over IPv4 adds to each packet: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and inner Ethernet (14) headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The smallest VXLAN device MTU the router accepts: IPv6's minimum link
+/// MTU, and `limits.mtu`'s lowest value.
+pub const MIN_VXLAN_MTU: u32 = 1280;
 
 /// How packets reach another host's block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +129,24 @@ pub enum RouteError {
     NotVxlan {
         /// Its name.
         device: String,
+    },
+    /// No interface holds the underlay address: VXLAN would send from an
+    /// address the host does not have, and its device could not be sized.
+    #[error("cluster.underlay {address}: no interface of this host has this address (VXLAN mode sends from it and takes its MTU from that interface)")]
+    NoUnderlay {
+        /// `cluster.underlay`.
+        address: Ipv4Addr,
+    },
+    /// The underlay interface's MTU leaves too little once VXLAN's headers
+    /// are added.
+    #[error("the underlay interface {interface} (cluster.underlay {address}) has MTU {mtu}: less {VXLAN_OVERHEAD} for VXLAN leaves below {MIN_VXLAN_MTU} (raise the interface's MTU)")]
+    UnderlayMtu {
+        /// The interface holding the underlay address.
+        interface: String,
+        /// `cluster.underlay`.
+        address: Ipv4Addr,
+        /// Its MTU.
+        mtu: u32,
     },
     /// The VXLAN device has no index after its creation.
     #[error("looking up the VXLAN device {device}: {source}")]
@@ -233,7 +261,8 @@ impl Routes {
     /// predecessor left (a SIGKILLed router: the first [`Routes::sync`]
     /// puts back those still wanted), and in VXLAN mode (re)creates the
     /// device, bound to `underlay`, with the MAC of `own` (this host's
-    /// block), and up.
+    /// block), sized by the underlay interface (see
+    /// [`Routes::underlay_interface`]), and up.
     pub fn new(mode: Mode, own: Ipv4Net, underlay: Ipv4Addr) -> Result<Routes, RouteError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
         socket.bind_auto().map_err(RouteError::Socket)?;
@@ -253,12 +282,28 @@ impl Routes {
         }
         routes.flush_stale()?;
         if let Mode::Vxlan { device, vni, port } = routes.mode.clone() {
+            let (interface, underlay_mtu) = routes.underlay_interface(underlay)?;
+            let mtu = underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+            if mtu < MIN_VXLAN_MTU {
+                return Err(RouteError::UnderlayMtu {
+                    interface,
+                    address: underlay,
+                    mtu: underlay_mtu,
+                });
+            }
+            tracing::info!(
+                device = device.as_str(),
+                mtu,
+                underlay = interface.as_str(),
+                "VXLAN device sized by the underlay interface"
+            );
             let mut link = LinkMessage::default();
             link.header.flags = LinkFlags::Up;
             link.header.change_mask = LinkFlags::Up;
             link.attributes = vec![
                 LinkAttribute::IfName(device.clone()),
                 LinkAttribute::Address(mac_of(own).to_vec()),
+                LinkAttribute::Mtu(mtu),
                 LinkAttribute::LinkInfo(vec![
                     LinkInfo::Kind(InfoKind::Vxlan),
                     LinkInfo::Data(InfoData::Vxlan(vec![
@@ -395,6 +440,64 @@ impl Routes {
         }
         self.installed.remove(&peer.block);
         Ok(())
+    }
+
+    /// The name and MTU of the interface holding `underlay`. A full-size
+    /// vassal packet plus VXLAN's headers must fit it, or the kernel
+    /// fragments every such packet on the underlay (a tenth of the
+    /// throughput, docs/benchmarks.md); with the device that much smaller,
+    /// the kernel answers an oversized packet with "fragmentation needed"
+    /// and the vassal's TCP lowers its segment size once.
+    fn underlay_interface(&mut self, underlay: Ipv4Addr) -> Result<(String, u32), RouteError> {
+        let mut query = AddressMessage::default();
+        query.header.family = AddressFamily::Inet;
+        let what = underlay.to_string();
+        let all = self.exchange(
+            RouteNetlinkMessage::GetAddress(query),
+            NLM_F_DUMP,
+            "listing addresses",
+            &what,
+        )?;
+        let index = all
+            .iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.attributes.iter().any(
+                        |at| matches!(at, AddressAttribute::Local(IpAddr::V4(l)) if *l == underlay),
+                    ) =>
+                {
+                    Some(a.header.index)
+                }
+                _ => None,
+            })
+            .ok_or(RouteError::NoUnderlay { address: underlay })?;
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        let got = self.exchange(
+            RouteNetlinkMessage::GetLink(link),
+            NLM_F_ACK,
+            "reading the underlay interface",
+            &what,
+        )?;
+        let attributes = got.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(&l.attributes),
+            _ => None,
+        });
+        let mut name = format!("index {index}");
+        let mut mtu = None;
+        for a in attributes.into_iter().flatten() {
+            match a {
+                LinkAttribute::IfName(n) => name.clone_from(n),
+                LinkAttribute::Mtu(m) => mtu = Some(*m),
+                _ => {}
+            }
+        }
+        let mtu = mtu.ok_or_else(|| RouteError::Request {
+            step: "reading the underlay interface's MTU",
+            what: name.clone(),
+            source: std::io::Error::other("the kernel's answer carries no MTU"),
+        })?;
+        Ok((name, mtu))
     }
 
     /// Deletes a VXLAN device named `device` left by a predecessor; an
