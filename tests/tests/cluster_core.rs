@@ -416,13 +416,17 @@ fn queued_identities_are_written_in_batches_and_a_held_address_is_left_alone() {
     let foreign = r#"{"project":"other","node":"host-1"}"#;
     let out = cluster.etcdctl(&["put", &format!("/vassal/identities/{held}"), foreign]);
     assert!(out.status.success(), "{out:?}");
+    // Every member killed, and router 0 has seen it.
+    let stop = |cluster: &mut Cluster| {
+        for i in 0..3 {
+            cluster.kill_etcd(i);
+        }
+        assert!(wait_until(Duration::from_secs(15), || rs[0]
+            .metric("vassal_cluster_etcd_up")
+            == Some(0.0)));
+    };
     let start = revision(&cluster);
-    for i in 0..3 {
-        cluster.kill_etcd(i);
-    }
-    assert!(wait_until(Duration::from_secs(15), || rs[0]
-        .metric("vassal_cluster_etcd_up")
-        == Some(0.0)));
+    stop(&mut cluster);
     let vassals: Vec<ClusterVassal> = (0..N)
         .map(|i| ClusterVassal::launch(&rs[0], "alpha", &format!("v{i}")))
         .collect();
@@ -471,12 +475,7 @@ fn queued_identities_are_written_in_batches_and_a_held_address_is_left_alone() {
     // A new session rewrites every identity, each key present (this
     // node's, under the last session's lease): batches again.
     let again = revision(&cluster);
-    for i in 0..3 {
-        cluster.kill_etcd(i);
-    }
-    assert!(wait_until(Duration::from_secs(15), || rs[0]
-        .metric("vassal_cluster_etcd_up")
-        == Some(0.0)));
+    stop(&mut cluster);
     restart(&mut cluster);
     assert!(wait_until(Duration::from_secs(40), || rs[0]
         .metric("vassal_cluster_etcd_up")

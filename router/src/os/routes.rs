@@ -471,21 +471,10 @@ impl Routes {
                 _ => None,
             })
             .ok_or(RouteError::NoUnderlay { address: underlay })?;
-        let mut link = LinkMessage::default();
-        link.header.index = index;
-        let got = self.exchange(
-            RouteNetlinkMessage::GetLink(link),
-            NLM_F_ACK,
-            "reading the underlay interface",
-            &what,
-        )?;
-        let attributes = got.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(&l.attributes),
-            _ => None,
-        });
+        let attributes = self.link_attributes(index, "reading the underlay interface", &what)?;
         let mut name = format!("index {index}");
         let mut mtu = None;
-        for a in attributes.into_iter().flatten() {
+        for a in &attributes {
             match a {
                 LinkAttribute::IfName(n) => name.clone_from(n),
                 LinkAttribute::Mtu(m) => mtu = Some(*m),
@@ -500,27 +489,39 @@ impl Routes {
         Ok((name, mtu))
     }
 
+    /// The attributes of the interface of index `index`, as the kernel
+    /// reports them.
+    fn link_attributes(
+        &mut self,
+        index: u32,
+        step: &'static str,
+        what: &str,
+    ) -> Result<Vec<LinkAttribute>, RouteError> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        let got = self.exchange(RouteNetlinkMessage::GetLink(link), NLM_F_ACK, step, what)?;
+        Ok(got
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l.attributes),
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+
     /// Deletes a VXLAN device named `device` left by a predecessor; an
     /// interface of that name of any other kind is not ours: refused.
     fn delete_stale_device(&mut self, device: &str) -> Result<(), RouteError> {
         let Ok(index) = nix::net::if_::if_nametoindex(device) else {
             return Ok(());
         };
-        let mut link = LinkMessage::default();
-        link.header.index = index;
-        let got = self.exchange(
-            RouteNetlinkMessage::GetLink(link),
-            NLM_F_ACK,
-            "reading the interface",
-            device,
-        )?;
-        let vxlan = got.iter().any(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().any(|a| {
+        let vxlan = self
+            .link_attributes(index, "reading the interface", device)?
+            .iter()
+            .any(|a| {
                 matches!(a, LinkAttribute::LinkInfo(info)
                     if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan))))
-            }),
-            _ => false,
-        });
+            });
         if !vxlan {
             return Err(RouteError::NotVxlan {
                 device: device.to_owned(),
