@@ -234,27 +234,46 @@ pub fn lease(project: &str, net: &Network) -> Result<Network, NetworkError> {
             gateway,
             ..
         } => {
-            if net.gateway.is_some_and(|g| g != gateway) {
-                return Err(NetworkError::WrongRouter {
-                    path,
-                    expected: net.gateway.unwrap_or(gateway),
-                    actual: gateway,
-                });
-            }
+            same_router(net, path, gateway)?;
             let mut leased = net.clone();
             leased.address = ipv4;
             leased.address6 = ipv6;
             Ok(leased)
         }
-        Response::Refused { reason, message } => Err(NetworkError::Refused {
+        other => Err(not_granted(path, other)),
+    }
+}
+
+/// A configured gateway is the operator's statement of which router this
+/// vassal belongs to: a router with another one is the wrong one.
+fn same_router(
+    net: &Network,
+    path: PathBuf,
+    gateway: std::net::Ipv4Addr,
+) -> Result<(), NetworkError> {
+    match net.gateway {
+        Some(expected) if expected != gateway => Err(NetworkError::WrongRouter {
+            path,
+            expected,
+            actual: gateway,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The error for a router's answer that grants nothing: a refusal, or an
+/// answer of the wrong kind.
+fn not_granted(path: PathBuf, answer: Response) -> NetworkError {
+    match answer {
+        Response::Refused { reason, message } => NetworkError::Refused {
             path,
             reason: reason.as_str(),
             message,
-        }),
-        other => Err(NetworkError::Unexpected {
+        },
+        other => NetworkError::Unexpected {
             path,
             answer: format!("{other:?}"),
-        }),
+        },
     }
 }
 
@@ -289,18 +308,13 @@ pub fn attach(
         }
     })?;
     match answer {
-        // A configured gateway is the operator's statement of which router
-        // this vassal belongs to: a router with another one is the wrong one.
-        Response::Accepted { gateway, .. } if net.gateway.is_some_and(|g| g != gateway) => {
-            Err(NetworkError::WrongRouter {
-                path,
-                expected: net.gateway.unwrap_or(gateway),
-                actual: gateway,
-            })
-        }
         Response::Accepted {
-            net_out, net_in, ..
+            gateway,
+            net_out,
+            net_in,
+            ..
         } => {
+            same_router(net, path, gateway)?;
             for (field, asked, given) in [
                 ("net_out", limits.net_out, net_out),
                 ("net_in", limits.net_in, net_in),
@@ -311,15 +325,7 @@ pub fn attach(
             }
             Ok(Attachment { socket })
         }
-        Response::Refused { reason, message } => Err(NetworkError::Refused {
-            path,
-            reason: reason.as_str(),
-            message,
-        }),
-        other => Err(NetworkError::Unexpected {
-            path,
-            answer: format!("{other:?}"),
-        }),
+        other => Err(not_granted(path, other)),
     }
 }
 

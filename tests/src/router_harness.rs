@@ -70,6 +70,14 @@ fn next_subnet() -> (u8, u8) {
 }
 
 impl TestRouter {
+    /// A router on the defaults with the rule file `rules`.
+    pub fn with_rules(rules: &str) -> TestRouter {
+        TestRouter::start(&RouterSpec {
+            rules: Some(rules.into()),
+            ..Default::default()
+        })
+    }
+
     /// Writes a config for `spec` and starts the router; waits until ready.
     pub fn start(spec: &RouterSpec) -> TestRouter {
         crate::require_root();

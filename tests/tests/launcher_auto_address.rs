@@ -11,7 +11,7 @@ use vassal_tests::cluster_harness::{Cluster, ClusterRouter, ClusterRouterSpec};
 use vassal_tests::launcher_harness::{
     code, name, stderr, stdout, toml_string, vassal_file, TempDir, PROJECT_UID,
 };
-use vassal_tests::router_harness::{RouterSpec, TestRouter, PYTHON};
+use vassal_tests::router_harness::{TestRouter, PYTHON};
 
 const OPEN_RULES: &str = "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n";
 
@@ -45,10 +45,7 @@ fn launch_auto(socket: &std::path::Path, n: &str, gateway: Ipv4Addr) -> (i32, St
 
 #[test]
 fn launcher_auto_address_is_leased_from_the_subnet_and_kept_by_name() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     let n = name("la");
     let (rc, out, err) = launch_auto(&router.socket, &n, router.gateway());
     assert_eq!(rc, 0, "{err}\n{}", router.log_text());
@@ -75,10 +72,7 @@ fn launcher_auto_address_is_leased_from_the_subnet_and_kept_by_name() {
 
 #[test]
 fn launcher_auto_address_in_a_vassal_file_is_checked_and_used() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     let dir = TempDir::new();
     let n = name("lf");
     let rest = format!(

@@ -8,7 +8,7 @@ use vassal_tests::launcher_harness::{
     code, name, network_run_args, network_table, stderr, stdout, supervisor_pid, vassal_file,
     Launched, TempDir,
 };
-use vassal_tests::router_harness::{RouterSpec, TestRouter, PYTHON};
+use vassal_tests::router_harness::{TestRouter, PYTHON};
 use vassal_tests::{binary, wait_until, KillOnDrop};
 
 const OPEN_RULES: &str = "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n";
@@ -33,10 +33,7 @@ fn launch_args(router: &TestRouter, n: &str, host: u8) -> Vec<String> {
 
 #[test]
 fn launcher_vassal_reaches_the_host_through_the_router() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     let _server = host_server(&router, 7101);
     let n = name("ln");
     let mut args = launch_args(&router, &n, 2);
@@ -64,10 +61,7 @@ fn launcher_vassal_reaches_the_host_through_the_router() {
 
 #[test]
 fn launcher_vassal_survives_a_router_restart() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = TestRouter::with_rules(OPEN_RULES);
     let _server = host_server(&router, 7102);
     let n = name("ln");
     let mut args = launch_args(&router, &n, 3);
@@ -220,10 +214,7 @@ fn launcher_enter_gives_a_shell_on_a_pty_inside_the_vassal() {
 
 #[test]
 fn launcher_refusals_by_the_router_are_clear_and_leave_nothing() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     // Outside the router's subnet.
     let n = name("lr");
     let mut args = network_run_args(&n, &router.socket, "192.0.2.7".parse().unwrap());
@@ -270,10 +261,7 @@ fn launcher_refusals_by_the_router_are_clear_and_leave_nothing() {
 
 #[test]
 fn launcher_events_reach_the_router_promptly_as_counters() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     let dir = TempDir::new();
     let n = name("le");
     // A worker killed for memory while the vassal goes on, forks refused by
@@ -338,10 +326,7 @@ fn launcher_events_reach_the_router_promptly_as_counters() {
 fn launcher_forwards_signals_while_the_router_is_wedged() {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = TestRouter::with_rules(OPEN_RULES);
     let n = name("lw");
     let mut args = launch_args(&router, &n, 4);
     args.extend(["--".into(), "/bin/sleep".into(), "1000".into()]);

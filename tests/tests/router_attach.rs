@@ -31,10 +31,7 @@ fn hello(project: &str, ipv4: std::net::Ipv4Addr) -> Request {
 
 #[test]
 fn router_duplicate_address_is_refused_and_the_holder_keeps_it() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     let holder = TestVassal::attach(&router, "alice", 2);
     let mut intruder = TestVassal::create(&router, "mallory", 2, false);
     assert_eq!(refused(intruder.hello(&router)), RefuseReason::AddressInUse);
@@ -48,10 +45,7 @@ fn router_duplicate_address_is_refused_and_the_holder_keeps_it() {
 
 #[test]
 fn router_detach_on_close_then_reattach_keeps_counters() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     let mut v = TestVassal::attach(&router, "alice", 2);
     assert!(v.ping(&router.gateway().to_string(), 2, 56));
     v.detach();
@@ -150,10 +144,7 @@ fn router_addresses_outside_the_subnet_and_project_table_mismatches_are_refused(
 
 #[test]
 fn router_malformed_hellos_and_non_tun_descriptors_are_refused() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     // Not JSON.
     let conn = transport::connect(&router.socket).unwrap();
     transport::send_datagram(conn.as_fd(), b"hello router", None).unwrap();
@@ -280,10 +271,7 @@ fn router_control_socket_is_0660_and_a_silent_client_is_cut_off() {
 
 #[test]
 fn router_restart_replaces_a_stale_socket_and_vassals_reattach() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let mut router = TestRouter::with_rules(OPEN_RULES);
     let mut v = TestVassal::attach(&router, "alice", 2);
     // A crash leaves the socket file behind.
     router.stop(nix::sys::signal::Signal::SIGKILL);
@@ -303,10 +291,7 @@ fn router_restart_replaces_a_stale_socket_and_vassals_reattach() {
 
 #[test]
 fn router_a_second_router_never_takes_over_a_running_ones_device_or_socket() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN_RULES);
     let v = TestVassal::attach(&router, "alice", 2);
     let config = std::fs::read_to_string(&router.config_path).unwrap();
     // The harness's config has the router bind /metrics on port 0, so a

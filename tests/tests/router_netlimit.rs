@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_attach::{transport, Hello, RateLimit, Request, Response};
 use vassal_tests::launcher_harness::{code, name, network_table, stderr, vassal_file, TempDir};
-use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal};
+use vassal_tests::router_harness::{TestRouter, TestVassal};
 use vassal_tests::{binary, KillOnDrop};
 
 const RULES: &str = "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n";
@@ -100,10 +100,7 @@ fn limited(router: &TestRouter, project: &str, host: u8, limit: RateLimit) -> Te
 
 #[test]
 fn router_net_limit_holds_a_vassal_to_its_rate_both_ways_and_spares_its_neighbour() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(RULES);
     let slow = limited(&router, "slow", 2, fifty_m());
     let fast = TestVassal::attach(&router, "fast", 3);
     let _servers = [server(&router, 5201), server(&router, 5202)];
@@ -195,10 +192,7 @@ fn hello(
 
 #[test]
 fn router_net_limit_a_version_1_hello_attaches_unlimited_and_tiers_cap_the_rest() {
-    let mut router = TestRouter::start(&RouterSpec {
-        rules: Some(RULES.into()),
-        ..Default::default()
-    });
+    let mut router = TestRouter::with_rules(RULES);
     // The tier names the vassal's address, known once the router has its
     // subnet: write it and restart.
     assert!(router.stop(nix::sys::signal::Signal::SIGTERM));
@@ -290,10 +284,7 @@ fn router_net_limit_a_version_1_hello_attaches_unlimited_and_tiers_cap_the_rest(
 
 #[test]
 fn router_net_limit_holds_a_launched_vassal_flooding_past_its_file_limit() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(RULES);
     let _server = server(&router, 5204);
     let dir = TempDir::new();
     let n = name("nl");

@@ -185,10 +185,7 @@ fn counts_match_for_one_transfer() -> bool {
 
 #[test]
 fn router_plain_and_offloaded_vassals_exchange_tcp_through_segmentation() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(OPEN.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(OPEN);
     let alice = TestVassal::attach(&router, "alice", 2);
     let bob = TestVassal::attach_plain(&router, "bob", 3);
     let (a, b) = (alice.addr.to_string(), bob.addr.to_string());

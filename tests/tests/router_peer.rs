@@ -5,7 +5,7 @@
 //! with the identity cache (docs/cluster.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use vassal_tests::router_harness::{echo_server, tcp_echo, RouterSpec, TestRouter, TestVassal};
+use vassal_tests::router_harness::{echo_server, tcp_echo, TestRouter, TestVassal};
 
 /// Same project both ways; redis-team's port 6379 open to every known
 /// vassal; nothing else between vassals.
@@ -39,10 +39,7 @@ dst_port = 6379
 
 #[test]
 fn router_peer_rules_let_a_project_reach_itself_and_keep_others_out() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(PEER_RULES.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(PEER_RULES);
     let app = TestVassal::attach(&router, "shop", 2);
     let db = TestVassal::attach(&router, "shop", 3);
     let intruder = TestVassal::attach(&router, "mallory", 4);

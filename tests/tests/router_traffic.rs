@@ -111,10 +111,7 @@ fn router_default_rules_keep_vassals_from_the_gateway_and_each_other() {
 
 #[test]
 fn router_vassal_to_vassal_switching_with_both_chains_and_established_replies() {
-    let router = TestRouter::start(&RouterSpec {
-        rules: Some(GATEWAY_AND_ALICE_TO_BOB.into()),
-        ..Default::default()
-    });
+    let router = TestRouter::with_rules(GATEWAY_AND_ALICE_TO_BOB);
     let alice = TestVassal::attach(&router, "alice", 2);
     let bob = TestVassal::attach(&router, "bob", 3);
     // alice -> bob: out allows, bob's in chain allows icmp; the replies come

@@ -6,6 +6,7 @@
 //! import cycle.
 
 use super::blocks::Blocks;
+use super::bounds::bounded;
 use super::etcd_security::{self, EtcdSecurity, RawSecurity};
 use super::iface::validate_interface_name;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -271,16 +272,14 @@ impl RawCluster {
                 }
             },
         };
-        let lease_ttl = match &self.lease_ttl {
-            Some(t) if !(2..=3600).contains(t.get_ref()) => {
-                return Err(at(
-                    Some(t.span()),
-                    "cluster.lease_ttl: must be between 2 and 3600 seconds".into(),
-                ))
-            }
-            Some(t) => *t.get_ref(),
-            None => 15,
-        };
+        let lease_ttl = bounded(
+            self.lease_ttl.as_ref(),
+            "cluster.lease_ttl",
+            2..=3600,
+            " seconds",
+            15,
+            &at,
+        )?;
         let key_prefix = match self.key_prefix {
             Some(k) => {
                 validate_key_prefix(k.get_ref()).map_err(|why| {
@@ -312,26 +311,22 @@ impl RawCluster {
             }
             None => VXLAN_DEVICE.to_owned(),
         };
-        let vxlan_vni = match &self.vxlan_vni {
-            Some(v) if !(1..=VXLAN_VNI_MAX).contains(v.get_ref()) => {
-                return Err(at(
-                    Some(v.span()),
-                    format!("cluster.vxlan_vni: must be between 1 and {VXLAN_VNI_MAX}"),
-                ))
-            }
-            Some(v) => *v.get_ref(),
-            None => VXLAN_VNI,
-        };
-        let vxlan_port = match &self.vxlan_port {
-            Some(p) if *p.get_ref() == 0 => {
-                return Err(at(
-                    Some(p.span()),
-                    "cluster.vxlan_port: must be between 1 and 65535".into(),
-                ))
-            }
-            Some(p) => *p.get_ref(),
-            None => VXLAN_PORT,
-        };
+        let vxlan_vni = bounded(
+            self.vxlan_vni.as_ref(),
+            "cluster.vxlan_vni",
+            1..=VXLAN_VNI_MAX,
+            "",
+            VXLAN_VNI,
+            &at,
+        )?;
+        let vxlan_port = bounded(
+            self.vxlan_port.as_ref(),
+            "cluster.vxlan_port",
+            1..=u16::MAX,
+            "",
+            VXLAN_PORT,
+            &at,
+        )?;
         Ok(ClusterConfig {
             etcd,
             security,

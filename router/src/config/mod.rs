@@ -6,11 +6,14 @@
 //! router.
 
 pub mod blocks;
+mod bounds;
 pub mod cluster;
 pub mod etcd_security;
 mod iface;
 
 pub use iface::validate_interface_name;
+
+use bounds::bounded;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
@@ -536,28 +539,24 @@ impl Config {
                 "fragments.max_per_project",
                 256,
             )?,
-            timeout: match rg.as_ref().and_then(|f| f.timeout.clone()) {
-                Some(t) if !(1..=60).contains(t.get_ref()) => {
-                    return Err(at(
-                        Some(t.span()),
-                        "fragments.timeout: must be between 1 and 60 seconds".to_owned(),
-                    ))
-                }
-                Some(t) => *t.get_ref(),
-                None => 5,
-            },
+            timeout: bounded(
+                rg.as_ref().and_then(|f| f.timeout.as_ref()),
+                "fragments.timeout",
+                1..=60,
+                " seconds",
+                5,
+                &at,
+            )?,
         };
         let rl = raw.limits;
-        let mtu = match rl.as_ref().and_then(|l| l.mtu.clone()) {
-            Some(m) if !(1280..=MAX_MTU).contains(m.get_ref()) => {
-                return Err(at(
-                    Some(m.span()),
-                    format!("limits.mtu: must be between 1280 and {MAX_MTU}"),
-                ))
-            }
-            Some(m) => *m.get_ref(),
-            None => 1500,
-        };
+        let mtu = bounded(
+            rl.as_ref().and_then(|l| l.mtu.as_ref()),
+            "limits.mtu",
+            1280..=MAX_MTU,
+            "",
+            1500,
+            &at,
+        )?;
         let compat_buffer = match rl.as_ref().and_then(|l| l.compat_buffer.clone()) {
             Some(b) if *b.get_ref() < MAX_MTU + 4 => {
                 return Err(at(
