@@ -3,12 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_attach::{transport, Hello, RateLimit, Request, Response};
 use vassal_tests::launcher_harness::{code, name, network_table, stderr, vassal_file, TempDir};
-use vassal_tests::router_harness::{TestRouter, TestVassal};
+use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal};
 use vassal_tests::{binary, KillOnDrop};
 
 const RULES: &str = "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n";
@@ -337,4 +338,162 @@ fn router_net_limit_holds_a_launched_vassal_flooding_past_its_file_limit() {
     );
     let shaped = router.metric("vassal_rate_limited_seconds_total", &project);
     assert!(shaped >= 1.0, "shaped {shaped} s\n{}", router.scrape());
+}
+
+/// The uWSGI compat peer of these tests: connects to `sock` as root (uid 0,
+/// project "legacy" at `src`), then for `secs` either floods `dst:port`
+/// with 1400-byte UDP datagrams in frames (`send`), or sends one datagram
+/// from port 40001 to `dst:port` (so the host's answers belong to a flow)
+/// and counts the UDP payload bytes framed back to it. Prints the count.
+fn compat_peer(sock: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16, send: bool) -> KillOnDrop {
+    let script = format!(
+        r#"
+import socket, struct, sys, time
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b)//2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return (~t) & 0xffff
+src = socket.inet_aton("{src}"); dst = socket.inet_aton("{dst}")
+def frame(sport, payload):
+    u = struct.pack("!HHHH", sport, {port}, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 0, 0x4000, 64, 17, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return bytes([0]) + struct.pack("<H", len(ip + u)) + bytes([0]) + ip + u
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("{sock}")
+s.settimeout(0.2)
+end = time.time() + {secs}
+count = 0
+if {send}:
+    f = frame(40000, b"x" * 1400) * 16
+    while time.time() < end:
+        try:
+            s.sendall(f)
+            count += 16 * 1400
+        except socket.timeout:
+            pass
+else:
+    s.sendall(frame(40001, b"hello"))
+    buf = b""
+    while time.time() < end:
+        try:
+            d = s.recv(1 << 16)
+        except socket.timeout:
+            continue
+        if not d: break
+        buf += d
+        while len(buf) >= 4:
+            n = struct.unpack("<H", buf[1:3])[0]
+            if len(buf) < 4 + n: break
+            p = buf[4:4 + n]; buf = buf[4 + n:]
+            if p[9] == 17 and p[16:20] == src:
+                count += len(p) - 28
+print(count, flush=True)
+"#,
+        secs = COMPAT_SECS,
+        send = if send { "True" } else { "False" },
+    );
+    KillOnDrop::spawn(
+        Command::new(vassal_tests::router_harness::PYTHON)
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )
+}
+
+/// How long each direction of the compat test runs, in seconds.
+const COMPAT_SECS: u64 = 3;
+
+fn printed_count(mut c: KillOnDrop) -> f64 {
+    let mut text = String::new();
+    c.0.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    c.0.wait().unwrap();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+/// A uWSGI compat peer cannot ask for limits: its project's tier holds it
+/// (the ceilings here, 8 Mbit/s each way) as it holds a launched vassal.
+/// The peer floods UDP to a host port, then the host floods UDP back to
+/// the peer; in each 3 s no more than the ceiling's 3 MB and its burst
+/// pass. Without tiers for compat peers both ran at memory speed.
+#[test]
+fn router_net_limit_holds_a_compat_peer_to_its_projects_tier() {
+    let mut router = TestRouter::start(&RouterSpec {
+        rules: Some(RULES.into()),
+        compat: true,
+        ..Default::default()
+    });
+    assert!(router.stop(nix::sys::signal::Signal::SIGTERM));
+    let mut config = std::fs::read_to_string(&router.config_path).unwrap();
+    let addr = router.addr(20);
+    config.push_str(&format!(
+        "\n[[project]]\nname = \"legacy\"\naddress = \"{addr}\"\nuid = 0\nnet_out_ceiling = \"8M\"\nnet_in_ceiling = \"8M\"\n"
+    ));
+    std::fs::write(&router.config_path, config).unwrap();
+    router.spawn();
+    let sock = router.compat_socket.display().to_string();
+    let ceiling = 1e6 * COMPAT_SECS as f64; // 8 Mbit/s in bytes
+                                            // Burst (250 ms at the rate), and what queues in the buffers on the way.
+    let (least, most) = (ceiling / 3.0, ceiling * 1.5);
+
+    // Out: what the host receives of the peer's flood.
+    let rx = UdpSocket::bind((router.gateway(), 0)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let peer = compat_peer(&sock, addr, router.gateway(), port, true);
+    let mut got = 0f64;
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = rx.recv(&mut buf) {
+        got += n as f64;
+    }
+    let offered = printed_count(peer);
+    assert!(
+        (least..=most).contains(&got),
+        "out: the host got {got} bytes in {COMPAT_SECS} s (ceiling {ceiling}), the peer wrote {offered}"
+    );
+    assert!(
+        router.metric("vassal_rate_limited_seconds_total", "project=\"legacy\"") > 1.0,
+        "out: the peer was not held off"
+    );
+    assert_eq!(
+        router.metric(
+            "vassal_limit_net_out_bytes_per_second",
+            "project=\"legacy\""
+        ),
+        1e6
+    );
+
+    // In: the host floods the peer's flow; the router polices it.
+    let tx = UdpSocket::bind((router.gateway(), 0)).unwrap();
+    tx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = tx.local_addr().unwrap().port();
+    let peer = compat_peer(&sock, addr, router.gateway(), port, false);
+    let (_, from) = tx.recv_from(&mut buf).expect("the peer's opening datagram");
+    let payload = [7u8; 1400];
+    let end = std::time::Instant::now() + Duration::from_secs(COMPAT_SECS - 1);
+    let mut sent = 0f64;
+    while std::time::Instant::now() < end {
+        if tx.send_to(&payload, from).is_ok() {
+            sent += payload.len() as f64;
+        }
+    }
+    let received = printed_count(peer);
+    let window = ceiling * (COMPAT_SECS - 1) as f64 / COMPAT_SECS as f64;
+    assert!(
+        sent > 4.0 * window,
+        "in: the host sent only {sent} bytes, not a flood"
+    );
+    assert!(
+        (window / 3.0..=window * 1.5).contains(&received),
+        "in: the peer got {received} of {sent} bytes in {} s (ceiling {window})",
+        COMPAT_SECS - 1
+    );
+    assert!(router.dropped("legacy", "rate_limit") > 0.0);
 }

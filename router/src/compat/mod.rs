@@ -32,6 +32,7 @@ use crate::datapath::router::{Router, Snapshot};
 use crate::os::socket;
 use crate::port::compat_queue::CompatOut;
 use crate::port::Port;
+use crate::state::rate;
 use crate::state::registry::Vassal;
 use crate::wire::frame::Frame as IpFrame;
 use nix::sys::socket::{
@@ -294,11 +295,15 @@ fn attach(
     router.flows.ensure_slot(project.slot, &project.name);
     router.fragments.ensure_slot(project.slot);
     let port = || Port::Compat(Arc::clone(out));
-    let attached = match router.registry.attach(
+    // A compat peer cannot ask for limits: its project's tier decides
+    // (defaults, else ceilings), as for a version-1 launcher.
+    let limits = rate::in_force(&entry.net, [None, None]);
+    let attached = match router.registry.attach_with_limits(
         Arc::clone(&project),
         entry.address,
         entry.address6,
         port(),
+        limits,
     ) {
         // uWSGI opens a new relay connection from each process that runs
         // its post-jail hook (the master, then workers) and expects the
@@ -323,9 +328,13 @@ fn attach(
                     router.registry.detach(old);
                     old_out.evicted.notify_one();
                     tracing::info!(project = %entry.name, "a newer compat connection replaces the older one");
-                    router
-                        .registry
-                        .attach(project, entry.address, entry.address6, port())
+                    router.registry.attach_with_limits(
+                        project,
+                        entry.address,
+                        entry.address6,
+                        port(),
+                        limits,
+                    )
                 }
                 _ => Err((RefuseReason::AddressInUse, message)),
             }
@@ -401,8 +410,22 @@ async fn serve_peer(
         .map(|v| Snapshot::take(&router.firewall, Some(&v.project.name)));
     loop {
         let pending = out.has_pending();
+        // Its project's `net_out` shapes a compat peer as it does a tun's
+        // reader: nothing is read from the connection while the bucket is
+        // spent, so the peer's own writes block (the stream's backpressure).
+        let now = rate::now_ns();
+        let spent = vassal
+            .as_ref()
+            .filter(|v| v.egress.limited())
+            .map_or(Duration::ZERO, |v| v.egress.wait(now));
         tokio::select! {
-            r = afd.readable() => {
+            _ = tokio::time::sleep(spent), if !spent.is_zero() => {
+                if let Some(v) = vassal.as_ref() {
+                    let waited = rate::now_ns().saturating_sub(now);
+                    v.project.counters.shaped_us.add_micros(waited / 1000);
+                }
+            }
+            r = afd.readable(), if spent.is_zero() => {
                 let mut guard = r.map_err(|e| CompatError::Io("waiting to read", e))?;
                 let (n, creds) = match read(afd.get_ref().0, &mut inbuf[fill..]) {
                     Ok(r) => r,

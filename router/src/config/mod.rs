@@ -545,7 +545,7 @@ impl Config {
                 1..=60,
                 " seconds",
                 5,
-                &at,
+                at,
             )?,
         };
         let rl = raw.limits;
@@ -555,7 +555,7 @@ impl Config {
             1280..=MAX_MTU,
             "",
             1500,
-            &at,
+            at,
         )?;
         let compat_buffer = match rl.as_ref().and_then(|l| l.compat_buffer.clone()) {
             Some(b) if *b.get_ref() < MAX_MTU + 4 => {

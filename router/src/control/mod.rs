@@ -15,7 +15,7 @@ use crate::os::socket;
 use crate::os::tun;
 use crate::port::Port;
 use crate::state::counters::{self, DropReason};
-use crate::state::rate::{self, TokenBucket};
+use crate::state::rate;
 use crate::state::registry::Vassal;
 use crate::wire::offload;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -447,18 +447,9 @@ fn attach(
         vnet: device.vnet,
     };
     let (out, inn) = limits_of(config, hello);
-    // Exported in bytes per second (Prometheus' base unit; promtool's lint
-    // refuses bits), to compare with rate(vassal_tx_bytes_total).
-    let bytes = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64 / 8.0);
-    project.counters.limit_net_out.set(bytes(out));
-    project.counters.limit_net_in.set(bytes(inn));
-    router.registry.attach_limited(
-        project,
-        hello.ipv4,
-        hello.ipv6,
-        port,
-        [TokenBucket::new(out), TokenBucket::new(inn)],
-    )
+    router
+        .registry
+        .attach_with_limits(project, hello.ipv4, hello.ipv6, port, [out, inn])
 }
 
 /// The `[net_out, net_in]` limits in force for the vassal of `hello`: what
@@ -470,10 +461,8 @@ pub fn limits_of(config: &Config, hello: &Hello) -> (Option<RateLimit>, Option<R
         .project(&hello.project)
         .map(|p| p.net)
         .unwrap_or_default();
-    (
-        rate::effective(hello.net_out, tier.out_default, tier.out_ceiling),
-        rate::effective(hello.net_in, tier.in_default, tier.in_ceiling),
-    )
+    let [out, inn] = rate::in_force(&tier, [hello.net_out, hello.net_in]);
+    (out, inn)
 }
 
 /// Answers a lease request: the project's `[[project]]` address when it

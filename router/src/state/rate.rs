@@ -17,6 +17,7 @@
 //! ingress polices ([`TokenBucket::admit`]: a packet finding the bucket
 //! empty is dropped). docs/design.md, "Network limits", says why.
 
+use crate::config::NetTier;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use vassal_attach::RateLimit;
@@ -157,6 +158,17 @@ pub fn effective(
             burst: a.burst.min(c.burst),
         }),
     }
+}
+
+/// The `[net_out, net_in]` limits in force for a vassal of a project of
+/// `tier` that asks `asked` (docs/operations.md, "Network tiers"). A peer
+/// that cannot ask (a version-1 launcher, a uWSGI compat peer) asks
+/// `[None, None]`: the defaults, else the ceilings.
+pub fn in_force(tier: &NetTier, asked: [Option<RateLimit>; 2]) -> [Option<RateLimit>; 2] {
+    [
+        effective(asked[0], tier.out_default, tier.out_ceiling),
+        effective(asked[1], tier.in_default, tier.in_ceiling),
+    ]
 }
 
 #[cfg(test)]

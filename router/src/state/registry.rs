@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use vassal_attach::RefuseReason;
+use vassal_attach::{RateLimit, RefuseReason};
 
 /// A project the router has seen since it started.
 pub struct Project {
@@ -170,6 +170,25 @@ impl Registry {
     ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
         let unlimited = [TokenBucket::unlimited(), TokenBucket::unlimited()];
         self.attach_limited(project, ipv4, ipv6, port, unlimited)
+    }
+
+    /// [`Registry::attach`] limited to `[net_out, net_in]`, which the
+    /// project's limit gauges show from now on (0: unlimited).
+    pub fn attach_with_limits(
+        &self,
+        project: Arc<Project>,
+        ipv4: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+        port: Port,
+        [out, inn]: [Option<RateLimit>; 2],
+    ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
+        // In bytes per second (Prometheus' base unit; promtool's lint
+        // refuses bits), to compare with rate(vassal_tx_bytes_total).
+        let bytes = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64 / 8.0);
+        project.counters.limit_net_out.set(bytes(out));
+        project.counters.limit_net_in.set(bytes(inn));
+        let buckets = [TokenBucket::new(out), TokenBucket::new(inn)];
+        self.attach_limited(project, ipv4, ipv6, port, buckets)
     }
 
     /// [`Registry::attach`] with the vassal's `[egress, ingress]` buckets.
