@@ -726,6 +726,15 @@ pub fn encode_stats(projects: &[ProjectStats]) -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// `bytes` decode to [`ProtocolError::Malformed`].
+    fn assert_malformed(bytes: &[u8]) {
+        assert!(
+            matches!(decode_request(bytes), Err(ProtocolError::Malformed(_))),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
     fn hello(project: &str) -> Request {
         Request::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -774,13 +783,7 @@ mod tests {
             r#"{"type":"hello","version":2,"project":"a","ipv4":"10.200.0.2","net_in":{"rate":50000000}}"#,
             r#"{"type":"hello","version":2,"project":"a","ipv4":"10.200.0.2","net_in":{"rate":1,"burst":2000,"x":1}}"#,
         ] {
-            assert!(
-                matches!(
-                    decode_request(bad.as_bytes()),
-                    Err(ProtocolError::Malformed(_))
-                ),
-                "{bad}"
-            );
+            assert_malformed(bad.as_bytes());
         }
     }
 
@@ -883,13 +886,7 @@ mod tests {
             r#"{"type":"event","event":"reboot","count":1}"#,
             r#"{"type":"event","event":"oom_kill","count":1,"project":"bob"}"#,
         ] {
-            assert!(
-                matches!(
-                    decode_request(bad.as_bytes()),
-                    Err(ProtocolError::Malformed(_))
-                ),
-                "{bad}"
-            );
+            assert_malformed(bad.as_bytes());
         }
     }
 
@@ -928,13 +925,7 @@ mod tests {
             r#"{"type":"usage","cpu_usec":-1,"memory_bytes":0,"memory_peak_bytes":0,"io_read_bytes":0,"io_write_bytes":0,"pids":1}"#,
             r#"{"type":"usage","cpu_usec":0}"#,
         ] {
-            assert!(
-                matches!(
-                    decode_request(bad.as_bytes()),
-                    Err(ProtocolError::Malformed(_))
-                ),
-                "{bad}"
-            );
+            assert_malformed(bad.as_bytes());
         }
     }
 
@@ -962,10 +953,7 @@ mod tests {
             b"\xff\xfe",
             b"",
         ] {
-            assert!(
-                matches!(decode_request(bad), Err(ProtocolError::Malformed(_))),
-                "{bad:?}"
-            );
+            assert_malformed(bad);
         }
     }
 

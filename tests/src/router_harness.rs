@@ -16,6 +16,34 @@ use vassal_attach::{transport, Hello, RateLimit, Request, Response, PROTOCOL_VER
 /// The python3 the tests run inside namespaces (the system one).
 pub const PYTHON: &str = "/usr/bin/python3";
 
+/// Python for tests that speak uWSGI's tuntap framing to the compat
+/// socket themselves (prepend it to a script): `csum`, `ipv4` (a packet
+/// with its header checksum), `frame` (a packet in a uWSGI frame) and
+/// `packets` (every packet framed to a socket; exit 3 when it closes).
+pub const COMPAT_PY: &str = r#"
+import socket, struct, sys, time
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b)//2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return (~t) & 0xffff
+def ipv4(proto, src, dst, payload, flags=0):
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, flags, 64, proto, 0, src, dst)
+    return ip[:10] + struct.pack("!H", csum(ip)) + ip[12:] + payload
+def frame(pkt):
+    return bytes([0]) + struct.pack("<H", len(pkt)) + bytes([0]) + pkt
+def packets(s):
+    buf = b""
+    while True:
+        d = s.recv(65536)
+        if not d: sys.exit(3)
+        buf += d
+        while len(buf) >= 4:
+            n = struct.unpack("<H", buf[1:3])[0]
+            if len(buf) < 4 + n: break
+            p = buf[4:4+n]; buf = buf[4+n:]
+            yield p
+"#;
+
 /// How a test wants its router.
 #[derive(Default, Clone)]
 pub struct RouterSpec {

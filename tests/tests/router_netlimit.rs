@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use vassal_attach::{transport, Hello, RateLimit, Request, Response};
 use vassal_tests::launcher_harness::{code, name, network_table, stderr, vassal_file, TempDir};
-use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal};
+use vassal_tests::router_harness::{RouterSpec, TestRouter, TestVassal, COMPAT_PY};
 use vassal_tests::{binary, KillOnDrop};
 
 const RULES: &str = "[default]\nout = \"allow\"\nin = \"deny\"\nestablished = true\n";
@@ -66,7 +66,8 @@ struct Run {
     segments: f64,
 }
 
-fn finish(mut c: KillOnDrop) -> Run {
+/// What `c` printed, once it has exited.
+fn output(mut c: KillOnDrop) -> String {
     let mut text = String::new();
     c.0.stdout
         .take()
@@ -74,6 +75,11 @@ fn finish(mut c: KillOnDrop) -> Run {
         .read_to_string(&mut text)
         .unwrap();
     c.0.wait().unwrap();
+    text
+}
+
+fn finish(c: KillOnDrop) -> Run {
+    let text = output(c);
     let j: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert!(j.get("error").is_none(), "iperf3: {text}");
@@ -347,25 +353,18 @@ fn router_net_limit_holds_a_launched_vassal_flooding_past_its_file_limit() {
 /// and counts the UDP payload bytes framed back to it. Prints the count.
 fn compat_peer(sock: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16, send: bool) -> KillOnDrop {
     let script = format!(
-        r#"
-import socket, struct, sys, time
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    t = sum(struct.unpack("!%dH" % (len(b)//2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
-    return (~t) & 0xffff
+        r#"{COMPAT_PY}
 src = socket.inet_aton("{src}"); dst = socket.inet_aton("{dst}")
-def frame(sport, payload):
+def udp(sport, payload):
     u = struct.pack("!HHHH", sport, {port}, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 0, 0x4000, 64, 17, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    return bytes([0]) + struct.pack("<H", len(ip + u)) + bytes([0]) + ip + u
+    return frame(ipv4(17, src, dst, u, flags=0x4000))
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect("{sock}")
-s.settimeout(0.2)
 end = time.time() + {secs}
 count = 0
 if {send}:
-    f = frame(40000, b"x" * 1400) * 16
+    s.settimeout(0.2)
+    f = udp(40000, b"x" * 1400) * 16
     while time.time() < end:
         try:
             s.sendall(f)
@@ -373,21 +372,16 @@ if {send}:
         except socket.timeout:
             pass
 else:
-    s.sendall(frame(40001, b"hello"))
-    buf = b""
-    while time.time() < end:
-        try:
-            d = s.recv(1 << 16)
-        except socket.timeout:
-            continue
-        if not d: break
-        buf += d
-        while len(buf) >= 4:
-            n = struct.unpack("<H", buf[1:3])[0]
-            if len(buf) < 4 + n: break
-            p = buf[4:4 + n]; buf = buf[4 + n:]
+    s.sendall(udp(40001, b"hello"))
+    s.settimeout({secs})
+    try:
+        for p in packets(s):
             if p[9] == 17 and p[16:20] == src:
                 count += len(p) - 28
+            if time.time() > end:
+                break
+    except socket.timeout:
+        pass
 print(count, flush=True)
 "#,
         secs = COMPAT_SECS,
@@ -404,14 +398,8 @@ print(count, flush=True)
 /// How long each direction of the compat test runs, in seconds.
 const COMPAT_SECS: u64 = 3;
 
-fn printed_count(mut c: KillOnDrop) -> f64 {
-    let mut text = String::new();
-    c.0.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    c.0.wait().unwrap();
+fn printed_count(c: KillOnDrop) -> f64 {
+    let text = output(c);
     text.trim()
         .parse()
         .unwrap_or_else(|e| panic!("{e}: {text:?}"))

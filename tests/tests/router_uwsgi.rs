@@ -10,7 +10,9 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vassal_tests::router_harness::{as_uid, echo_server_cmd, RouterSpec, TestRouter, PYTHON};
+use vassal_tests::router_harness::{
+    as_uid, echo_server_cmd, RouterSpec, TestRouter, COMPAT_PY, PYTHON,
+};
 use vassal_tests::{wait_until, KillOnDrop};
 
 const RULES: &str = r#"
@@ -289,21 +291,12 @@ fn router_a_held_compat_connection_attaches_when_the_holder_leaves() {
     let holder = UnixStream::connect(&router.compat_socket).unwrap();
     assert!(wait_until(Duration::from_secs(5), || attached() == 1));
     let script = format!(
-        r#"
-import socket, struct, sys
+        r#"{COMPAT_PY}
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect({sock:?})
 print("connected", flush=True)
-buf = b""
-while True:
-    d = s.recv(65536)
-    if not d: sys.exit(3)
-    buf += d
-    while len(buf) >= 4:
-        n = struct.unpack("<H", buf[1:3])[0]
-        if len(buf) < 4 + n: break
-        p = buf[4:4+n]; buf = buf[4+n:]
-        if p[0] >> 4 == 4 and p[9] == 6 and struct.unpack("!H", p[22:24])[0] == 7000:
-            sys.exit(0)
+for p in packets(s):
+    if p[0] >> 4 == 4 and p[9] == 6 and struct.unpack("!H", p[22:24])[0] == 7000:
+        sys.exit(0)
 "#,
         sock = router.compat_socket.display().to_string()
     );
@@ -475,33 +468,18 @@ fn router_credentials_message_identifies_the_peer_and_bad_peers_are_disconnected
     // has dropped privileges): uid 4243 is project "forged" at .21. Then an
     // ICMP echo to the gateway in a frame; the reply must come back framed.
     let script = format!(
-        r#"
-import socket, struct, os, sys
+        r#"{COMPAT_PY}
+import os
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect({sock:?}); s.settimeout(5)
 s.sendmsg([b"uwsgi-tuntap"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", os.getpid(), 4243, 4243))])
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    t = sum(struct.unpack("!%dH" % (len(b)//2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
-    return (~t) & 0xffff
 src = socket.inet_aton({src:?}); dst = socket.inet_aton({dst:?})
 icmp = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + b"x" * 32
 icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0, src, dst)
-ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-pkt = ip + icmp
-s.sendall(bytes([0]) + struct.pack("<H", len(pkt)) + bytes([0]) + pkt)
-buf = b""
-while True:
-    d = s.recv(65536)
-    if not d: sys.exit(3)
-    buf += d
-    while len(buf) >= 4:
-        n = struct.unpack("<H", buf[1:3])[0]
-        if len(buf) < 4 + n: break
-        p = buf[4:4+n]; buf = buf[4+n:]
-        if p[9] == 1 and p[20] == 0 and p[12:16] == dst and p[16:20] == src:
-            sys.exit(0)
+s.sendall(frame(ipv4(1, src, dst, icmp)))
+for p in packets(s):
+    if p[9] == 1 and p[20] == 0 and p[12:16] == dst and p[16:20] == src:
+        sys.exit(0)
 "#,
         sock = router.compat_socket.display().to_string(),
         src = router.addr(21).to_string(),
