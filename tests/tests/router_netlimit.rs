@@ -347,30 +347,47 @@ fn router_net_limit_holds_a_launched_vassal_flooding_past_its_file_limit() {
 }
 
 /// The uWSGI compat peer of these tests: connects to `sock` as root (uid 0,
-/// project "legacy" at `src`), then for `secs` either floods `dst:port`
-/// with 1400-byte UDP datagrams in frames (`send`), or sends one datagram
-/// from port 40001 to `dst:port` (so the host's answers belong to a flow)
-/// and counts the UDP payload bytes framed back to it. Prints the count.
-fn compat_peer(sock: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16, send: bool) -> KillOnDrop {
+/// project "legacy" at `src`) and for [`COMPAT_SECS`], by `mode`:
+/// `send` floods `dst:port` with 1400-byte UDP datagrams in frames;
+/// `reconnect` does the same over a new connection every 50 ms (each new
+/// attachment a new pair of buckets); `count` sends one datagram from
+/// port 40001 to `dst:port` (so the host's answers belong to a flow) and
+/// counts the UDP payload bytes framed back to it. Prints what it wrote
+/// (or counted), in bytes.
+fn compat_peer(sock: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16, mode: &str) -> KillOnDrop {
     let script = format!(
         r#"{COMPAT_PY}
 src = socket.inet_aton("{src}"); dst = socket.inet_aton("{dst}")
 def udp(sport, payload):
     u = struct.pack("!HHHH", sport, {port}, 8 + len(payload), 0) + payload
     return frame(ipv4(17, src, dst, u, flags=0x4000))
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect("{sock}")
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect("{sock}")
+    return s
+s = connect()
 end = time.time() + {secs}
 count = 0
-if {send}:
+f = udp(40000, b"x" * 1400) * 16
+if "{mode}" == "send":
     s.settimeout(0.2)
-    f = udp(40000, b"x" * 1400) * 16
     while time.time() < end:
         try:
             s.sendall(f)
             count += 16 * 1400
         except socket.timeout:
             pass
+elif "{mode}" == "reconnect":
+    while time.time() < end:
+        s.settimeout(0.05)
+        try:
+            while True:
+                s.sendall(f)
+                count += 16 * 1400
+        except socket.timeout:
+            pass
+        s.close()
+        s = connect()
 else:
     s.sendall(udp(40001, b"hello"))
     s.settimeout({secs})
@@ -385,7 +402,6 @@ else:
 print(count, flush=True)
 "#,
         secs = COMPAT_SECS,
-        send = if send { "True" } else { "False" },
     );
     KillOnDrop::spawn(
         Command::new(vassal_tests::router_harness::PYTHON)
@@ -435,7 +451,7 @@ fn router_net_limit_holds_a_compat_peer_to_its_projects_tier() {
     rx.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let port = rx.local_addr().unwrap().port();
-    let peer = compat_peer(&sock, addr, router.gateway(), port, true);
+    let peer = compat_peer(&sock, addr, router.gateway(), port, "send");
     let mut got = 0f64;
     let mut buf = [0u8; 2048];
     while let Ok(n) = rx.recv(&mut buf) {
@@ -458,11 +474,28 @@ fn router_net_limit_holds_a_compat_peer_to_its_projects_tier() {
         1e6
     );
 
+    // Out again, over a new connection every 50 ms: a new attachment's
+    // buckets start empty, so reconnecting buys no burst.
+    let rx = UdpSocket::bind((router.gateway(), 0)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let peer = compat_peer(&sock, addr, router.gateway(), port, "reconnect");
+    let mut got = 0f64;
+    while let Ok(n) = rx.recv(&mut buf) {
+        got += n as f64;
+    }
+    let offered = printed_count(peer);
+    assert!(
+        got <= most,
+        "reconnecting: the host got {got} bytes in {COMPAT_SECS} s (ceiling {ceiling}), the peer wrote {offered}"
+    );
+
     // In: the host floods the peer's flow; the router polices it.
     let tx = UdpSocket::bind((router.gateway(), 0)).unwrap();
     tx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let port = tx.local_addr().unwrap().port();
-    let peer = compat_peer(&sock, addr, router.gateway(), port, false);
+    let peer = compat_peer(&sock, addr, router.gateway(), port, "count");
     let (_, from) = tx.recv_from(&mut buf).expect("the peer's opening datagram");
     let payload = [7u8; 1400];
     let end = std::time::Instant::now() + Duration::from_secs(COMPAT_SECS - 1);

@@ -33,7 +33,7 @@ use crate::os::socket;
 use crate::port::compat_queue::CompatOut;
 use crate::port::Port;
 use crate::state::rate;
-use crate::state::registry::Vassal;
+use crate::state::registry::{Burst, Vassal};
 use crate::wire::frame::Frame as IpFrame;
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
@@ -296,7 +296,8 @@ fn attach(
     router.fragments.ensure_slot(project.slot);
     let port = || Port::Compat(Arc::clone(out));
     // A compat peer cannot ask for limits: its project's tier decides
-    // (defaults, else ceilings), as for a version-1 launcher.
+    // (defaults, else ceilings), as for a version-1 launcher. It may
+    // reconnect at will, so its buckets start empty.
     let limits = rate::in_force(&entry.net, [None, None]);
     let attached = match router.registry.attach_with_limits(
         Arc::clone(&project),
@@ -304,6 +305,7 @@ fn attach(
         entry.address6,
         port(),
         limits,
+        Burst::Earned,
     ) {
         // uWSGI opens a new relay connection from each process that runs
         // its post-jail hook (the master, then workers) and expects the
@@ -334,6 +336,7 @@ fn attach(
                         entry.address6,
                         port(),
                         limits,
+                        Burst::Earned,
                     )
                 }
                 _ => Err((RefuseReason::AddressInUse, message)),

@@ -16,7 +16,7 @@ use crate::os::tun;
 use crate::port::Port;
 use crate::state::counters::{self, DropReason};
 use crate::state::rate;
-use crate::state::registry::Vassal;
+use crate::state::registry::{Burst, Vassal};
 use crate::wire::offload;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -447,9 +447,14 @@ fn attach(
         vnet: device.vnet,
     };
     let (out, inn) = limits_of(config, hello);
-    router
-        .registry
-        .attach_with_limits(project, hello.ipv4, hello.ipv6, port, [out, inn])
+    router.registry.attach_with_limits(
+        project,
+        hello.ipv4,
+        hello.ipv6,
+        port,
+        [out, inn],
+        Burst::Full,
+    )
 }
 
 /// The `[net_out, net_in]` limits in force for the vassal of `hello`: what

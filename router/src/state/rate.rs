@@ -62,6 +62,20 @@ impl TokenBucket {
         }
     }
 
+    /// A bucket for `limit` that is empty at `now`: its burst is earned
+    /// from then on, at the rate. For a peer that can reconnect at will (a
+    /// uWSGI compat peer), whose every new connection would otherwise
+    /// bring a full burst.
+    pub fn empty(limit: Option<RateLimit>, now: u64) -> TokenBucket {
+        let bucket = TokenBucket::new(limit);
+        if bucket.limited() {
+            bucket
+                .tat
+                .store(now.saturating_add(bucket.tau), Ordering::Relaxed);
+        }
+        bucket
+    }
+
     /// Whether this bucket limits anything.
     pub fn limited(&self) -> bool {
         self.rate != 0
@@ -179,6 +193,26 @@ mod tests {
 
     fn limit(bits: u64, burst: u64) -> Option<RateLimit> {
         Some(RateLimit { rate: bits, burst })
+    }
+
+    #[test]
+    fn an_empty_bucket_passes_the_rate_and_no_burst() {
+        let now = 10 * S;
+        // 1 byte per microsecond, a burst of 10 000 bytes.
+        let b = TokenBucket::empty(limit(8_000_000, 10_000), now);
+        assert!(!b.ready(now));
+        let mut passed = 0u64;
+        let mut t = now;
+        // A second of 1000-byte packets offered every 100 us.
+        while t < now + S {
+            t += 100_000;
+            if b.admit(t, 1000) {
+                passed += 1000;
+            }
+        }
+        // The rate (1 000 000 bytes) and not the burst on top of it.
+        assert!((990_000..=1_001_000).contains(&passed), "{passed}");
+        assert!(!TokenBucket::empty(None, now).limited());
     }
 
     #[test]

@@ -99,6 +99,16 @@ impl Vassal {
 /// Attached vassals by address (IPv4 and IPv6).
 pub type AddrMap = HashMap<IpAddr, Arc<Vassal>>;
 
+/// How a new vassal's rate buckets start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Burst {
+    /// Full: a vassal attached by its launcher, once per launch.
+    Full,
+    /// Empty, the burst earned while attached: a peer that can reconnect
+    /// at will (a uWSGI compat peer) gains nothing by reconnecting.
+    Earned,
+}
+
 /// Address map and project table.
 pub struct Registry {
     by_addr: ArcSwap<AddrMap>,
@@ -173,7 +183,8 @@ impl Registry {
     }
 
     /// [`Registry::attach`] limited to `[net_out, net_in]`, which the
-    /// project's limit gauges show from now on (0: unlimited).
+    /// project's limit gauges show from now on (0: unlimited). `burst`
+    /// says whether the buckets start full.
     pub fn attach_with_limits(
         &self,
         project: Arc<Project>,
@@ -181,14 +192,18 @@ impl Registry {
         ipv6: Option<Ipv6Addr>,
         port: Port,
         [out, inn]: [Option<RateLimit>; 2],
+        burst: Burst,
     ) -> Result<Arc<Vassal>, (RefuseReason, String)> {
         // In bytes per second (Prometheus' base unit; promtool's lint
         // refuses bits), to compare with rate(vassal_tx_bytes_total).
         let bytes = |l: Option<RateLimit>| l.map_or(0.0, |l| l.rate as f64 / 8.0);
         project.counters.limit_net_out.set(bytes(out));
         project.counters.limit_net_in.set(bytes(inn));
-        let buckets = [TokenBucket::new(out), TokenBucket::new(inn)];
-        self.attach_limited(project, ipv4, ipv6, port, buckets)
+        let bucket = |l| match burst {
+            Burst::Full => TokenBucket::new(l),
+            Burst::Earned => TokenBucket::empty(l, crate::state::rate::now_ns()),
+        };
+        self.attach_limited(project, ipv4, ipv6, port, [bucket(out), bucket(inn)])
     }
 
     /// [`Registry::attach`] with the vassal's `[egress, ingress]` buckets.
