@@ -778,3 +778,73 @@ fn direct_a_vassal_never_reaches_etcd_or_the_underlay() {
 fn vxlan_a_vassal_never_reaches_etcd_or_the_underlay() {
     a_vassal_never_reaches_etcd_or_the_underlay("vxlan");
 }
+
+/// (f) VXLAN mode: the host's VXLAN socket listens on UDP 4789 of every
+/// host address, its gateway included. A vassal that sends it a VXLAN
+/// datagram whose inner frame claims to come from host 2 (host 2's MAC, a
+/// source of host 2's block that the identity cache holds for the same
+/// project) must not get that frame decapsulated into its own host: the
+/// guard table takes VXLAN only from the other hosts' underlay addresses.
+/// `[host] allow` opens the port here, as an operator might by mistake, so
+/// that the guard table is what is tried (the host table would stop it
+/// first otherwise).
+#[test]
+fn vxlan_a_vassal_cannot_inject_frames_at_its_hosts_vxlan_socket() {
+    let env = env_with("vxlan", "[host]\nallow = [\"udp/4789\"]\n");
+    let shop = name("shop");
+    let port = 7300;
+    let target = LaunchedVassal::start(
+        &env.cluster,
+        &env.routers[0],
+        &shop,
+        &[PYTHON, "-c", &server_script(port)],
+    );
+    let forger =
+        LaunchedVassal::start(&env.cluster, &env.routers[0], &shop, &["/bin/sleep", "600"]);
+    let on_host_2 =
+        LaunchedVassal::start(&env.cluster, &env.routers[2], &shop, &["/bin/sleep", "600"]);
+    assert!(knows(&env.routers[0], &on_host_2));
+    // Its own source arrives (the path works, and the target notes it).
+    let own = forger.addr.to_string();
+    assert_eq!(
+        ask_from_launched(&forger, "udp", &target.addr.to_string(), port, 10).as_deref(),
+        Some(own.as_str())
+    );
+    let block0 = env.routers[0].block();
+    let gateway = block0.replace(".0/24", ".1");
+    let mac = |block: &str| -> String {
+        let hex: Vec<String> = mac_of(block).split(':').map(str::to_owned).collect();
+        format!("bytes.fromhex('{}')", hex.join(""))
+    };
+    let script = format!(
+        r#"
+import socket, struct
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b)//2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return (~t) & 0xffff
+src = socket.inet_aton("{forged}"); dst = socket.inet_aton("{dst}")
+udp = struct.pack("!HHHH", 5555, {port}, 9, 0) + b"x"
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+eth = {to} + {from_} + b"\x08\x00"
+vxlan = struct.pack("!II", 0x08000000, 1 << 8)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(5):
+    s.sendto(vxlan + eth + ip + udp, ("{gateway}", 4789))
+"#,
+        forged = on_host_2.addr,
+        dst = target.addr,
+        to = mac(&block0),
+        from_ = mac(&env.routers[2].block()),
+    );
+    assert!(forger.python(&script).0, "sending the VXLAN datagrams");
+    // Asked after them, from the forger's own address: had they arrived,
+    // the target would have seen them first.
+    let report = ask_from_launched(&forger, "udp-report", &target.addr.to_string(), port, 10)
+        .unwrap_or_default();
+    assert!(report.contains(own.as_str()), "{report}");
+    assert!(
+        !report.split(',').any(|a| a == on_host_2.addr.to_string()),
+        "a frame injected at host 0's VXLAN socket arrived: {report}"
+    );
+}
