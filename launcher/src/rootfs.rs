@@ -34,11 +34,45 @@ pub const MASK_SOURCE: &str = "/run/vassal/.mask";
 /// host's root owns `/run/vassal` and is not mapped there), so the first
 /// such vassal after a boot would fail.
 pub fn create_host_dirs() -> Result<(), RootfsError> {
+    traversable(Path::new(RUN_DIR))?;
     create_dir("creating the staging directory", Path::new(STAGING))?;
     create_dir(
         "making the empty file that masks files",
         Path::new(MASK_SOURCE),
     )
+}
+
+/// The host directory of [`STAGING`] and [`MASK_SOURCE`], also the
+/// router's default `state_dir`.
+pub const RUN_DIR: &str = "/run/vassal";
+
+/// Makes `dir` (root's, on the host) searchable by everyone: a vassal in a
+/// user namespace runs as a host uid that is not root and must pass
+/// through it to reach [`STAGING`]. A router that started first created
+/// it 0700 (its default `state_dir`); only search is added (`--x` for
+/// group and others), never read or write, and only to a real directory
+/// root owns.
+fn traversable(dir: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const STEP: &str = "making the launcher's directory searchable";
+    let failed = |source| RootfsError::Create {
+        step: STEP,
+        path: dir.to_owned(),
+        source,
+    };
+    create_dir(STEP, dir)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(failed)?;
+    if !meta.is_dir() || meta.uid() != 0 {
+        return Err(failed(std::io::Error::other(
+            "not a directory owned by root (remove it)",
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o011 != 0o011 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// A mount step that failed.

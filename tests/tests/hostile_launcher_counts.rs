@@ -474,3 +474,23 @@ fn counts_filling_tmp_is_stopped_by_the_vassals_own_memory_limit() {
         stderr(&out)
     );
 }
+
+/// `/run/vassal` is also the router's default `state_dir`, and a router
+/// that starts first (as its unit does at boot) makes it; made 0700, a
+/// vassal in a user namespace (a host uid that is not root) could not
+/// pass through it to its staging directory, and every such launch
+/// failed. The launcher adds search permission for others, and nothing
+/// else.
+#[test]
+fn a_user_namespace_vassal_launches_when_run_vassal_is_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _serial = serial();
+    let run = Path::new("/run/vassal");
+    std::fs::create_dir_all(run).unwrap();
+    let before = std::fs::metadata(run).unwrap().mode() & 0o7777;
+    std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _up = stays_up(&name("kp"), true);
+    let after = std::fs::metadata(run).unwrap().mode() & 0o7777;
+    std::fs::set_permissions(run, std::fs::Permissions::from_mode(before | 0o011)).unwrap();
+    assert_eq!(after, 0o711, "search added, nothing else");
+}

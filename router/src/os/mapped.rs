@@ -69,13 +69,16 @@ fn trusted(path: &Path, meta: &std::fs::Metadata, dir: bool) -> Result<(), Mappe
     Ok(())
 }
 
-/// Makes sure `dir` exists (created 0700 when missing) and is trusted:
+/// Makes sure `dir` exists (created 0711 when missing) and is trusted:
 /// a real directory (not a symlink) of ours that no one else may write.
+/// Searchable by others, not readable: the default `state_dir` is
+/// `/run/vassal`, the launcher's directory too, which vassals in a user
+/// namespace (a host uid that is not root) must pass through.
 pub fn ensure_dir(dir: &Path) -> Result<(), MappedError> {
     if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(dir)
             .map_err(io("creating", dir))?;
     }
