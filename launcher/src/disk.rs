@@ -137,6 +137,22 @@ pub fn whole_disk(sysfs: &Path, dev: u64) -> Option<DeviceNumber> {
 /// without one (overlayfs, tmpfs) is left unthrottled: its reads are
 /// served from memory or from another filesystem's device.
 pub fn io_devices(config: &VassalConfig, sysfs: &Path) -> Result<Vec<DeviceNumber>, DiskError> {
+    devices(config, sysfs, true)
+}
+
+/// The disks [`io_devices`] would name, for accounting only: a mount
+/// without a disk (tmpfs) or one that cannot be opened is passed over.
+pub fn accounted_devices(config: &VassalConfig, sysfs: &Path) -> Vec<DeviceNumber> {
+    devices(config, sysfs, false).unwrap_or_default()
+}
+
+/// [`io_devices`]; `strict`: a writable mount without a disk, or one that
+/// cannot be opened, is an error (else it is passed over).
+fn devices(
+    config: &VassalConfig,
+    sysfs: &Path,
+    strict: bool,
+) -> Result<Vec<DeviceNumber>, DiskError> {
     let mut found = Vec::new();
     let mut add = |d: DeviceNumber| {
         if !found.contains(&d) {
@@ -162,16 +178,23 @@ pub fn io_devices(config: &VassalConfig, sysfs: &Path) -> Result<Vec<DeviceNumbe
         }
     }
     for (i, m) in config.mounts.iter().enumerate() {
-        let fd = open_mount(i, m, OFlag::O_PATH)?;
-        let st = fstat(fd.as_fd()).map_err(|source| DiskError::Io {
-            what: what(i),
-            path: m.source.clone(),
-            step: "finding its device (fstat)",
-            source,
-        })?;
+        let st = open_mount(i, m, OFlag::O_PATH).and_then(|fd| {
+            let st = fstat(fd.as_fd()).map_err(|source| DiskError::Io {
+                what: what(i),
+                path: m.source.clone(),
+                step: "finding its device (fstat)",
+                source,
+            })?;
+            Ok((fd, st))
+        });
+        let (fd, st) = match st {
+            Ok(found) => found,
+            Err(e) if strict => return Err(e),
+            Err(_) => continue,
+        };
         match whole_disk(sysfs, st.st_dev) {
             Some(d) => add(d),
-            None if m.writable => {
+            None if m.writable && strict => {
                 return Err(DiskError::NoDevice {
                     what: what(i),
                     path: m.source.clone(),

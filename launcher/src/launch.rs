@@ -127,12 +127,19 @@ pub fn run(config: &VassalConfig, report_path: Option<&Path>) -> Result<Outcome,
     rootfs::create_host_dirs()?;
     drop(lock);
     warn_shared_uid(config);
-    //    The io limits on the disks under the vassal's filesystems, and the
-    //    project quotas of its writable mounts (disk.rs); outside the lock,
-    //    as tagging a large tree takes a while.
+    //    The io limits on the disks under the vassal's filesystems (without
+    //    limits, on cgroup v1, the io accounting there), and the project
+    //    quotas of its writable mounts (disk.rs); outside the lock, as
+    //    tagging a large tree takes a while.
     if config.limits.io.any() {
         let devices = disk::io_devices(config, Path::new(disk::SYSFS))?;
         cg.throttle_io(&devices, &config.limits.io)?;
+    } else if let Err(e) = cg.account_io(&disk::accounted_devices(config, Path::new(disk::SYSFS))) {
+        // Accounting only: the vassal runs, its io figures read low.
+        eprintln!(
+            "vassal-launch: {}: {e}; its io usage is not counted",
+            config.name
+        );
     }
     disk::apply_quotas(config)?;
 

@@ -329,6 +329,16 @@ impl Cgroup {
         }
     }
 
+    /// Makes sure the IO on `devices` is counted when no io limit is set
+    /// (cgroup v1 only; v2's `io.stat` always counts): see
+    /// [`v1::V1::account_io`].
+    pub fn account_io(&self, devices: &[DeviceNumber]) -> Result<(), CgroupError> {
+        match self {
+            Cgroup::V2(_) => Ok(()),
+            Cgroup::V1(c) => c.account_io(devices),
+        }
+    }
+
     /// Moves process `pid` into the cgroup.
     pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
         for dir in self.dirs() {

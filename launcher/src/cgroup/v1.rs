@@ -173,6 +173,26 @@ impl V1 {
         Ok(())
     }
 
+    /// Turns the kernel's io accounting on for `devices`: cgroup v1 counts
+    /// `blkio.throttle.io_service_bytes` only on a disk that has had a
+    /// throttle rule (Linux activates blk-throttle per disk on its first
+    /// rule, 6.18 here), so a vassal without io limits would report no IO
+    /// at all. A read rule of 0 (no limit) activates it and limits
+    /// nothing; it stays active for that disk, as after any vassal's limit.
+    pub fn account_io(&self, devices: &[DeviceNumber]) -> Result<(), CgroupError> {
+        let Some(blkio) = self.blkio.as_ref() else {
+            return Ok(());
+        };
+        for d in devices {
+            write(
+                "turning io accounting on",
+                &blkio.join("blkio.throttle.read_bps_device"),
+                &format!("{d} 0"),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Usage so far.
     pub fn usage(&self) -> Usage {
         let acct = self.cpuacct.as_ref().unwrap_or(&self.cpu);
