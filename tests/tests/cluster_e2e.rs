@@ -595,6 +595,32 @@ fn vxlan_losing_etcd_keeps_the_cluster_static() {
     losing_etcd_keeps_the_cluster_static("vxlan");
 }
 
+/// The vassals of a forgery, all of one project: a `target` on host 0
+/// answering on `port` (the server of [`server_script`]), a `forger` on
+/// host `forger_host`, and a vassal on host 2 whose source it borrows.
+struct Forgery {
+    project: String,
+    target: LaunchedVassal,
+    forger: LaunchedVassal,
+    on_host_2: LaunchedVassal,
+}
+
+fn forgery(env: &Env, forger_host: usize, port: u16) -> Forgery {
+    let project = name("shop");
+    let start = |host: usize, command: &[&str]| {
+        LaunchedVassal::start(&env.cluster, &env.routers[host], &project, command)
+    };
+    let target = start(0, &[PYTHON, "-c", &server_script(port)]);
+    let forger = start(forger_host, &["/bin/sleep", "600"]);
+    let on_host_2 = start(2, &["/bin/sleep", "600"]);
+    Forgery {
+        project,
+        target,
+        forger,
+        on_host_2,
+    }
+}
+
 /// (d) A vassal on host 1 that took its namespace over sends toward a
 /// vassal of its project on host 0 with the source of a vassal of that
 /// project on host 2 (whose identity the receiver's peer rules would
@@ -603,19 +629,14 @@ fn vxlan_losing_etcd_keeps_the_cluster_static() {
 /// source does.
 fn a_forged_cluster_source_never_arrives(mode: &'static str) {
     let env = env(mode);
-    let shop = name("shop");
     let port = 7300;
-    let target = LaunchedVassal::start(
-        &env.cluster,
-        &env.routers[0],
-        &shop,
-        &[PYTHON, "-c", &server_script(port)],
-    );
-    let forger =
-        LaunchedVassal::start(&env.cluster, &env.routers[1], &shop, &["/bin/sleep", "600"]);
-    // The vassals whose addresses it borrows, registered everywhere.
-    let on_host_2 =
-        LaunchedVassal::start(&env.cluster, &env.routers[2], &shop, &["/bin/sleep", "600"]);
+    let Forgery {
+        project: shop,
+        target,
+        forger,
+        on_host_2,
+    } = forgery(&env, 1, port);
+    // The other vassal whose address it borrows, registered everywhere.
     let sibling = LaunchedVassal::start(
         &env.cluster,
         &env.routers[0],
@@ -791,18 +812,13 @@ fn vxlan_a_vassal_never_reaches_etcd_or_the_underlay() {
 #[test]
 fn vxlan_a_vassal_cannot_inject_frames_at_its_hosts_vxlan_socket() {
     let env = env_with("vxlan", "[host]\nallow = [\"udp/4789\"]\n");
-    let shop = name("shop");
     let port = 7300;
-    let target = LaunchedVassal::start(
-        &env.cluster,
-        &env.routers[0],
-        &shop,
-        &[PYTHON, "-c", &server_script(port)],
-    );
-    let forger =
-        LaunchedVassal::start(&env.cluster, &env.routers[0], &shop, &["/bin/sleep", "600"]);
-    let on_host_2 =
-        LaunchedVassal::start(&env.cluster, &env.routers[2], &shop, &["/bin/sleep", "600"]);
+    let Forgery {
+        target,
+        forger,
+        on_host_2,
+        ..
+    } = forgery(&env, 0, port);
     assert!(knows(&env.routers[0], &on_host_2));
     // Its own source arrives (the path works, and the target notes it).
     let own = forger.addr.to_string();

@@ -414,6 +414,23 @@ print(count, flush=True)
 /// How long each direction of the compat test runs, in seconds.
 const COMPAT_SECS: u64 = 3;
 
+/// The compat peer in `mode` (`send` or `reconnect`) against a UDP sink
+/// on the gateway: the bytes the host got, and those the peer wrote.
+fn flood_out(router: &TestRouter, addr: Ipv4Addr, mode: &str) -> (f64, f64) {
+    let rx = UdpSocket::bind((router.gateway(), 0)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let sock = router.compat_socket.display().to_string();
+    let peer = compat_peer(&sock, addr, router.gateway(), port, mode);
+    let mut got = 0f64;
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = rx.recv(&mut buf) {
+        got += n as f64;
+    }
+    (got, printed_count(peer))
+}
+
 fn printed_count(c: KillOnDrop) -> f64 {
     let text = output(c);
     text.trim()
@@ -442,22 +459,13 @@ fn router_net_limit_holds_a_compat_peer_to_its_projects_tier() {
     std::fs::write(&router.config_path, config).unwrap();
     router.spawn();
     let sock = router.compat_socket.display().to_string();
-    let ceiling = 1e6 * COMPAT_SECS as f64; // 8 Mbit/s in bytes
-                                            // Burst (250 ms at the rate), and what queues in the buffers on the way.
+    // 8 Mbit/s in bytes; around it, the burst (250 ms at the rate) and
+    // what queues in the buffers on the way.
+    let ceiling = 1e6 * COMPAT_SECS as f64;
     let (least, most) = (ceiling / 3.0, ceiling * 1.5);
 
     // Out: what the host receives of the peer's flood.
-    let rx = UdpSocket::bind((router.gateway(), 0)).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let port = rx.local_addr().unwrap().port();
-    let peer = compat_peer(&sock, addr, router.gateway(), port, "send");
-    let mut got = 0f64;
-    let mut buf = [0u8; 2048];
-    while let Ok(n) = rx.recv(&mut buf) {
-        got += n as f64;
-    }
-    let offered = printed_count(peer);
+    let (got, offered) = flood_out(&router, addr, "send");
     assert!(
         (least..=most).contains(&got),
         "out: the host got {got} bytes in {COMPAT_SECS} s (ceiling {ceiling}), the peer wrote {offered}"
@@ -476,16 +484,7 @@ fn router_net_limit_holds_a_compat_peer_to_its_projects_tier() {
 
     // Out again, over a new connection every 50 ms: a new attachment's
     // buckets start empty, so reconnecting buys no burst.
-    let rx = UdpSocket::bind((router.gateway(), 0)).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let port = rx.local_addr().unwrap().port();
-    let peer = compat_peer(&sock, addr, router.gateway(), port, "reconnect");
-    let mut got = 0f64;
-    while let Ok(n) = rx.recv(&mut buf) {
-        got += n as f64;
-    }
-    let offered = printed_count(peer);
+    let (got, offered) = flood_out(&router, addr, "reconnect");
     assert!(
         got <= most,
         "reconnecting: the host got {got} bytes in {COMPAT_SECS} s (ceiling {ceiling}), the peer wrote {offered}"
@@ -496,6 +495,7 @@ fn router_net_limit_holds_a_compat_peer_to_its_projects_tier() {
     tx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let port = tx.local_addr().unwrap().port();
     let peer = compat_peer(&sock, addr, router.gateway(), port, "count");
+    let mut buf = [0u8; 64];
     let (_, from) = tx.recv_from(&mut buf).expect("the peer's opening datagram");
     let payload = [7u8; 1400];
     let end = std::time::Instant::now() + Duration::from_secs(COMPAT_SECS - 1);
