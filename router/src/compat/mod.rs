@@ -205,62 +205,34 @@ impl Drop for Slot {
 /// (short of its own bound) the others' places.
 pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
     let open = Arc::new(Mutex::new(Open::default()));
-    // SAFETY: `listener` is an open socket owned by the AsyncFd for its
-    // whole lifetime.
-    let afd = match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
-        Ok(a) => a,
-        Err(e) => return tracing::error!("compat socket: registering with the reactor: {e}"),
-    };
-    loop {
-        let Ok(mut guard) = afd.readable().await else {
-            return;
+    socket::accept_loop("compat socket", listener, |fd| {
+        let uid = match socket::peer_uid(&fd) {
+            Ok(uid) => uid,
+            Err(e) => return tracing::warn!("compat socket: SO_PEERCRED: {e}"),
         };
-        loop {
-            match socket::accept(afd.get_ref().as_raw_fd()) {
-                Ok(Some(fd)) => {
-                    let uid = match socket::peer_uid(&fd) {
-                        Ok(uid) => uid,
-                        Err(e) => {
-                            tracing::warn!("compat socket: SO_PEERCRED: {e}");
-                            continue;
-                        }
-                    };
-                    let limits = &router.config.limits;
-                    let Some(slot) = Slot::take(
-                        &open,
-                        uid,
-                        limits.max_compat_connections,
-                        limits.max_compat_connections_per_uid,
-                    ) else {
-                        drop(fd);
-                        tracing::warn!(
-                            uid,
-                            "compat socket: connection limit reached; closing a new connection"
-                        );
-                        crate::state::counters::attach_refused("too_many_connections");
-                        continue;
-                    };
-                    let router = Arc::clone(&router);
-                    tokio::spawn(async move {
-                        if let Err(why) = peer(router, fd, uid).await {
-                            tracing::warn!("disconnected: {why}");
-                        }
-                        drop(slot);
-                    });
-                }
-                Ok(None) => {
-                    guard.clear_ready();
-                    break;
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("compat socket: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    break;
-                }
+        let limits = &router.config.limits;
+        let Some(slot) = Slot::take(
+            &open,
+            uid,
+            limits.max_compat_connections,
+            limits.max_compat_connections_per_uid,
+        ) else {
+            drop(fd);
+            tracing::warn!(
+                uid,
+                "compat socket: connection limit reached; closing a new connection"
+            );
+            return crate::state::counters::attach_refused("too_many_connections");
+        };
+        let router = Arc::clone(&router);
+        tokio::spawn(async move {
+            if let Err(why) = peer(router, fd, uid).await {
+                tracing::warn!("disconnected: {why}");
             }
-        }
-    }
+            drop(slot);
+        });
+    })
+    .await
 }
 
 struct Watched(RawFd);

@@ -18,7 +18,7 @@ use crate::state::counters::{self, DropReason};
 use crate::state::rate;
 use crate::state::registry::{Burst, Vassal};
 use crate::wire::offload;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,47 +33,22 @@ use vassal_attach::{
 
 /// Accepts control connections until the router stops.
 pub async fn serve(router: Arc<Router>, listener: OwnedFd) {
-    // SAFETY: `listener` is an open socket owned by the AsyncFd for its
-    // whole lifetime.
-    let afd = match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
-        Ok(a) => a,
-        Err(e) => return tracing::error!("control socket: registering with the reactor: {e}"),
-    };
     let open = Arc::new(AtomicUsize::new(0));
-    loop {
-        let Ok(mut guard) = afd.readable().await else {
+    socket::accept_loop("control socket", listener, |fd| {
+        if open.load(Ordering::Relaxed) >= router.config.limits.max_connections {
+            tracing::warn!("control socket: connection limit reached; closing a new connection");
+            counters::attach_refused("too_many_connections");
             return;
-        };
-        loop {
-            match socket::accept(afd.get_ref().as_raw_fd()) {
-                Ok(Some(fd)) => {
-                    if open.load(Ordering::Relaxed) >= router.config.limits.max_connections {
-                        tracing::warn!(
-                            "control socket: connection limit reached; closing a new connection"
-                        );
-                        counters::attach_refused("too_many_connections");
-                        continue;
-                    }
-                    open.fetch_add(1, Ordering::Relaxed);
-                    let router = Arc::clone(&router);
-                    let open = Arc::clone(&open);
-                    tokio::spawn(async move {
-                        connection(router, fd).await;
-                        open.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-                Ok(None) => {
-                    guard.clear_ready();
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("control socket: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    break;
-                }
-            }
         }
-    }
+        open.fetch_add(1, Ordering::Relaxed);
+        let router = Arc::clone(&router);
+        let open = Arc::clone(&open);
+        tokio::spawn(async move {
+            connection(router, fd).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    })
+    .await
 }
 
 /// Receives one datagram, waiting for readability.

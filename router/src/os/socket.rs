@@ -147,6 +147,40 @@ pub fn accept(listener: RawFd) -> Result<Option<OwnedFd>, Errno> {
     }
 }
 
+/// Accepts connections on `listener` until the reactor goes away, handing
+/// each to `each` (which spawns what serves it). An accept error (EMFILE
+/// and friends) is logged and waited out for 100 ms instead of spinning.
+/// `name` names the socket in the log.
+pub async fn accept_loop(name: &str, listener: OwnedFd, mut each: impl FnMut(OwnedFd)) {
+    // SAFETY: `listener` is an open socket owned by the AsyncFd for its
+    // whole lifetime.
+    let afd = match unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+    } {
+        Ok(a) => a,
+        Err(e) => return tracing::error!("{name}: registering with the reactor: {e}"),
+    };
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
+        loop {
+            match accept(afd.get_ref().as_raw_fd()) {
+                Ok(Some(fd)) => each(fd),
+                Ok(None) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("{name}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The uid of the process that connected `fd` (SO_PEERCRED).
 pub fn peer_uid(fd: &impl AsFd) -> Result<u32, Errno> {
     socket::getsockopt(fd, sockopt::PeerCredentials).map(|c| c.uid())
