@@ -21,6 +21,38 @@ fn every_router_knows(routers: &[ClusterRouter], what: impl Fn(&ClusterRouter) -
     wait_until(Duration::from_secs(15), || routers.iter().all(&what))
 }
 
+/// What keeps a hand-made attachment: its namespace, tun and connection.
+type Attachment = (
+    vassal_tests::Netns,
+    std::os::fd::OwnedFd,
+    std::os::fd::OwnedFd,
+);
+
+/// Attaches the tun of a fresh namespace to `router` with a hello of the
+/// test's own (no lease): the answer, and what keeps the attachment.
+fn hello(
+    router: &ClusterRouter,
+    version: u32,
+    project: &str,
+    ipv4: std::net::Ipv4Addr,
+    ipv6: Option<std::net::Ipv6Addr>,
+) -> (Response, Attachment) {
+    use std::os::fd::AsFd;
+    let ns = vassal_tests::Netns::new("cv");
+    let tun = vassal_tests::router_harness::create_tun_in(&ns, "vt0", 0);
+    let conn = vassal_attach::transport::connect(&router.socket).unwrap();
+    let hello = vassal_attach::Request::Hello(vassal_attach::Hello {
+        version,
+        project: project.into(),
+        ipv4,
+        ipv6,
+        net_out: None,
+        net_in: None,
+    });
+    let answer = vassal_attach::transport::call(conn.as_fd(), &hello, Some(tun.as_fd())).unwrap();
+    (answer, (ns, tun, conn))
+}
+
 /// The router's exit status, or `None` if it is still running after 20 s
 /// (it started when it should have refused to).
 fn exit_of(r: &mut ClusterRouter) -> Option<std::process::ExitStatus> {
@@ -213,23 +245,7 @@ fn automatic_addresses_never_collide_and_survive_a_relaunch() {
         Response::Leased { ipv4, .. } => ipv4,
         other => panic!("{other:?}"),
     };
-    let ns = vassal_tests::Netns::new("cv");
-    let tun = vassal_tests::router_harness::create_tun_in(&ns, "vt0", 0);
-    let conn = vassal_attach::transport::connect(&rs[0].socket).unwrap();
-    let hello = vassal_attach::Request::Hello(vassal_attach::Hello {
-        version: 1,
-        project: "beta".into(),
-        ipv4: stolen,
-        ipv6: None,
-        net_out: None,
-        net_in: None,
-    });
-    let answer = vassal_attach::transport::call(
-        std::os::fd::AsFd::as_fd(&conn),
-        &hello,
-        Some(std::os::fd::AsFd::as_fd(&tun)),
-    )
-    .unwrap();
+    let (answer, _attachment) = hello(&rs[0], 1, "beta", stolen, None);
     assert!(
         matches!(
             answer,
@@ -608,23 +624,7 @@ fn ipv6_blocks_pair_with_ipv4_and_both_identities_spread() {
         format!("fd00:240:0:{:x}00::{:x}", third, v4.octets()[3])
     );
     assert_eq!(g6.to_string(), format!("fd00:240:0:{third:x}00::1"));
-    let ns = vassal_tests::Netns::new("cv");
-    let tun = vassal_tests::router_harness::create_tun_in(&ns, "vt0", 0);
-    let conn = vassal_attach::transport::connect(&a.socket).unwrap();
-    let hello = vassal_attach::Request::Hello(vassal_attach::Hello {
-        version: 2,
-        project: "alpha".into(),
-        ipv4: v4,
-        ipv6: Some(v6),
-        net_out: None,
-        net_in: None,
-    });
-    let answer = vassal_attach::transport::call(
-        std::os::fd::AsFd::as_fd(&conn),
-        &hello,
-        Some(std::os::fd::AsFd::as_fd(&tun)),
-    )
-    .unwrap();
+    let (answer, attachment) = hello(&a, 2, "alpha", v4, Some(v6));
     assert!(matches!(answer, Response::Accepted { .. }), "{answer:?}");
     let want = vec![
         (v4.to_string(), "alpha".to_owned(), "host-0".to_owned()),
@@ -641,5 +641,5 @@ fn ipv6_blocks_pair_with_ipv4_and_both_identities_spread() {
         "{:?}",
         b.identities()
     );
-    drop(conn);
+    drop(attachment);
 }
