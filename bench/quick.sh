@@ -18,18 +18,9 @@ REP=${REP:-1}
 W=$(mktemp -d /tmp/vassal-quick.XXXXXX)
 DEV=vrquick0 GW=10.251.7.1 A=10.251.7.2 NAME=benchquick
 printf '[default]\nout = "allow"\nin = "allow"\nestablished = true\n' >"$W/open.toml"
-cat >"$W/router.toml" <<TOML
-device = "$DEV"
-gateway = "$GW/24"
-control_socket = "$W/router.sock"
-metrics_listen = "127.0.0.1:19898"
-rules = "$W/open.toml"
-[nat]
-masquerade = false
-TOML
-nice -n -10 "$BIN/vassal-router" run --config "$W/router.toml" 2>>"$W/router.log" &
-R=$!
-for _ in $(seq 100); do [ -S "$W/router.sock" ] && break; sleep 0.1; done
+. bench/lib.sh
+bench_router "$W" "$DEV" "$GW/24" "$W/open.toml" 19898
+R=$ROUTER
 "$BIN/vassal-launch" run --name "$NAME" --uid 65534 --address "$A" --router "$W/router.sock" -- /bin/sleep 100000 \
     >/dev/null 2>>"$W/launch.log" &
 L=$!

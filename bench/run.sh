@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. bench/lib.sh
 RUNS=${RUNS:-3}
 SECS=${SECS:-5}
 SCALE=${SCALE:-1000}
@@ -102,19 +103,7 @@ measure() {
 
 # --- ours -------------------------------------------------------------------
 start_router() { # $1: rules file
-    cat >"$WORK/router.toml" <<TOML
-device = "$DEV"
-gateway = "$GW/24"
-control_socket = "$WORK/router.sock"
-metrics_listen = "127.0.0.1:19899"
-rules = "$1"
-[nat]
-masquerade = false
-TOML
-    nice -n -10 "$BIN/vassal-router" run --config "$WORK/router.toml" 2>>"$WORK/router.log" &
-    ROUTER=$!
-    for _ in $(seq 100); do [ -S "$WORK/router.sock" ] && python3 -c "import socket;s=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET);s.connect('$WORK/router.sock')" 2>/dev/null && return; sleep 0.1; done
-    echo "router did not start: $(cat "$WORK/router.log")" >&2; exit 1
+    bench_router "$WORK" "$DEV" "$GW/24" "$1" 19899
 }
 launch_vassal() { # $1 name $2 address -> prints the supervisor's pid
     "$BIN/vassal-launch" run --name "$1" --uid 65534 --address "$2" --router "$WORK/router.sock" -- /bin/sleep 100000 \
@@ -249,17 +238,7 @@ PY
 
 # A router on a /16 (room for SCALE vassals), open rules, at nice -10.
 start_wide_router() {
-    cat >"$WORK/router.toml" <<TOML
-device = "$DEV"
-gateway = "10.252.0.1/16"
-control_socket = "$WORK/router.sock"
-metrics_listen = "127.0.0.1:19899"
-rules = "$WORK/open.toml"
-[nat]
-masquerade = false
-TOML
-    nice -n -10 "$BIN/vassal-router" run --config "$WORK/router.toml" 2>>"$WORK/router.log" &
-    ROUTER=$!; sleep 1
+    bench_router "$WORK" "$DEV" 10.252.0.1/16 "$WORK/open.toml" 19899
 }
 
 scale() {
