@@ -132,7 +132,7 @@ def section(m, params):
     share = lambda v: f"{v:,.0f} Mbit/s ({100 * v / g('veth', 'tcp_up_mbps'):.0f}% of veth)" if g("veth", "tcp_up_mbps") else "n/a"
     uw, sl = g("uwsgi-tuntap", "tcp_up_mbps"), g("slirp4netns", "tcp_up_mbps")
     if uw and sl:
-        out += ["", "What the unmet ratios would take on this machine: TCP up at 10x uWSGI's tuntap router "
+        out += ["", "For scale, on this machine: TCP up at 10x uWSGI's tuntap router "
                 f"is {share(10 * uw)}, at 2x slirp4netns {share(2 * sl)}. A userspace hop costs two copies "
                 "of each 64 KiB super-packet (into and out of the router) and a third busy thread beside "
                 "sender and receiver on two vCPUs, which veth does not pay; the profile (docs/design.md, "
