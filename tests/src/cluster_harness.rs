@@ -627,19 +627,28 @@ impl ClusterRouter {
         }
     }
 
+    /// The process's exit status, waiting up to `timeout` for it to exit;
+    /// `None` if it still runs then (or was never started).
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = &mut self.child.as_mut()?.0;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
     /// Stops the process with SIGTERM (a clean exit) and waits for it;
-    /// whether it exited successfully within 10 s.
+    /// whether it exited successfully within 10 s. It is killed if not.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
+        let Some(c) = self.child.as_ref() else {
             return false;
         };
         let pid = nix::unistd::Pid::from_raw(c.0.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let mut status = None;
-        wait_until(Duration::from_secs(10), || {
-            status = c.0.try_wait().ok().flatten();
-            status.is_some()
-        });
+        let status = self.exit_within(Duration::from_secs(10));
+        self.child = None;
         status.is_some_and(|s| s.success())
     }
 

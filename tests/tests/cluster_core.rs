@@ -53,17 +53,8 @@ fn hello(
     (answer, (ns, tun, conn))
 }
 
-/// The router's exit status, or `None` if it is still running after 20 s
-/// (it started when it should have refused to).
-fn exit_of(r: &mut ClusterRouter) -> Option<std::process::ExitStatus> {
-    let child = &mut r.child.as_mut().expect("started").0;
-    let mut status = None;
-    wait_until(Duration::from_secs(20), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    status
-}
+/// How long a router that must refuse to start may take to exit.
+const REFUSAL: Duration = Duration::from_secs(20);
 
 #[test]
 fn blocks_never_collide_even_when_claimed_at_the_same_instant() {
@@ -171,7 +162,7 @@ fn a_first_start_without_etcd_and_without_state_fails_clearly() {
     }
     let mut r = ClusterRouter::configure(&cluster, 0, &ClusterRouterSpec::node("host-0"));
     r.spawn_nowait();
-    let status = exit_of(&mut r);
+    let status = r.exit_within(REFUSAL);
     assert!(status.is_some_and(|s| !s.success()), "{status:?}");
     assert!(
         r.log_text().contains("a first start needs etcd"),
@@ -197,7 +188,7 @@ fn a_tampered_state_file_is_not_trusted() {
     ] {
         std::fs::write(&r.state_file, bad).unwrap();
         r.spawn_nowait();
-        let status = exit_of(&mut r);
+        let status = r.exit_within(REFUSAL);
         assert!(status.is_some_and(|s| !s.success()), "{bad}: {status:?}");
         assert!(r.log_text().contains("is invalid"), "{}", r.log_text());
     }

@@ -18,17 +18,8 @@ use vassal_tests::cluster_harness::{
 use vassal_tests::pki::Pki;
 use vassal_tests::wait_until;
 
-/// The router's exit status, or `None` if it is still running after 20 s
-/// (it got in when it should have been refused).
-fn exit_of(r: &mut ClusterRouter) -> Option<std::process::ExitStatus> {
-    let child = &mut r.child.as_mut().expect("started").0;
-    let mut status = None;
-    wait_until(Duration::from_secs(20), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    status
-}
+/// How long a router that must refuse to start may take to exit.
+const REFUSAL: Duration = Duration::from_secs(20);
 
 /// A router on host 0 whose `[cluster]` table has `extra` lines.
 fn router(cluster: &Cluster, node: &str, extra: String) -> ClusterRouter {
@@ -46,7 +37,7 @@ fn router_on(cluster: &Cluster, host: usize, node: &str, extra: String) -> Clust
 /// etcd endpoint, each with all of `want` (the step and the hint).
 fn assert_refused(cluster: &Cluster, r: &mut ClusterRouter, want: &[&str]) {
     r.spawn_nowait();
-    let status = exit_of(r);
+    let status = r.exit_within(REFUSAL);
     let log = r.log_text();
     assert!(
         status.is_some_and(|s| !s.success()),

@@ -144,6 +144,21 @@ fn inside<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -
     .expect("thread in netns")
 }
 
+/// Gives host `ns` an address of block 2's IPv6 block (fd00:44:2::99) on
+/// its block device, to send with a source it does not hold.
+fn take_block2_v6_source(ns: &str) {
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        "fd00:44:2::99/128",
+        "dev",
+        "blk0",
+        "nodad",
+    ]);
+}
+
 fn block(k: u8) -> PeerBlock {
     PeerBlock {
         block: format!("10.44.{k}.0/24").parse().expect("block"),
@@ -388,16 +403,7 @@ fn vxlan_a_remote_blocks_source_from_another_host_is_dropped() {
         "block 2's source from host 3 must be dropped"
     );
     // The same for block 2's IPv6 block.
-    ip(&[
-        "-n",
-        h3,
-        "addr",
-        "add",
-        "fd00:44:2::99/128",
-        "dev",
-        "blk0",
-        "nodad",
-    ]);
+    take_block2_v6_source(h3);
     let gw6: IpAddr = "fd00:44:1::1".parse().expect("gateway6");
     let a6 = socket(h1, gw6, 7111);
     let honest6 = socket(h2, "fd00:44:2::1".parse::<IpAddr>().expect("v6"), 7112);
@@ -511,16 +517,7 @@ fn direct_a_remote_blocks_source_off_its_route_is_dropped() {
         "via",
         "2001:db8:200::2",
     ]);
-    ip(&[
-        "-n",
-        rogue,
-        "addr",
-        "add",
-        "fd00:44:2::99/128",
-        "dev",
-        "blk0",
-        "nodad",
-    ]);
+    take_block2_v6_source(rogue);
     ip(&[
         "-n",
         rogue,
